@@ -1,0 +1,37 @@
+# sdlab — two commands: `make lab` (the course on the offline model) and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.sdlab-installed
+# torch and torchvision must come as this pair (face repair needs torchvision); installing
+# them first means no later requirement pulls another multi-GB torch
+TORCH  := torch==2.14.1 torchvision==0.29.1
+PIP    := $(BIN)/python -m pip --disable-pip-version-check
+HOST   ?= 127.0.0.1
+PORT   ?= 8888
+
+.PHONY: install lab test course bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(PIP) install --quiet $(TORCH)
+	$(PIP) install --quiet -e ".[dev]"
+	touch $@
+
+install: $(STAMP)
+
+lab: install
+	@echo "Open the URL printed below (with its token) and start with notebooks/00_setup.ipynb"
+	SDLAB_MODEL=$${SDLAB_MODEL:-sdlab-tiny} $(BIN)/jupyter lab --no-browser --ip=$(HOST) --port=$(PORT) \
+		--ServerApp.root_dir=$(CURDIR) --LabApp.default_url=/lab/tree/notebooks/00_setup.ipynb
+
+test: install
+	SDLAB_PROGRESS=0 $(BIN)/python -m pytest
+
+course: install
+	$(BIN)/sdlab course build
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

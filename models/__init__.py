@@ -1,0 +1,1 @@
+"""Models shipped with sdlab; installed as the `sdlab.models` package (see pyproject.toml)."""

@@ -1,0 +1,173 @@
+"""The `sdlab` command (also `python -m sdlab`).
+
+    sdlab generate "a red circle" --model sdlab-tiny --seed 42 -n 4 --out outputs/
+    sdlab regenerate outputs/42.png --out again.png
+    sdlab train-tiny --out runs/sdlab-tiny        sdlab eval-tiny
+    sdlab course build | check                    sdlab models | schedulers
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def _generate(args) -> None:
+    from .generation import generate
+    from .metadata import save_png
+    from .pipelines import load_pipeline
+
+    pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, progress=not args.quiet)
+    result = generate(pipe, args.prompt, negative_prompt=args.negative_prompt, seed=args.seed,
+                      num_images_per_prompt=args.n, num_inference_steps=args.steps, guidance_scale=args.guidance,
+                      height=args.height, width=args.width, scheduler=args.scheduler)
+    out = Path(args.out)
+    for item in result:
+        path = save_png(item, out / f"{item.params.seed}.png")
+        print(path)
+    print(f"{len(result)} image(s) in {result.seconds:.2f} s", file=sys.stderr)
+
+
+def _regenerate(args) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from .metadata import regenerate, save_png
+
+    item = regenerate(args.png)
+    save_png(item, args.out)
+    same = np.array_equal(np.asarray(Image.open(args.png).convert("RGB")), np.asarray(item.image))
+    print(f"{args.out} ({'identical to' if same else 'DIFFERENT from'} {args.png})")
+    if not same:
+        raise SystemExit(1)
+
+
+def _train_tiny(args) -> None:
+    from .tiny.train import TrainConfig, Trainer, export_pipeline
+
+    cfg = TrainConfig(out_dir=args.out, vae_steps=args.vae_steps, unet_steps=args.unet_steps,
+                      batch_size=args.batch_size, mixed_precision=args.mixed_precision)
+    trainer = Trainer(cfg)
+    trainer.run(minutes=args.minutes)
+    if args.export:
+        print(export_pipeline(trainer.pipeline(), args.export))
+
+
+def _eval_tiny(args) -> None:
+    from .pipelines import load_pipeline
+    from .tiny.evaluate import measure_adherence
+    from .tiny.world import held_out_scenes
+
+    pipe = load_pipeline(args.model, progress=False)
+    scenes = held_out_scenes(args.n, seed=args.seed)
+    for guidance in args.guidance:
+        for steps in args.steps:
+            result = measure_adherence(pipe, scenes, guidance_scale=guidance, num_inference_steps=steps,
+                                       scheduler=args.scheduler)
+            print(f"guidance {guidance:4g} steps {steps:3d} | {result.line()}", flush=True)
+
+
+def _course(args) -> None:
+    from . import course
+
+    if args.action == "build":
+        for path in course.build(args.solutions, args.notebooks):
+            print(path)
+    else:
+        problems = course.check(args.solutions, args.notebooks)
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        if problems:
+            raise SystemExit(1)
+        print("notebooks/ is in sync with solutions/")
+
+
+def _list(args) -> None:
+    if args.command == "models":
+        from .presets import PRESETS
+
+        for p in PRESETS.values():
+            print(f"{p.name:12} {p.source:45} {p.description}")
+    else:
+        from .schedulers import ALIASES, scheduler_names
+
+        for name in scheduler_names():
+            print(name, *(f"({a})" for a, n in ALIASES.items() if n == name and a.startswith("K_")))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sdlab", description="Stable Diffusion course kit")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="generate images and save them as PNGs with their parameters")
+    gen.add_argument("prompt")
+    gen.add_argument("--model", default=None, help="preset, folder or hub id (default: sdlab-tiny)")
+    gen.add_argument("--negative-prompt", default="")
+    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--steps", type=int, default=None)
+    gen.add_argument("--guidance", type=float, default=None)
+    gen.add_argument("--width", type=int, default=None)
+    gen.add_argument("--height", type=int, default=None)
+    gen.add_argument("--scheduler", default=None)
+    gen.add_argument("-n", type=int, default=1, help="number of images")
+    gen.add_argument("--device", default="auto")
+    gen.add_argument("--dtype", default="auto")
+    gen.add_argument("--out", default="outputs")
+    gen.add_argument("--quiet", action="store_true", help="no progress bar")
+    gen.set_defaults(func=_generate)
+
+    regen = sub.add_parser("regenerate", help="make an image again from its PNG metadata")
+    regen.add_argument("png")
+    regen.add_argument("--out", required=True)
+    regen.set_defaults(func=_regenerate)
+
+    train = sub.add_parser("train-tiny", help="train the sdlab-tiny model (resumes from --out)")
+    train.add_argument("--out", default="runs/sdlab-tiny")
+    train.add_argument("--vae-steps", type=int, default=2500)
+    train.add_argument("--unet-steps", type=int, default=8000)
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--mixed-precision", default="bf16", choices=["no", "bf16", "fp16"])
+    train.add_argument("--minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
+    train.add_argument("--export", default=None, help="save the EMA pipeline to this folder when done")
+    train.set_defaults(func=_train_tiny)
+
+    ev = sub.add_parser("eval-tiny", help="prompt adherence of the tiny model on held-out prompts")
+    ev.add_argument("--model", default="sdlab-tiny")
+    ev.add_argument("-n", type=int, default=200, help="number of held-out prompts")
+    ev.add_argument("--guidance", type=float, nargs="+", default=[1, 3, 5, 7.5, 10, 15, 20])
+    ev.add_argument("--steps", type=int, nargs="+", default=[20])
+    ev.add_argument("--scheduler", default=None)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.set_defaults(func=_eval_tiny)
+
+    course = sub.add_parser("course", help="build blank notebooks from solutions, or check they are in sync")
+    course.add_argument("action", choices=["build", "check"])
+    course.add_argument("--solutions", default="solutions")
+    course.add_argument("--notebooks", default="notebooks")
+    course.set_defaults(func=_course)
+
+    for name in ("models", "schedulers"):
+        sub.add_parser(name, help=f"list the {name}").set_defaults(func=_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    args = build_parser().parse_args(argv)
+    if getattr(args, "model", "x") is None:
+        from .presets import default_model
+
+        args.model = default_model()
+    from .errors import SdlabInputError
+
+    try:
+        args.func(args)
+    except SdlabInputError as err:
+        print(f"sdlab {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""generate(): images from a pipeline, each carrying every parameter that made it.
+
+It follows the diffusers pipeline's own order: 1. check inputs, 2. seeds and latents,
+3. run the pipeline once for the whole batch, 4. attach parameters and timing.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+from PIL import Image
+
+from .errors import SdlabInputError, check, suggest_multiple
+from .pipelines import img2img_pipeline, inpaint_pipeline, model_name
+from .presets import find_preset
+from .schedulers import resolve_scheduler_name, scheduler_name, using_scheduler
+from .seeds import default_size, make_generator, seeds_for, variation_latents
+
+MAX_IMAGES = 64  # per call; sweeps split bigger jobs
+MAX_STEPS = 500
+MAX_GUIDANCE = 50.0
+MIN_SIZE, MAX_SIZE, SIZE_MULTIPLE = 32, 2048, 8
+
+
+class PromptTruncatedWarning(UserWarning):
+    """A prompt was longer than CLIP's 77 tokens, so its end was ignored."""
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Everything needed to make one image again."""
+
+    prompt: str
+    seed: int | None
+    num_inference_steps: int
+    guidance_scale: float
+    height: int
+    width: int
+    scheduler: str
+    model: str
+    negative_prompt: str = ""
+    mode: str = "txt2img"  # txt2img | img2img | inpaint
+    strength: float | None = None
+    variation_seed: int | None = None
+    variation_strength: float = 0.0
+    # position in a batch that regenerate() can run again (one prompt, consecutive seeds):
+    # batched arithmetic can differ from a single run in the last bit, so the batch is rerun
+    batch_size: int = 1
+    batch_pos: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def replace(self, **changes) -> "GenerationParams":
+        return replace(self, **changes)
+
+
+@dataclass
+class GeneratedImage:
+    """One image, how it was made, and its share of the batch's time in seconds."""
+
+    image: Image.Image
+    params: GenerationParams
+    seconds: float
+
+    def _repr_png_(self):  # shows as the image in Jupyter
+        return self.image._repr_png_()
+
+
+@dataclass
+class Generation:
+    """The result of one generate() call: images in order, and the call's total seconds."""
+
+    results: list[GeneratedImage] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def images(self) -> list[Image.Image]:
+        return [r.image for r in self.results]
+
+    @property
+    def params(self) -> list[GenerationParams]:
+        return [r.params for r in self.results]
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __iter__(self):
+        return iter(self.results)
+
+    def __getitem__(self, index):
+        return self.results[index]
+
+
+def _defaults(pipe) -> tuple[int, float]:
+    preset = find_preset(model_name(pipe))
+    return (preset.num_inference_steps, preset.guidance_scale) if preset else (50, 7.5)
+
+
+def check_size(name: str, value) -> int:
+    check(isinstance(value, int) and not isinstance(value, bool),
+          f"{name} must be a whole number of pixels, got {value!r}")
+    check(value % SIZE_MULTIPLE == 0,
+          f"{name} must be a multiple of {SIZE_MULTIPLE}, got {value}; {suggest_multiple(value, SIZE_MULTIPLE)}")
+    check(MIN_SIZE <= value <= MAX_SIZE, f"{name} must be between {MIN_SIZE} and {MAX_SIZE} pixels, got {value}")
+    return value
+
+
+def check_generate_inputs(prompts, num_images_per_prompt, num_inference_steps, guidance_scale,
+                          height, width, strength, image, mask_image) -> None:
+    """Reject bad arguments before any work, naming the argument, the value and the fix."""
+    check(len(prompts) > 0 and all(isinstance(p, str) for p in prompts),
+          f"prompt must be a string or a non-empty list of strings, got {prompts!r}")
+    check(isinstance(num_images_per_prompt, int) and 1 <= num_images_per_prompt <= MAX_IMAGES,
+          f"num_images_per_prompt must be between 1 and {MAX_IMAGES}, got {num_images_per_prompt!r}")
+    check(len(prompts) * num_images_per_prompt <= MAX_IMAGES,
+          f"{len(prompts) * num_images_per_prompt} images in one call is more than {MAX_IMAGES}; "
+          f"split the prompts or use sdlab.sweeps, which batches in chunks")
+    check(isinstance(num_inference_steps, int) and 1 <= num_inference_steps <= MAX_STEPS,
+          f"num_inference_steps must be a whole number from 1 to {MAX_STEPS}, got {num_inference_steps!r}; "
+          f"20–50 is typical")
+    check(isinstance(guidance_scale, (int, float)) and 0 <= guidance_scale <= MAX_GUIDANCE,
+          f"guidance_scale must be between 0 and {MAX_GUIDANCE:g}, got {guidance_scale!r}; 7.5 is typical, "
+          f"1 turns guidance off")
+    check_size("height", height)
+    check_size("width", width)
+    if image is None:
+        check(mask_image is None, "mask_image needs an image to paint into: pass image= as well")
+        return
+    check(isinstance(strength, (int, float)) and 0 < strength <= 1,
+          f"strength must be in (0, 1], got {strength!r}: 0.3 keeps most of the image, 1.0 replaces it")
+    if mask_image is not None:
+        check(mask_image.size == image.size,
+              f"mask_image is {mask_image.size[0]}×{mask_image.size[1]} but image is "
+              f"{image.size[0]}×{image.size[1]}; resize the mask to the image's size")
+
+
+def warn_if_truncated(tokenizer, prompt: str) -> str | None:
+    """Warn (and return the cut text) when `prompt` is longer than the tokenizer reads."""
+    limit = tokenizer.model_max_length
+    ids = tokenizer(prompt, truncation=False).input_ids
+    if len(ids) <= limit:
+        return None
+    cut = tokenizer.decode(ids[limit - 1:-1])
+    warnings.warn(f"prompt is {len(ids)} tokens but CLIP reads only {limit} (start and end included); "
+                  f"this part was ignored: {cut!r}. Put the important words first.",
+                  PromptTruncatedWarning, stacklevel=3)
+    return cut
+
+
+def _as_rgb(image, name: str) -> Image.Image:
+    check(isinstance(image, Image.Image), f"{name} must be a PIL image, got {type(image).__name__}; "
+                                          f"open files with PIL.Image.open(path)")
+    return image.convert("RGB") if name == "image" else image.convert("L")
+
+
+def generate(pipe, prompt: str | list[str], *, negative_prompt: str = "", seed: int | list[int] | None = None,
+             num_images_per_prompt: int = 1, num_inference_steps: int | None = None,
+             guidance_scale: float | None = None, height: int | None = None, width: int | None = None,
+             scheduler: str | None = None, image: Image.Image | None = None, strength: float = 0.8,
+             mask_image: Image.Image | None = None, latents: torch.Tensor | None = None,
+             variation_seed: int | None = None, variation_strength: float = 0.0) -> Generation:
+    """Generate images in one batched pipeline call.
+
+    prompt: one prompt or a list (each gets `num_images_per_prompt` images).
+    seed: one seed s gives images the seeds s, s+1, …; a list gives one per image; None is random.
+    image/strength: image-to-image; add mask_image (white = repaint) for inpainting.
+    latents: the starting noise, e.g. from `sdlab.seeds.make_latents` (overrides the seeds' noise).
+    variation_seed/variation_strength: slerp each image's noise towards another seed's.
+    """
+    # 1. Check inputs
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    default_steps, default_guidance = _defaults(pipe)
+    num_inference_steps = default_steps if num_inference_steps is None else num_inference_steps
+    guidance_scale = default_guidance if guidance_scale is None else guidance_scale
+    if image is not None:
+        image = _as_rgb(image, "image")
+        mask_image = None if mask_image is None else _as_rgb(mask_image, "mask_image")
+        height = height or image.height // SIZE_MULTIPLE * SIZE_MULTIPLE
+        width = width or image.width // SIZE_MULTIPLE * SIZE_MULTIPLE
+    height = height or default_size(pipe)
+    width = width or default_size(pipe)
+    scheduler = resolve_scheduler_name(scheduler) if scheduler is not None else None
+    check_generate_inputs(prompts, num_images_per_prompt, num_inference_steps, guidance_scale,
+                          height, width, strength, image, mask_image)
+    for text in dict.fromkeys(prompts + [negative_prompt]):
+        warn_if_truncated(pipe.tokenizer, text)
+
+    # 2. One seed, one CPU generator and (optionally) one noise tensor per image
+    all_prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
+    seeds = seeds_for(seed, len(all_prompts))
+    rerunnable = len(prompts) == 1 and not isinstance(seed, (list, tuple)) and latents is None
+    if variation_seed is not None and variation_strength > 0:
+        check(latents is None, "pass either latents= or variation_seed=, not both")
+        latents = torch.cat([variation_latents(pipe, s, variation_seed, variation_strength, height, width)
+                             for s in seeds])
+    if latents is not None:
+        latents = _check_latents(pipe, latents, len(all_prompts), height, width)
+
+    # 3. Run the pipeline once for the whole batch
+    mode = "txt2img" if image is None else ("img2img" if mask_image is None else "inpaint")
+    runner = {"txt2img": lambda p: p, "img2img": img2img_pipeline, "inpaint": inpaint_pipeline}[mode](pipe)
+    call = dict(prompt=all_prompts, negative_prompt=[negative_prompt] * len(all_prompts),
+                num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                generator=[make_generator(s) for s in seeds], output_type="pil")
+    if mode == "txt2img":
+        call |= dict(height=height, width=width, latents=latents)
+    else:
+        image = image.resize((width, height), Image.LANCZOS) if image.size != (width, height) else image
+        call |= dict(image=image, strength=strength)
+        if mode == "inpaint":
+            call |= dict(mask_image=mask_image.resize((width, height), Image.NEAREST), height=height, width=width)
+    with using_scheduler(runner, scheduler):
+        used_scheduler = scheduler_name(runner.scheduler)
+        start = time.perf_counter()
+        output = runner(**call)
+        seconds = time.perf_counter() - start
+
+    # 4. Every image carries the parameters that made it
+    base = GenerationParams(prompt="", seed=None, num_inference_steps=num_inference_steps,
+                            guidance_scale=float(guidance_scale), height=height, width=width,
+                            scheduler=used_scheduler, model=model_name(pipe), negative_prompt=negative_prompt,
+                            mode=mode, strength=None if mode == "txt2img" else float(strength),
+                            variation_seed=variation_seed if variation_strength > 0 else None,
+                            variation_strength=float(variation_strength) if variation_seed is not None else 0.0)
+    share = seconds / len(all_prompts)
+    batch = len(all_prompts) if rerunnable else 1
+    results = [GeneratedImage(img, base.replace(prompt=p, seed=s, batch_size=batch, batch_pos=k if rerunnable else 0),
+                              share)
+               for k, (img, p, s) in enumerate(zip(output.images, all_prompts, seeds))]
+    return Generation(results, seconds)
+
+
+def _check_latents(pipe, latents: torch.Tensor, count: int, height: int, width: int) -> torch.Tensor:
+    expected = (pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+    check(isinstance(latents, torch.Tensor) and latents.dim() == 4 and tuple(latents.shape[1:]) == expected,
+          f"latents must have shape (N, {', '.join(map(str, expected))}) for {width}×{height} images, got "
+          f"{tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__}; "
+          f"make them with sdlab.seeds.make_latents(pipe, seed, height, width)")
+    if latents.shape[0] == 1 and count > 1:
+        latents = latents.expand(count, -1, -1, -1)
+    check(latents.shape[0] == count, f"latents hold {latents.shape[0]} noise tensors but {count} images are asked for")
+    return latents.to(pipe.device, pipe.unet.dtype)

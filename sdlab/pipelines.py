@@ -1,0 +1,179 @@
+"""Loading a Stable Diffusion pipeline: a preset name, a local folder or a hub id.
+
+One set of components serves text-to-image, image-to-image and inpainting: the img2img and
+inpaint pipelines are built around the same UNet, VAE and text encoder, never reloaded.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from .device import pick_device
+from .errors import SdlabInputError
+from .presets import PRESETS, find_preset, tiny_model_dir
+from .schedulers import set_scheduler
+
+logger = logging.getLogger(__name__)
+HUB_HOST = "huggingface.co"
+
+
+def _progress_enabled(progress: bool | None) -> bool:
+    """Progress bars show unless turned off here or with SDLAB_PROGRESS=0 (tests do)."""
+    if progress is not None:
+        return progress
+    return os.environ.get("SDLAB_PROGRESS", "1") not in ("0", "false", "no")
+
+
+@contextmanager
+def _loading_bars(enabled: bool):
+    """Hide diffusers' and transformers' "Loading …" bars while loading, when asked to."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    if enabled:
+        yield
+        return
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        diffusers_logging.enable_progress_bar()
+        transformers_logging.enable_progress_bar()
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Can this machine open a connection to the Hugging Face Hub? (No hang when offline.)"""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+        return False
+    try:
+        with socket.create_connection((HUB_HOST, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _from_hub(cls, repo_id: str, **kwargs):
+    """`cls.from_pretrained(repo_id)`: from the local cache if it is there, else download."""
+    try:
+        return cls.from_pretrained(repo_id, local_files_only=True, **kwargs)
+    except (OSError, EnvironmentError, ValueError):
+        pass
+    if not _hub_reachable():
+        raise SdlabInputError(
+            f"model {repo_id!r} is not in the local Hugging Face cache and the Hub cannot be reached "
+            f"(offline, or HF_HUB_OFFLINE is set). Use the offline model 'sdlab-tiny', pass a local "
+            f"diffusers folder, or connect to the internet (e.g. in Colab) and try again.")
+    return cls.from_pretrained(repo_id, **kwargs)
+
+
+def _resolve_source(model: str) -> tuple[str, object]:
+    """('builder'|'folder'|'hub', preset or path) for a model name."""
+    preset = find_preset(model)
+    if preset is not None:
+        if preset.source.startswith("builder:"):
+            return "builder", preset
+        if preset.source.startswith("local:"):
+            folder = tiny_model_dir()
+            if folder is None:
+                raise SdlabInputError(f"the model {model!r} is not in this installation (models/sdlab-tiny is missing); "
+                                      f"train it with `sdlab train-tiny` or use 'tiny-random' for tests")
+            return "folder", folder
+        return "hub", preset.source
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise SdlabInputError(f"folder {str(path)!r} is not a diffusers pipeline (no model_index.json in it)")
+        return "folder", path
+    looks_like_hub_id = model.count("/") == 1 and not model.startswith((".", "/", "~")) and not path.exists()
+    if looks_like_hub_id:
+        return "hub", model
+    raise SdlabInputError(f"model {model!r} is neither a preset ({', '.join(PRESETS)}), an existing diffusers "
+                          f"folder, nor a Hugging Face hub id like 'stable-diffusion-v1-5/stable-diffusion-v1-5'")
+
+
+def load_pipeline(model: str = "sdlab-tiny", *, device: str = "auto", dtype: str | torch.dtype = "auto",
+                  scheduler: str | None = None, safety_checker: bool | None = None,
+                  progress: bool | None = None):
+    """Load a text-to-image pipeline, ready on the chosen device.
+
+    model: a preset (`sdlab-tiny`, `tiny-random`, `sd15`, `sd-turbo`), a diffusers folder or a hub id.
+    device/dtype: "auto" picks cuda → mps → cpu and float16 on GPUs (see `sdlab.device`).
+    scheduler: a name from `sdlab.schedulers.scheduler_names()`; None keeps the model's or the preset's.
+    safety_checker: None keeps the model's own (on for real SD models, off for the tiny ones).
+    """
+    # 1. Check inputs: device, dtype and where the model comes from
+    choice = pick_device(device, dtype)
+    kind, source = _resolve_source(model)
+    preset = find_preset(model)
+    # 2. Load the components
+    with _loading_bars(_progress_enabled(progress)):
+        pipe = _load(kind, source, choice, safety_checker)
+    # 3. Place and configure
+    pipe = pipe.to(choice.device)
+    if choice.device.type == "mps":
+        pipe.enable_attention_slicing()  # recommended by diffusers for Apple GPUs
+    scheduler = scheduler or (preset.scheduler if preset else None)
+    if scheduler:
+        set_scheduler(pipe, scheduler)
+    pipe.set_progress_bar_config(disable=not _progress_enabled(progress), leave=False)
+    pipe.sdlab_model_name = preset.name if preset else str(model)
+    pipe.sdlab_device = choice
+    logger.info("loaded %s on %s", pipe.sdlab_model_name, choice)
+    return pipe
+
+
+def _load(kind: str, source, choice, safety_checker: bool | None):
+    """The pipeline's components, built (`tiny-random`), read from a folder or from the hub."""
+    from diffusers import StableDiffusionPipeline
+
+    if kind == "builder":
+        from .testing import build_tiny_random_pipeline
+
+        return build_tiny_random_pipeline(dtype=choice.dtype)
+    kwargs = {"dtype": choice.dtype}
+    if safety_checker is False or (kind == "folder" and safety_checker is None):
+        kwargs |= {"safety_checker": None, "requires_safety_checker": False}
+    if kind == "folder":
+        return StableDiffusionPipeline.from_pretrained(str(source), **kwargs)
+    if choice.dtype == torch.float16:
+        try:  # the hub's half-precision files are half the download
+            return _from_hub(StableDiffusionPipeline, source, variant="fp16", **kwargs)
+        except SdlabInputError:
+            raise
+        except (OSError, ValueError):
+            pass
+    return _from_hub(StableDiffusionPipeline, source, **kwargs)
+
+
+def model_name(pipe) -> str:
+    """The name a pipeline was loaded under (for metadata)."""
+    return getattr(pipe, "sdlab_model_name", None) or getattr(pipe, "name_or_path", None) or "unknown"
+
+
+def img2img_pipeline(pipe):
+    """An image-to-image pipeline sharing `pipe`'s components (nothing is reloaded or copied)."""
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    return _variant(StableDiffusionImg2ImgPipeline, pipe)
+
+
+def inpaint_pipeline(pipe):
+    """An inpainting pipeline sharing `pipe`'s components (works with the plain 4-channel UNet)."""
+    from diffusers import StableDiffusionInpaintPipeline
+
+    return _variant(StableDiffusionInpaintPipeline, pipe)
+
+
+def _variant(cls, pipe):
+    expected, _ = cls._get_signature_keys(cls)
+    components = {k: v for k, v in pipe.components.items() if k in expected}
+    variant = cls(**components, requires_safety_checker=pipe.safety_checker is not None)
+    variant.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
+    variant.sdlab_model_name = model_name(pipe)
+    return variant

@@ -1,0 +1,86 @@
+"""sdlab-tiny's architecture: Stable Diffusion's parts (CLIP text encoder, UNet2DConditionModel,
+AutoencoderKL, a diffusers scheduler), scaled down for 64×64 images and a 2-core CPU.
+
+Differences from SD 1.5, each for a reason:
+* the VAE shrinks 4× (not 8×): 64 px images → 4×16×16 latents, enough room for small shapes;
+* a cosine noise schedule whose last step is (almost) pure noise, with v-prediction and
+  "trailing" timesteps, so sampling starts from noise the model has really seen — the image's
+  colours and layout then come from the prompt, not from leftovers in the noise;
+* the text also enters the UNet's timestep embedding (`addition_embed_type="text"`), a global
+  path that makes colours and background follow the prompt quickly.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from ..tokenizer import VOCAB_SIZE
+
+
+@dataclass
+class TinyConfig:
+    """Sizes of sdlab-tiny's components (plain numbers, saved with every checkpoint)."""
+
+    image_size: int = 64
+    vae_channels: tuple[int, ...] = (16, 32, 64)
+    latent_channels: int = 4
+    unet_channels: tuple[int, ...] = (32, 64, 128)
+    unet_layers_per_block: int = 1
+    attention_heads: int = 4
+    text_width: int = 64
+    text_layers: int = 3
+    text_heads: int = 4
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TinyConfig":
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction",
+    timestep_spacing="trailing", clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+)
+
+
+def build_vae(cfg: TinyConfig) -> AutoencoderKL:
+    n = len(cfg.vae_channels)
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=cfg.latent_channels,
+        block_out_channels=cfg.vae_channels, layers_per_block=1, norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+        sample_size=cfg.image_size,
+    )
+
+
+def build_unet(cfg: TinyConfig) -> UNet2DConditionModel:
+    factor = 2 ** (len(cfg.vae_channels) - 1)
+    return UNet2DConditionModel(
+        sample_size=cfg.image_size // factor, in_channels=cfg.latent_channels, out_channels=cfg.latent_channels,
+        block_out_channels=cfg.unet_channels, layers_per_block=cfg.unet_layers_per_block,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=cfg.text_width, attention_head_dim=cfg.attention_heads, norm_num_groups=8,
+        addition_embed_type="text", addition_embed_type_num_heads=cfg.text_heads,
+    )
+
+
+def build_text_encoder(cfg: TinyConfig) -> CLIPTextModel:
+    return CLIPTextModel(CLIPTextConfig(
+        vocab_size=VOCAB_SIZE, hidden_size=cfg.text_width, intermediate_size=4 * cfg.text_width,
+        num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads, max_position_embeddings=77,
+        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, hidden_act="quick_gelu",
+    ))
+
+
+def build_scheduler() -> DDIMScheduler:
+    return DDIMScheduler(**SCHEDULER_CONFIG)
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

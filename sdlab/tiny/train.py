@@ -1,0 +1,277 @@
+"""Training sdlab-tiny: first the VAE (the gate: its reconstructions must keep shapes and
+colours), then the UNet and text encoder together, with caption dropout so classifier-free
+guidance works, and an EMA of the weights (which samples much better early on).
+
+Runs with accelerate on the CPU or a GPU; checkpoints as it goes and resumes from the last
+one. `sdlab train-tiny --out runs/sdlab-tiny` is the whole recipe.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..tokenizer import load_clip_tokenizer
+from .model import TinyConfig, build_scheduler, build_text_encoder, build_unet, build_vae
+from .world import batch_tensors, object_mask
+
+
+@dataclass
+class TrainConfig:
+    """How long and how hard to train (the model's sizes are in `TinyConfig`)."""
+
+    out_dir: str = "runs/sdlab-tiny"
+    vae_steps: int = 3000
+    unet_steps: int = 30000
+    batch_size: int = 64
+    vae_lr: float = 1e-3
+    unet_lr: float = 6e-4
+    warmup_steps: int = 200
+    caption_dropout: float = 0.1  # share of empty captions: what "no prompt" looks like, for guidance
+    object_weight: float = 10.0  # VAE loss weight on object pixels (small shapes must survive)
+    kl_weight: float = 1e-6
+    high_noise_share: float = 0.3  # extra samples at high noise, where layout and position are decided
+    ema_decay: float = 0.999
+    checkpoint_every: int = 500
+    eval_every: int = 2000  # measure held-out adherence with the EMA weights this often
+    seed: int = 0
+    mixed_precision: str = "bf16"  # "no" for full float32
+    model: TinyConfig = field(default_factory=TinyConfig)
+
+
+def _lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 5 % of the peak."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class _EMA:
+    """Exponential moving average of a module's weights (a frozen copy, updated in place)."""
+
+    def __init__(self, module: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.module = copy.deepcopy(module).requires_grad_(False).eval()
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))  # warm-up: follow closely at first
+        ema_params = list(self.module.parameters())
+        torch._foreach_lerp_(ema_params, [p.detach() for p in module.parameters()], 1 - decay)
+
+
+class Trainer:
+    """Holds the models, optimizers and progress; `run()` trains what is left and resumes."""
+
+    def __init__(self, config: TrainConfig):
+        from accelerate import Accelerator
+
+        self.cfg = config
+        self.out = Path(config.out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.acc = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
+        torch.manual_seed(config.seed)
+        self.tokenizer = load_clip_tokenizer()
+        self.scheduler = build_scheduler()
+        self.vae = build_vae(config.model)
+        self.unet = build_unet(config.model)
+        self.text_encoder = build_text_encoder(config.model)
+        self.vae_opt = torch.optim.AdamW(self.vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
+        self.unet_opt = torch.optim.AdamW(list(self.unet.parameters()) + list(self.text_encoder.parameters()),
+                                          lr=config.unet_lr, weight_decay=0.01)
+        self.vae_step = 0
+        self.unet_step = 0
+        self.unet_ema = _EMA(self.unet, config.ema_decay)
+        self.text_ema = _EMA(self.text_encoder, config.ema_decay)
+        self._load_checkpoint()
+        self.vae, self.unet, self.text_encoder, self.vae_opt, self.unet_opt = self.acc.prepare(
+            self.vae, self.unet, self.text_encoder, self.vae_opt, self.unet_opt)
+        self.device = self.acc.device
+        self.unet_ema.module.to(self.device)
+        self.text_ema.module.to(self.device)
+
+    # -- checkpoints ----------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out / "checkpoint.pt"
+
+    def _load_checkpoint(self) -> None:
+        if not self.checkpoint_path.exists():
+            return
+        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        for name in ("vae", "unet", "text_encoder", "vae_opt", "unet_opt"):
+            getattr(self, name).load_state_dict(state[name])
+        self.unet_ema.module.load_state_dict(state["unet_ema"])
+        self.text_ema.module.load_state_dict(state["text_ema"])
+        self.vae_step, self.unet_step = state["vae_step"], state["unet_step"]
+        if "scaling_factor" in state:
+            self.vae.register_to_config(scaling_factor=state["scaling_factor"])
+
+    def save_checkpoint(self) -> None:
+        unwrap = self.acc.unwrap_model
+        state = {name: unwrap(getattr(self, name)).state_dict() for name in ("vae", "unet", "text_encoder")}
+        state |= {"vae_opt": self.vae_opt.state_dict(), "unet_opt": self.unet_opt.state_dict(),
+                  "unet_ema": self.unet_ema.module.state_dict(), "text_ema": self.text_ema.module.state_dict(),
+                  "vae_step": self.vae_step, "unet_step": self.unet_step,
+                  "scaling_factor": unwrap(self.vae).config.scaling_factor,
+                  "config": asdict(self.cfg)}
+        tmp = self.checkpoint_path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.checkpoint_path)  # atomic: a crash never leaves half a checkpoint
+
+    def log(self, **values) -> None:
+        with open(self.out / "train.log", "a") as f:
+            f.write(json.dumps(values) + "\n")
+
+    # -- data -----------------------------------------------------------------------------
+    def batch(self, step: int, phase: str):
+        seed = (self.cfg.seed * 1_000_003 + step) * (2 if phase == "vae" else 3)
+        images, captions, scenes = batch_tensors(self.cfg.batch_size, seed=seed, size=self.cfg.model.image_size)
+        return images.to(self.device), captions, scenes
+
+    # -- phase 1: the VAE -----------------------------------------------------------------
+    def train_vae(self, deadline: float) -> None:
+        cfg = self.cfg
+        vae = self.vae.train()
+        bar = tqdm(total=cfg.vae_steps, initial=self.vae_step, desc="VAE", disable=None)
+        while self.vae_step < cfg.vae_steps and time.time() < deadline:
+            images, _, scenes = self.batch(self.vae_step, "vae")
+            masks = torch.stack([torch.from_numpy(object_mask(s, cfg.model.image_size)) for s in scenes])
+            weight = 1 + (cfg.object_weight - 1) * masks[:, None].float().to(self.device)
+            for group in self.vae_opt.param_groups:
+                group["lr"] = _lr_at(self.vae_step, cfg.vae_steps, cfg.vae_lr, cfg.warmup_steps)
+            with self.acc.autocast():
+                posterior = vae.encode(images).latent_dist
+                recon = vae.decode(posterior.mode()).sample.float()  # decoder learns from the mean
+                err = recon - images
+                loss = (weight * err.abs()).mean() + (weight * err.square()).mean()
+                loss = loss + cfg.kl_weight * posterior.kl().mean()
+            self.acc.backward(loss)
+            self.vae_opt.step()
+            self.vae_opt.zero_grad(set_to_none=True)
+            self.vae_step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            if self.vae_step % 50 == 0:
+                self.log(phase="vae", step=self.vae_step, loss=loss.item(), time=time.time())
+            if self.vae_step % cfg.checkpoint_every == 0 or self.vae_step == cfg.vae_steps:
+                self._set_scaling_factor()
+                self.save_checkpoint()
+        bar.close()
+
+    @torch.no_grad()
+    def _set_scaling_factor(self) -> None:
+        """Scale latents to unit variance, as SD's 0.18215 does for its VAE."""
+        vae = self.acc.unwrap_model(self.vae)
+        images, _, _ = self.batch(10**9, "vae")
+        std = vae.encode(images).latent_dist.mode().float().std().item()
+        vae.register_to_config(scaling_factor=1.0 / std)
+
+    # -- phase 2: UNet and text encoder ---------------------------------------------------
+    def encode_text(self, captions: list[str], encoder) -> torch.Tensor:
+        ids = self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids.to(self.device)
+        return encoder(ids)[0]
+
+    def sample_timesteps(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        steps = self.scheduler.config.num_train_timesteps
+        t = torch.randint(0, steps, (n,), generator=generator)
+        high = torch.rand(n, generator=generator) < self.cfg.high_noise_share
+        t[high] = torch.randint(int(steps * 0.7), steps, (int(high.sum()),), generator=generator)
+        return t
+
+    def train_unet(self, deadline: float) -> None:
+        cfg = self.cfg
+        vae = self.acc.unwrap_model(self.vae).eval().requires_grad_(False)
+        scaling = vae.config.scaling_factor
+        unet, text_encoder = self.unet.train(), self.text_encoder.train()
+        generator = torch.Generator().manual_seed(cfg.seed + self.unet_step)
+        alphas = self.scheduler.alphas_cumprod.to(self.device)
+        bar = tqdm(total=cfg.unet_steps, initial=self.unet_step, desc="UNet", disable=None)
+        while self.unet_step < cfg.unet_steps and time.time() < deadline:
+            images, captions, _ = self.batch(self.unet_step, "unet")
+            drop = torch.rand(len(captions), generator=generator) < cfg.caption_dropout
+            captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+            for group in self.unet_opt.param_groups:
+                group["lr"] = _lr_at(self.unet_step, cfg.unet_steps, cfg.unet_lr, cfg.warmup_steps)
+            with torch.no_grad():
+                latents = vae.encode(images).latent_dist.mode() * scaling
+            noise = torch.randn(latents.shape, generator=generator).to(self.device)
+            t = self.sample_timesteps(len(captions), generator).to(self.device)
+            a = alphas[t].sqrt()[:, None, None, None]
+            s = (1 - alphas[t]).sqrt()[:, None, None, None]
+            noisy, target = a * latents + s * noise, a * noise - s * latents  # v-prediction target
+            with self.acc.autocast():
+                text = self.encode_text(captions, text_encoder)
+                pred = unet(noisy, t, text).sample
+                loss = F.mse_loss(pred.float(), target)
+            self.acc.backward(loss)
+            self.acc.clip_grad_norm_(list(unet.parameters()) + list(text_encoder.parameters()), 1.0)
+            self.unet_opt.step()
+            self.unet_opt.zero_grad(set_to_none=True)
+            self.unet_ema.update(self.acc.unwrap_model(unet), self.unet_step)
+            self.text_ema.update(self.acc.unwrap_model(text_encoder), self.unet_step)
+            self.unet_step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            if self.unet_step % 50 == 0:
+                self.log(phase="unet", step=self.unet_step, loss=loss.item(), time=time.time())
+            if self.unet_step % cfg.checkpoint_every == 0 or self.unet_step == cfg.unet_steps:
+                self.save_checkpoint()
+            if self.unet_step % cfg.eval_every == 0:
+                self.evaluate()
+        bar.close()
+
+    def evaluate(self, count: int = 48) -> None:
+        """Log held-out adherence of the current EMA weights (20 steps, guidance 7.5)."""
+        from .evaluate import measure_adherence
+        from .world import held_out_scenes
+
+        result = measure_adherence(self.pipeline(), held_out_scenes(count, seed=1))
+        self.log(phase="eval", step=self.unet_step, **result.scores, time=time.time())
+
+    # -- the result -----------------------------------------------------------------------
+    def pipeline(self, ema: bool = True):
+        """A StableDiffusionPipeline made of the current (EMA) weights, in float32 on the CPU."""
+        from diffusers import StableDiffusionPipeline
+
+        unwrap = self.acc.unwrap_model
+        unet = copy.deepcopy(self.unet_ema.module if ema else unwrap(self.unet)).float().cpu().eval()
+        text = copy.deepcopy(self.text_ema.module if ema else unwrap(self.text_encoder)).float().cpu().eval()
+        vae = copy.deepcopy(unwrap(self.vae)).float().cpu().eval()
+        pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=self.tokenizer, unet=unet,
+                                       scheduler=build_scheduler(), safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+        pipe.set_progress_bar_config(disable=True)
+        pipe.sdlab_model_name = "sdlab-tiny"
+        return pipe
+
+    def run(self, minutes: float | None = None) -> None:
+        deadline = time.time() + (minutes * 60 if minutes else float("inf"))
+        self.train_vae(deadline)
+        if self.vae_step >= self.cfg.vae_steps and self.unet_step == 0:
+            from .evaluate import reconstruction_accuracy
+
+            self.log(phase="vae_eval", step=self.vae_step, **reconstruction_accuracy(self.acc.unwrap_model(self.vae)))
+        if self.vae_step >= self.cfg.vae_steps:
+            self.train_unet(deadline)
+        self.save_checkpoint()
+
+
+def export_pipeline(pipe, out_dir: str | Path, half: bool = True) -> Path:
+    """Save a pipeline as a diffusers folder (safetensors; float16 weights halve the size)."""
+    out = Path(out_dir)
+    if half:
+        pipe = copy.deepcopy(pipe)
+        for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+            module.half()
+    pipe.save_pretrained(out, safe_serialization=True)
+    return out

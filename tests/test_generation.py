@@ -1,0 +1,131 @@
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sdlab.errors import SdlabInputError
+from sdlab.generation import MAX_IMAGES, PromptTruncatedWarning, generate
+from sdlab.seeds import make_latents, seeds_for, slerp, variation_latents
+
+
+def pixels(image):
+    return np.asarray(image).astype(int)
+
+
+def test_same_seed_same_pixels_different_seed_differs(tiny_pipe):
+    a = generate(tiny_pipe, "a red circle", seed=42, num_inference_steps=3)[0].image
+    b = generate(tiny_pipe, "a red circle", seed=42, num_inference_steps=3)[0].image
+    c = generate(tiny_pipe, "a red circle", seed=43, num_inference_steps=3)[0].image
+    assert np.array_equal(pixels(a), pixels(b))
+    assert np.abs(pixels(a) - pixels(c)).mean() > 1
+
+
+def test_latents_from_seed_equal_the_pipelines_own(tiny_pipe):
+    by_seed = generate(tiny_pipe, "a red circle", seed=7, num_inference_steps=3)[0].image
+    latents = make_latents(tiny_pipe, 7)
+    assert latents.shape == (1, 4, 32, 32)
+    by_latents = generate(tiny_pipe, "a red circle", latents=latents, seed=7, num_inference_steps=3)[0].image
+    assert np.array_equal(pixels(by_seed), pixels(by_latents))
+
+
+def test_batch_image_k_is_the_single_run_with_seed_k(tiny_pipe):
+    batch = generate(tiny_pipe, "a green cross", seed=100, num_images_per_prompt=4, num_inference_steps=3)
+    assert [p.seed for p in batch.params] == [100, 101, 102, 103]
+    for k, item in enumerate(batch):
+        single = generate(tiny_pipe, "a green cross", seed=100 + k, num_inference_steps=3)[0]
+        # the starting noise is identical; batched matrix products may round the last bit differently
+        assert np.abs(pixels(item.image) - pixels(single.image)).max() <= 2
+
+
+def test_batch_is_one_call_with_timing(tiny_pipe):
+    result = generate(tiny_pipe, ["a red circle", "a blue square"], seed=[5, 9], num_images_per_prompt=1,
+                      num_inference_steps=2)
+    assert [p.prompt for p in result.params] == ["a red circle", "a blue square"]
+    assert [p.seed for p in result.params] == [5, 9]
+    assert result.seconds > 0 and result[0].seconds == pytest.approx(result.seconds / 2)
+
+
+def test_params_record_everything(tiny_pipe):
+    item = generate(tiny_pipe, "a red circle", negative_prompt="blurry", seed=1, num_inference_steps=2,
+                    guidance_scale=3.0, scheduler="Euler a", width=96, height=64)[0]
+    p = item.params
+    assert (p.prompt, p.negative_prompt, p.seed, p.num_inference_steps, p.guidance_scale) == \
+        ("a red circle", "blurry", 1, 2, 3.0)
+    assert (p.scheduler, p.model, p.width, p.height, p.mode) == ("Euler a", "tiny-random", 96, 64, "txt2img")
+    assert item.image.size == (96, 64)
+
+
+def test_variations_are_close_to_the_base(tiny_pipe):
+    base = make_latents(tiny_pipe, 1)
+    assert torch.equal(slerp(0.0, base, make_latents(tiny_pipe, 2)), base)
+    near = variation_latents(tiny_pipe, 1, 2, 0.1)
+    far = variation_latents(tiny_pipe, 1, 2, 0.9)
+    assert (near - base).norm() < (far - base).norm()
+    assert abs(near.norm() / base.norm() - 1) < 0.05  # slerp keeps the noise's length
+    result = generate(tiny_pipe, "a red circle", seed=1, variation_seed=2, variation_strength=0.1,
+                      num_inference_steps=2)
+    assert result[0].params.variation_seed == 2
+
+
+def test_img2img_and_inpaint_share_the_pipeline(tiny_pipe):
+    init = generate(tiny_pipe, "a red circle", seed=1, num_inference_steps=2)[0].image
+    changed = generate(tiny_pipe, "a blue square", seed=1, image=init, strength=0.6, num_inference_steps=4)[0]
+    assert changed.params.mode == "img2img" and changed.params.strength == 0.6
+    mask = Image.new("L", init.size, 0)
+    mask.paste(255, (0, 0, 32, 64))
+    painted = generate(tiny_pipe, "a blue square", seed=1, image=init, mask_image=mask, num_inference_steps=4)[0]
+    assert painted.params.mode == "inpaint" and painted.image.size == init.size
+
+
+def test_long_prompt_warns_what_was_cut(tiny_pipe):
+    prompt = "a red circle " + " ".join(f"word{i}" for i in range(80)) + " ENDING"
+    with pytest.warns(PromptTruncatedWarning, match="ending"):
+        generate(tiny_pipe, prompt, seed=0, num_inference_steps=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PromptTruncatedWarning)
+        generate(tiny_pipe, "a red circle", seed=0, num_inference_steps=1)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(height=500), "height must be a multiple of 8, got 500; try 496 or 504"),
+    (dict(width=63), "width must be a multiple of 8"),
+    (dict(width=4096), "between 32 and 2048"),
+    (dict(height=16), "between 32 and 2048"),
+    (dict(num_inference_steps=0), "num_inference_steps must be a whole number from 1 to 500, got 0"),
+    (dict(num_inference_steps=501), "from 1 to 500"),
+    (dict(num_inference_steps=2.5), "whole number"),
+    (dict(guidance_scale=-1), "guidance_scale must be between 0 and 50, got -1"),
+    (dict(num_images_per_prompt=0), "num_images_per_prompt must be between 1 and"),
+    (dict(num_images_per_prompt=MAX_IMAGES + 1), "num_images_per_prompt must be between 1 and"),
+    (dict(seed=-1), r"seed must be in \[0, 2\*\*64\)"),
+    (dict(seed=2**64), r"seed must be in \[0, 2\*\*64\)"),
+    (dict(seed="42"), "seed must be a whole number"),
+    (dict(seed=[1, 2]), "one seed per image"),
+    (dict(scheduler="K_NOPE"), "choose one of"),
+    (dict(latents=torch.zeros(1, 4, 8, 8)), r"latents must have shape \(N, 4, 32, 32\)"),
+    (dict(mask_image=Image.new("L", (64, 64))), "needs an image"),
+])
+def test_bad_input_is_a_teaching_error(tiny_pipe, kwargs, message):
+    with pytest.raises(SdlabInputError, match=message):
+        generate(tiny_pipe, "a red circle", **kwargs)
+
+
+@pytest.mark.parametrize("strength", [0, -0.1, 1.5])
+def test_bad_strength(tiny_pipe, strength):
+    init = Image.new("RGB", (64, 64), "red")
+    with pytest.raises(SdlabInputError, match=r"strength must be in \(0, 1\]"):
+        generate(tiny_pipe, "x", image=init, strength=strength)
+
+
+def test_mask_size_must_match(tiny_pipe):
+    init = Image.new("RGB", (64, 64), "red")
+    with pytest.raises(SdlabInputError, match="mask_image is 32×32 but image is 64×64"):
+        generate(tiny_pipe, "x", image=init, mask_image=Image.new("L", (32, 32)))
+
+
+def test_seeds_for():
+    assert seeds_for(10, 3) == [10, 11, 12]
+    assert seeds_for([4, 2], 2) == [4, 2]
+    assert len(set(seeds_for(None, 4))) == 4

@@ -1,0 +1,73 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sdlab.cli import main
+from sdlab.errors import SdlabInputError
+from sdlab.generation import generate
+from sdlab.grids import image_grid, labelled_grid
+from sdlab.metadata import format_parameters, parse_parameters, read_params, regenerate, save_png
+
+
+def test_png_parameters_round_trip_and_regenerate(tiny_pipe, tmp_path):
+    result = generate(tiny_pipe, "a red circle, top left: big", negative_prompt="blurry, dark", seed=5,
+                      num_images_per_prompt=3, num_inference_steps=3, guidance_scale=6.5, scheduler="DPM++ 2M")
+    for item in result:
+        path = save_png(item, tmp_path / f"{item.params.seed}.png")
+        text = Image.open(path).info["parameters"]
+        assert text.splitlines()[1] == "Negative prompt: blurry, dark"
+        assert f"Steps: 3, Sampler: DPM++ 2M, CFG scale: 6.5, Seed: {item.params.seed}, Size: 64x64" in text
+        assert read_params(path) == item.params
+        again = regenerate(path, tiny_pipe)
+        assert np.array_equal(np.asarray(again.image), np.asarray(item.image))
+
+
+def test_reads_automatic1111_text():
+    text = ("a cat\nNegative prompt: ugly\nSteps: 30, Sampler: Euler a, CFG scale: 7, Seed: 123, "
+            "Size: 512x768, Model hash: abc, Model: v1-5-pruned")
+    p = parse_parameters(text)
+    assert (p.prompt, p.negative_prompt, p.num_inference_steps, p.scheduler) == ("a cat", "ugly", 30, "Euler a")
+    assert (p.guidance_scale, p.seed, p.width, p.height, p.model) == (7.0, 123, 512, 768, "v1-5-pruned")
+    assert parse_parameters(format_parameters(p)) == p
+
+
+def test_png_without_parameters_is_explained(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
+    with pytest.raises(SdlabInputError, match="no 'parameters' text chunk"):
+        read_params(tmp_path / "plain.png")
+
+
+def test_grids():
+    ims = [Image.new("RGB", (10, 10), c) for c in ("red", "green", "blue", "white", "black")]
+    grid = image_grid(ims, rows=2, cols=3, gap=0)
+    assert grid.size == (30, 20) and grid.getpixel((25, 5)) == (0, 0, 255)
+    labelled = labelled_grid(ims[:4], row_labels=["seed 1", "seed 2"], col_labels=["g 1", "g 7.5"], cell=64)
+    assert labelled.width > 128 and labelled.height > 128
+    # the images are pasted unchanged (scaled) at the bottom right
+    assert labelled.getpixel((labelled.width - 5, labelled.height - 5)) == (255, 255, 255)
+    with pytest.raises(SdlabInputError, match="4 images for 3 row labels"):
+        labelled_grid(ims[:4], row_labels=["a", "b", "c"], col_labels=["x", "y"])
+    with pytest.raises(SdlabInputError, match="same size"):
+        image_grid([Image.new("RGB", (10, 10)), Image.new("RGB", (12, 10))])
+
+
+def test_cli_generate_then_regenerate(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["generate", "a red circle", "--model", "tiny-random", "--seed", "42", "--steps", "20",
+                 "--guidance", "7.5", "--width", "64", "--height", "64", "--scheduler", "DPM++ 2M", "-n", "4",
+                 "--out", str(out), "--quiet"]) == 0
+    files = sorted(p.name for p in out.glob("*.png"))
+    assert files == ["42.png", "43.png", "44.png", "45.png"]
+    assert main(["regenerate", str(out / "44.png"), "--out", str(tmp_path / "again.png")]) == 0
+    assert "identical" in capsys.readouterr().out
+
+
+def test_cli_bad_arguments_exit_nonzero_without_traceback():
+    proc = subprocess.run([sys.executable, "-m", "sdlab", "generate", "x", "--model", "tiny-random",
+                           "--width", "500"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "width must be a multiple of 8, got 500; try 496 or 504" in proc.stderr
+    assert "Traceback" not in proc.stderr

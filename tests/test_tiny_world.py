@@ -1,0 +1,208 @@
+"""Tests for the tiny procedural world and its pixel checker."""
+
+import random
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+from sdlab.tiny import checker, world
+from sdlab.tiny.world import ATTRIBUTES, Scene
+
+
+# ---------------------------------------------------------------- the world
+
+def test_scene_rejects_bad_attributes():
+    with pytest.raises(ValueError):
+        Scene("hexagon", "red", "blue", "top", "small")
+    with pytest.raises(ValueError):
+        Scene("circle", "red", "red", "top", "small")  # invisible object
+
+
+def test_same_seed_gives_identical_examples():
+    a = world.make_examples(50, seed=3)
+    b = world.make_examples(50, seed=3)
+    assert [t for _, t, _ in a] == [t for _, t, _ in b]
+    assert [s for _, _, s in a] == [s for _, _, s in b]
+    for (img_a, _, _), (img_b, _, _) in zip(a, b):
+        assert np.array_equal(np.asarray(img_a), np.asarray(img_b))
+    c = world.make_examples(50, seed=4)
+    assert [t for _, t, _ in a] != [t for _, t, _ in c]
+
+
+def test_batch_tensors_match_make_examples():
+    torch = pytest.importorskip("torch")
+    images, captions, scenes = world.batch_tensors(20, seed=5)
+    examples = world.make_examples(20, seed=5)
+    assert images.shape == (20, 3, 64, 64) and images.dtype == torch.float32
+    assert images.min() >= -1 and images.max() <= 1
+    assert captions == [t for _, t, _ in examples]
+    assert scenes == [s for _, _, s in examples]
+    pixels = np.stack([np.asarray(img) for img, _, _ in examples])
+    from_tensor = ((images.permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().astype(np.uint8)
+    assert np.array_equal(from_tensor, pixels)
+
+
+def test_render_sizes_and_objects_inside_image():
+    for size in (64, 128):
+        for shape in world.SHAPES:
+            for position in world.POSITIONS:
+                scene = Scene(shape, "red", "blue", position, "large")
+                img = scene.render(size)
+                assert img.size == (size, size) and img.mode == "RGB"
+                mask = world.object_mask(scene, size)
+                assert mask.shape == (size, size) and mask.any()
+                # nothing touches the image border
+                assert not (mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
+
+
+def test_object_mask_matches_object_pixels():
+    scene = Scene("triangle", "yellow", "purple", "bottom right", "small")
+    pixels = np.asarray(scene.render(), dtype=int)
+    mask = world.object_mask(scene)
+    yellow = np.array(world.COLOURS["yellow"])
+    assert np.abs(pixels[mask] - yellow).max() < 128
+    assert np.abs(pixels[~mask] - np.array(world.COLOURS["purple"])).max() < 128
+
+
+# ---------------------------------------------------------------- captions
+
+def test_caption_round_trip_through_parser():
+    rng = random.Random(0)
+    mentions = {a: 0 for a in ATTRIBUTES}
+    n = 3000
+    for _ in range(n):
+        scene = world.sample_scene(rng)
+        text, mentioned = world.caption_with_attributes(scene, rng)
+        assert world.parse_prompt(text) == mentioned, text
+        assert mentioned == {a: getattr(scene, a) for a in mentioned}
+        for a in mentioned:
+            mentions[a] += 1
+    rates = {a: k / n for a, k in mentions.items()}
+    assert rates["shape"] == 1.0
+    assert rates["colour"] > 0.9
+    assert 0.7 <= rates["position"] <= 0.8
+    assert 0.62 <= rates["background"] <= 0.78
+    assert 0.42 <= rates["size"] <= 0.58
+
+
+def test_canonical_prompt_names_everything():
+    for scene in world.held_out_scenes(40):
+        assert world.parse_prompt(world.canonical_prompt(scene)) == scene.as_dict()
+
+
+@pytest.mark.parametrize(
+    "prompt, expected",
+    [
+        ("a small red circle on a blue background in the top left",
+         dict(size="small", colour="red", shape="circle", background="blue", position="top left")),
+        ("red ball, blue backdrop", dict(colour="red", shape="circle", background="blue")),
+        ("a red circle", dict(colour="red", shape="circle")),
+        ("a large square, green, on white",
+         dict(size="large", shape="square", colour="green", background="white")),
+        ("blue background with a yellow triangle at the bottom right",
+         dict(background="blue", colour="yellow", shape="triangle", position="bottom right")),
+        ("top left: a small red disc on blue",
+         dict(position="top left", size="small", colour="red", shape="circle", background="blue")),
+        ("A big violet plus sign in the upper-right corner",
+         dict(size="large", colour="purple", shape="cross", position="top right")),
+        ("tiny white dot, centred", dict(size="small", colour="white", shape="circle", position="center")),
+        ("an orange block in the middle of a black backdrop",
+         dict(colour="orange", shape="square", position="center", background="black")),
+        ("a cat", {}),
+    ],
+)
+def test_parse_prompt_examples(prompt, expected):
+    assert world.parse_prompt(prompt) == expected
+
+
+# ---------------------------------------------------------------- split
+
+def test_held_out_scenes_never_sampled_for_training():
+    rng = random.Random(1)
+    train = [world.sample_scene(rng) for _ in range(5000)]
+    assert not any(world.is_held_out(s) for s in train)
+    held = world.held_out_scenes()
+    assert len(set(held)) == len(held) >= 200
+    assert all(world.is_held_out(s) for s in held)
+    some = world.held_out_scenes(200, seed=0)
+    assert {(s.position, s.size) for s in some} == {(p, z) for p in world.POSITIONS for z in world.SIZES}
+    assert some == world.held_out_scenes(200, seed=0)
+    assert 0.13 <= len(world.HELD_OUT_COMBOS) / len(world.ALL_COMBOS) <= 0.17
+
+
+def test_every_pair_of_concepts_is_seen_in_training():
+    """Held-out combinations are new *compositions*, not new concepts."""
+    for i, j in [(0, 1), (0, 2), (1, 2)]:
+        everything = {(c[i], c[j]) for c in world.ALL_COMBOS}
+        trained = {(c[i], c[j]) for c in world.TRAIN_COMBOS}
+        assert trained == everything
+
+
+# ---------------------------------------------------------------- checker
+
+def _degrade(image, rng):
+    """Blur (radius 1) and add Gaussian noise (sigma 10/255), like a soft generated image."""
+    blurred = np.asarray(image.filter(ImageFilter.GaussianBlur(1)), dtype=np.float32)
+    noisy = blurred + rng.normal(0.0, 10.0, blurred.shape)
+    return Image.fromarray(np.clip(np.rint(noisy), 0, 255).astype(np.uint8))
+
+
+def test_checker_reads_clean_renders():
+    examples = world.make_examples(1000, seed=11)
+    result = checker.score([img for img, _, _ in examples], [s for _, _, s in examples])
+    print("checker accuracy, clean renders:", result)
+    for name in (*ATTRIBUTES, "all"):
+        assert result[name] >= 0.99, (name, result)
+
+
+def test_checker_reads_degraded_renders():
+    rng = np.random.default_rng(0)
+    examples = world.make_examples(1000, seed=12)
+    images = [_degrade(img, rng) for img, _, _ in examples]
+    result = checker.score(images, [s for _, _, s in examples])
+    print("checker accuracy, blurred + noisy renders:", result)
+    for name in (*ATTRIBUTES, "all"):
+        assert result[name] >= 0.95, (name, result)
+
+
+def test_checker_reads_held_out_scenes_at_128px():
+    scenes = world.held_out_scenes(100)
+    result = checker.score([s.render(128) for s in scenes], scenes)
+    assert result["all"] >= 0.99, result
+
+
+def test_checker_accepts_arrays_tensors_and_prompts():
+    scene = Scene("cross", "green", "white", "left", "large")
+    img = scene.render()
+    assert checker.read_scene(np.asarray(img)).as_dict() == scene.as_dict()
+    assert checker.read_scene(np.asarray(img) / 255.0).as_dict() == scene.as_dict()
+    assert checker.adherence(img, "a green plus on the left") == {
+        "colour": True, "shape": True, "position": True}
+    assert checker.adherence(img, {"shape": "circle"}) == {"shape": False}
+    torch = pytest.importorskip("torch")
+    tensor = torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 127.5 - 1
+    assert checker.read_scene(tensor).as_dict() == scene.as_dict()
+
+
+@pytest.mark.parametrize(
+    "pixels",
+    [
+        np.zeros((64, 64, 3), dtype=np.uint8),
+        np.full((64, 64, 3), 200, dtype=np.uint8),
+        np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8),
+        np.random.default_rng(1).integers(0, 256, (64, 64), dtype=np.uint8),
+        np.zeros((4, 4, 3), dtype=np.uint8),
+    ],
+)
+def test_checker_survives_images_without_object(pixels):
+    reading = checker.read_scene(pixels)
+    assert reading.shape is None and not reading.found
+    assert checker.adherence(pixels, Scene("circle", "red", "blue", "top", "small"))["shape"] is False
+
+
+def test_score_averages_only_named_attributes():
+    good = Scene("square", "red", "white", "center", "large")
+    result = checker.score([good.render(), good.render()], [{"shape": "square"}, good])
+    assert result["shape"] == 1.0 and result["colour"] == 1.0 and result["all"] == 1.0
+    assert set(result) == {*ATTRIBUTES, "all"}
