@@ -4,6 +4,7 @@
     sdlab regenerate outputs/42.png --out again.png
     sdlab train-tiny --out runs/sdlab-tiny        sdlab eval-tiny
     sdlab course build | check                    sdlab models | schedulers
+    sdlab serve --model sdlab-tiny --port 7860
 """
 from __future__ import annotations
 
@@ -83,6 +84,12 @@ def _course(args) -> None:
         print("notebooks/ is in sync with solutions/")
 
 
+def _serve(args) -> None:
+    from .app import serve
+
+    serve(args.model, host=args.host, port=args.port, share=args.share)
+
+
 def _list(args) -> None:
     if args.command == "models":
         from .presets import PRESETS
@@ -146,6 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
     course.add_argument("--solutions", default="solutions")
     course.add_argument("--notebooks", default="notebooks")
     course.set_defaults(func=_course)
+
+    srv = sub.add_parser("serve", help="the web app: Gradio UI and REST API in one server")
+    srv.add_argument("--model", default=None, help="preset, folder or hub id (default: sdlab-tiny)")
+    srv.add_argument("--host", default="127.0.0.1", help="127.0.0.1 keeps it on this machine")
+    srv.add_argument("--port", type=int, default=7860)
+    srv.add_argument("--share", action="store_true", help="also open a public Gradio share link")
+    srv.set_defaults(func=_serve)
 
     for name in ("models", "schedulers"):
         sub.add_parser(name, help=f"list the {name}").set_defaults(func=_list)
