@@ -72,3 +72,31 @@ def pick_device(device: str | torch.device = "auto", dtype: str | torch.dtype = 
         raise SdlabInputError("dtype=float16 is for GPUs: the CPU has no fast float16 kernels and some "
                               "give wrong results; use dtype='float32' (or 'bfloat16') on the CPU")
     return DeviceChoice(dev, chosen, f"{reason}; dtype asked for")
+
+
+def hardware_report() -> dict[str, str]:
+    """What this machine offers for diffusion: versions, device, memory (no printing)."""
+    import os
+    import platform
+
+    import diffusers
+    import transformers
+
+    report = {"python": platform.python_version(), "torch": torch.__version__,
+              "diffusers": diffusers.__version__, "transformers": transformers.__version__,
+              "cpu cores": str(os.cpu_count())}
+    try:
+        pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        report["memory"] = f"{pages * page_size / 2**30:.1f} GiB"
+    except (ValueError, OSError, AttributeError):
+        report["memory"] = "unknown"
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        report["gpu"] = f"{props.name}, {props.total_memory / 2**30:.1f} GiB"
+        report["bfloat16 on gpu"] = str(torch.cuda.is_bf16_supported())
+    elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        report["gpu"] = "Apple GPU (MPS)"
+    else:
+        report["gpu"] = "none"
+    report["chosen"] = str(pick_device())
+    return report

@@ -100,16 +100,25 @@ def labelled_grid(images: Sequence[Image.Image], row_labels: Sequence[str] = (),
 
 # ---- display (notebooks) ------------------------------------------------------------------
 
-def show_image(image: Image.Image, scale: int = 1) -> None:
+def display_scale(image: Image.Image, target: int = 256) -> int:
+    """How much to enlarge an image for the screen: ×4 for sdlab-tiny's 64 px, ×1 for SD's 512."""
+    return max(1, target // max(image.width, image.height))
+
+
+def show_image(image: Image.Image, scale: int | None = None) -> None:
     """Display one image in a notebook (scaled up with sharp pixels for tiny images)."""
     from IPython.display import display
 
+    scale = display_scale(image) if scale is None else scale
     if scale > 1:
         image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
     display(image)
 
 
 def show_images(images: Sequence[Image.Image], rows: int | None = None, cols: int | None = None,
-                scale: int = 1) -> None:
-    """Display images as one grid in a notebook."""
-    show_image(image_grid(list(images), rows, cols), scale)
+                scale: int | None = None) -> None:
+    """Display images as one grid in a notebook (each enlarged like `show_image` would)."""
+    images = list(images)
+    scale = display_scale(images[0]) if scale is None else scale
+    show_image(image_grid([im.resize((im.width * scale, im.height * scale), Image.NEAREST) for im in images],
+                          rows, cols), scale=1)

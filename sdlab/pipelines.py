@@ -177,3 +177,25 @@ def _variant(cls, pipe):
     variant.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
     variant.sdlab_model_name = model_name(pipe)
     return variant
+
+
+def hub_login(token: str | None = None) -> str:
+    """Log in to the Hugging Face Hub for gated models, without ever showing the token.
+
+    The token comes from the argument, the HF_TOKEN environment variable or Colab's secret
+    HF_TOKEN — never type it into a notebook cell that gets saved. Returns what happened.
+    """
+    token = token or os.environ.get("HF_TOKEN")
+    if token is None:
+        try:
+            from google.colab import userdata  # only in Colab
+
+            token = userdata.get("HF_TOKEN")
+        except Exception:  # not in Colab, or the secret is not set/allowed
+            token = None
+    if not token:
+        return "no Hugging Face token found (set HF_TOKEN); none is needed for sdlab-tiny, sd15 or sd-turbo"
+    from huggingface_hub import login
+
+    login(token=token, add_to_git_credential=False)
+    return "logged in to the Hugging Face Hub (the token is stored in the HF cache, not in this notebook)"

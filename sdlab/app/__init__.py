@@ -1,0 +1,46 @@
+"""The web app (notebook 07): a Gradio UI and a REST API on one server, sharing one pipeline.
+
+    server = sdlab.app.launch(pipe)     # in a notebook: shows the UI; server.url, server.close()
+    sdlab serve --model sdlab-tiny      # in a terminal: http://127.0.0.1:7860/ and /docs
+    app = sdlab.app.create_app(pipe)    # the FastAPI app itself (tests, or your own uvicorn)
+
+What lives where: `studio` (the shared pipeline, taken in turns), `api` (the REST endpoints),
+`ui` (the Gradio Blocks), `server` (running it, opening a share link).
+"""
+from __future__ import annotations
+
+import os
+
+# No telemetry or version checks: the app runs offline, in classrooms (set before gradio loads).
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import gradio as gr  # noqa: E402
+from fastapi import FastAPI  # noqa: E402
+
+from .. import __version__  # noqa: E402
+from .api import add_api  # noqa: E402
+from .server import Server, launch, serve  # noqa: E402
+from .studio import Studio  # noqa: E402
+from .ui import build_ui  # noqa: E402
+
+__all__ = ["create_app", "launch", "serve", "Server", "Studio"]
+
+
+def create_app(pipe, *, max_queue: int = 16) -> FastAPI:
+    """The FastAPI app: REST endpoints (docs at /docs) and the Gradio UI mounted at /.
+
+    max_queue: how many requests may be in line for the pipeline (the running one included);
+    more get HTTP 503 (REST) or "queue full" (UI).
+    """
+    studio = Studio(pipe, max_queue=max_queue)
+    app = FastAPI(title="sdlab", version=__version__,
+                  description="Stable Diffusion over HTTP: text to image, image to image, inpainting. "
+                              "The web UI is at /; every image comes back as a PNG that keeps its parameters.")
+    app.state.studio = studio
+    add_api(app, studio)  # its routes come first, so the UI mounted at / does not hide them
+    app.state.ui = build_ui(studio)
+    gr.mount_gradio_app(app, app.state.ui, path="/", ssr_mode=False, show_error=True, mcp_server=False,
+                        run_history=False, footer_links=["api", "settings"])
+    app.state.gradio_app = app.routes[-1].app  # the mounted Gradio app (Server.close ends its streams)
+    return app

@@ -1,0 +1,272 @@
+"""The REST API: POST /text2img, /img2img, /inpainting; GET /models, /schedulers, /health.
+
+Fields have sdlab's names, which are diffusers' names; the FastAPI service this course grew
+out of used others, and they are accepted too: `cfg_scale` (guidance_scale), `steps`
+(num_inference_steps), `number_of_images` (num_images_per_prompt), `mask` (mask_image).
+Images travel as base64 PNG, and every PNG the API returns carries its parameters (the
+AUTOMATIC1111 "parameters" text that `sdlab.save_png` writes).
+
+Values are checked by `generate()` itself; its teaching message comes back as HTTP 422
+`{"detail": "..."}`. Only what generate() cannot see is checked here: the JSON (types,
+unknown fields), the base64 images, and which model this server has loaded.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from PIL import Image, UnidentifiedImageError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+
+from .. import __version__
+from ..errors import SdlabInputError, check
+from ..generation import MAX_SIZE, GenerationParams
+from ..metadata import format_parameters
+from ..presets import PRESETS
+from ..schedulers import ALIASES, scheduler_name, scheduler_names
+from .studio import BusyError, Studio, png_bytes
+
+MAX_IMAGE_BYTES = 16 * 2**20  # one uploaded image, after base64 decoding
+MAX_BODY_BYTES = 48 * 2**20  # a whole request body (an image and a mask, base64)
+EXAMPLE_PROMPT = "a small red circle on a blue background"
+
+
+# ---- request and response bodies ---------------------------------------------------------
+
+class _Request(BaseModel):
+    """The fields every generation endpoint takes (None: the model's default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(description="what to draw", examples=[EXAMPLE_PROMPT])
+    negative_prompt: str = Field("", description="what to steer away from")
+    seed: int | None = Field(None, description="seed of the first image; image k gets seed + k. "
+                                               "null or -1: a random seed (echoed in the response)")
+    num_inference_steps: int | None = Field(None, validation_alias=AliasChoices("num_inference_steps", "steps"),
+                                            description="denoising steps, 1–500 (alias: steps)")
+    guidance_scale: float | None = Field(None, validation_alias=AliasChoices("guidance_scale", "cfg_scale"),
+                                         description="classifier-free guidance, 0–50 (alias: cfg_scale)")
+    num_images_per_prompt: int = Field(1, validation_alias=AliasChoices("num_images_per_prompt", "number_of_images"),
+                                       description="how many images, 1–64 (alias: number_of_images)")
+    width: int | None = Field(None, description="pixels, a multiple of 8")
+    height: int | None = Field(None, description="pixels, a multiple of 8")
+    scheduler: str | None = Field(None, description="a name from GET /schedulers, e.g. 'DPM++ 2M' or 'K_EULER'")
+    model: str | None = Field(None, description="must be the model this server loaded (GET /models); may be left out")
+
+
+class Text2ImgRequest(_Request):
+    variation_seed: int | None = Field(None, description="mix each image's noise with this seed's noise")
+    variation_strength: float = Field(0.0, description="0: the seed's image, 1: the variation seed's image")
+
+
+class Img2ImgRequest(_Request):
+    image: str = Field(description="the start image: base64 PNG or JPEG (a data: URL works too)")
+    strength: float = Field(0.8, description="how much to change the image, (0, 1]")
+
+
+class InpaintingRequest(Img2ImgRequest):
+    mask_image: str = Field(validation_alias=AliasChoices("mask_image", "mask"),
+                            description="base64 mask the size of image: white = repaint, black = keep (alias: mask)")
+
+
+class ImageOut(BaseModel):
+    image: str = Field(description="base64 PNG; its 'parameters' text chunk holds the parameters below")
+    seed: int
+    parameters: GenerationParams
+    infotext: str = Field(description="the parameters as AUTOMATIC1111 writes them")
+    seconds: float = Field(description="this image's share of the generation time")
+
+
+class GenerationResponse(BaseModel):
+    images: list[ImageOut]
+    seconds: float = Field(description="generation time of the whole batch (waiting in line not counted)")
+    model: str
+    warnings: list[str] = Field(default_factory=list, description="e.g. the part of a too-long prompt that was cut")
+
+
+REQUESTS = {"/text2img": Text2ImgRequest, "/img2img": Img2ImgRequest, "/inpainting": InpaintingRequest}
+
+
+# ---- images in and out --------------------------------------------------------------------
+
+def decode_image(data: str, field: str) -> Image.Image:
+    """A PIL image from base64 text, or a SdlabInputError that says what is wrong with it."""
+    data = "".join(data.split())
+    if data.startswith("data:"):
+        data = data.partition(",")[2]
+    check(data != "", f"{field} is empty; send an image file's bytes, base64-encoded")
+    check(len(data) * 3 // 4 <= MAX_IMAGE_BYTES,
+          f"{field} is {len(data) * 3 / 4 / 2**20:.1f} MB; the limit is {MAX_IMAGE_BYTES // 2**20} MB: "
+          f"send a smaller image (PNG or JPEG, at most {MAX_SIZE}×{MAX_SIZE} pixels)")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise SdlabInputError(f"{field} is not valid base64 ({err}); encode the file's bytes, e.g. "
+                              f"base64.b64encode(open('in.png', 'rb').read()).decode()") from None
+    try:
+        image = Image.open(io.BytesIO(raw))
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError):
+        raise SdlabInputError(f"{field} is base64 but not an image file ({len(raw)} bytes starting "
+                              f"{raw[:8]!r}); send a PNG, JPEG or WebP file") from None
+    check(image.width <= MAX_SIZE and image.height <= MAX_SIZE,
+          f"{field} is {image.width}×{image.height} pixels; the limit is {MAX_SIZE}×{MAX_SIZE}: "
+          f"resize it first, e.g. image.thumbnail((512, 512))")
+    try:
+        image.load()
+    except OSError as err:
+        raise SdlabInputError(f"{field} is a damaged or truncated image file ({err}); save it again") from None
+    return image
+
+
+def encode_png(png: bytes) -> str:
+    return base64.b64encode(png).decode("ascii")
+
+
+# ---- the endpoints ------------------------------------------------------------------------
+
+def _check_model(studio: Studio, requested: str | None) -> None:
+    if requested is None or requested == studio.model:
+        return
+    if requested in PRESETS:
+        raise SdlabInputError(f"model {requested!r} is not loaded on this server, which serves {studio.model!r}; "
+                              f"leave model out, or start a server with `sdlab serve --model {requested}`")
+    raise SdlabInputError(f"model {requested!r} is unknown here; this server serves {studio.model!r} "
+                          f"(GET /models lists the presets)")
+
+
+def _run(studio: Studio, request: _Request, **images) -> GenerationResponse:
+    _check_model(studio, request.model)
+    fields = request.model_dump(exclude={"model", "image", "mask_image"})
+    if fields["seed"] == -1:  # AUTOMATIC1111's "random"
+        fields["seed"] = None
+    result, warnings = studio.generate(fields.pop("prompt"), **fields, **images)
+    out = [ImageOut(image=encode_png(png_bytes(item)), seed=item.params.seed, parameters=item.params,
+                    infotext=format_parameters(item.params), seconds=item.seconds) for item in result]
+    return GenerationResponse(images=out, seconds=result.seconds, model=studio.model, warnings=warnings)
+
+
+def add_api(app: FastAPI, studio: Studio) -> FastAPI:
+    """Add the REST endpoints and their error handling to `app`."""
+
+    @app.post("/text2img", response_model=GenerationResponse, tags=["generate"])
+    def text2img(request: Text2ImgRequest) -> GenerationResponse:
+        """Text to image: one prompt, one or more images (seeds seed, seed+1, …)."""
+        return _run(studio, request)
+
+    @app.post("/img2img", response_model=GenerationResponse, tags=["generate"])
+    def img2img(request: Img2ImgRequest) -> GenerationResponse:
+        """Image to image: redraw a start image; strength says how much it may change."""
+        return _run(studio, request, image=decode_image(request.image, "image"))
+
+    @app.post("/inpainting", response_model=GenerationResponse, tags=["generate"])
+    def inpainting(request: InpaintingRequest) -> GenerationResponse:
+        """Inpainting: repaint the white part of a mask, keep the rest of the image."""
+        return _run(studio, request, image=decode_image(request.image, "image"),
+                    mask_image=decode_image(request.mask_image, "mask_image"))
+
+    @app.get("/models", tags=["about"])
+    def models() -> dict[str, Any]:
+        """The model presets, and which one this server has loaded (it serves only that one)."""
+        listed = [{"name": p.name, "description": p.description, "size": p.size,
+                   "num_inference_steps": p.num_inference_steps, "guidance_scale": p.guidance_scale,
+                   "loaded": p.name == studio.model} for p in PRESETS.values()]
+        if studio.model not in PRESETS:
+            listed.append({"name": studio.model, "description": "a local folder or hub id", "loaded": True})
+        return {"loaded": studio.model, "models": listed}
+
+    @app.get("/schedulers", tags=["about"])
+    def schedulers() -> dict[str, Any]:
+        """Scheduler names for the `scheduler` field, the other names accepted, and the default."""
+        return {"schedulers": scheduler_names(), "aliases": ALIASES,
+                "default": scheduler_name(studio.pipe.scheduler)}
+
+    @app.get("/health", tags=["about"])
+    def health() -> dict[str, Any]:
+        """Whether the server is up, what it serves, and how many requests are in line."""
+        return {"status": "ok", "model": studio.model, "device": str(studio.pipe.device),
+                "queue": {"in_line": studio.in_line, "max": studio.max_queue}, "sdlab": __version__}
+
+    _add_error_handlers(app)
+    return app
+
+
+# ---- errors: say which field is wrong and how to fix it -----------------------------------
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(SdlabInputError)
+    async def bad_value(request: Request, err: SdlabInputError):
+        return JSONResponse(status_code=422, content={"detail": str(err)})
+
+    @app.exception_handler(BusyError)
+    async def busy(request: Request, err: BusyError):
+        return JSONResponse(status_code=503, content={"detail": str(err)}, headers={"Retry-After": "5"})
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_body(request: Request, err: RequestValidationError):
+        model = REQUESTS.get(request.url.path)
+        errors = [{"field": ".".join(str(part) for part in e["loc"][1:]) or None,
+                   "message": _explain(e, model)} for e in err.errors()]
+        return JSONResponse(status_code=422, content={"detail": "; ".join(e["message"] for e in errors),
+                                                      "errors": errors})
+
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+
+
+class BodyLimit:
+    """Answer 413 to a generation request whose body is announced as too large, before reading it."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] in REQUESTS:
+            size = dict(scope["headers"]).get(b"content-length", b"")
+            if size.isdigit() and int(size) > self.limit:
+                response = JSONResponse(status_code=413, content={
+                    "detail": f"the request body is {int(size) / 2**20:.0f} MB; the limit is {self.limit // 2**20} "
+                              f"MB: send smaller images (at most {MAX_SIZE}×{MAX_SIZE} pixels)"})
+                return await response(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+_TYPE_HINTS = {"int": "a whole number, e.g. 20", "float": "a number, e.g. 7.5", "string": "text in quotes",
+               "bool": "true or false"}
+
+
+def _field_names(model) -> str:
+    names = []
+    for name, info in model.model_fields.items():
+        aliases = [a for a in getattr(info.validation_alias, "choices", []) if a != name]
+        names.append(name + (f" (or {', '.join(aliases)})" if aliases else ""))
+    return ", ".join(names)
+
+
+def _explain(error: dict, model) -> str:
+    """A pydantic error as a sentence that names the field and the fix."""
+    kind, loc = error["type"], error["loc"]
+    field = ".".join(str(part) for part in loc[1:])
+    example = '{"prompt": "' + EXAMPLE_PROMPT + '", "seed": 42}'
+    if kind == "json_invalid":
+        return (f"the body is not valid JSON ({error.get('ctx', {}).get('error', 'parse error')}); send a JSON "
+                f"object with Content-Type: application/json, e.g. {example}")
+    if not field:
+        if kind == "missing":
+            return f"the request body is empty; send a JSON object, e.g. {example}"
+        return f"the body must be a JSON object, got {type(error.get('input')).__name__}; e.g. {example}"
+    if kind == "missing":
+        return f"{field} is required; " + ("e.g. " + example if field == "prompt" else
+                                            "send the image as base64 PNG")
+    if kind == "extra_forbidden":
+        known = _field_names(model) if model else ""
+        for name, info in (model.model_fields.items() if model else []):
+            if field in getattr(info.validation_alias, "choices", []):
+                return f"{field} is another name for {name}, which is also given; send only one of them"
+        return f"{field} is not a field of this endpoint; the fields are: {known}"
+    hint = next((text for key, text in _TYPE_HINTS.items() if kind.startswith(key)), None)
+    got = error.get("input")
+    return f"{field}: {error['msg'].lower()}, got {got!r}" + (f"; send {hint}" if hint else "")

@@ -1,0 +1,76 @@
+"""The one pipeline that the web UI and the REST API share, and the PNGs they hand out.
+
+A pipeline must not run two calls at once (`generate()` swaps its scheduler for the length
+of a call), and a GPU runs one batch at a time anyway. So every request takes its turn: one
+generation at a time, at most `max_queue` requests in line (the running one included), and
+the rest are told to come back in a moment. Gradio's queue does the same for the UI and
+shows each person their place in the line.
+"""
+from __future__ import annotations
+
+import io
+import threading
+import warnings
+from contextlib import contextmanager
+
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from ..generation import GeneratedImage, Generation, generate
+from ..metadata import PARAMETERS_KEY, format_parameters
+from ..pipelines import model_name
+
+
+class BusyError(RuntimeError):
+    """More requests are in line than the server accepts; the client should retry later."""
+
+
+class Studio:
+    """A pipeline behind a bounded line: `studio.generate(...)` is `sdlab.generate(pipe, ...)`
+    run in turn, returning the result and the warnings it raised (e.g. a truncated prompt)."""
+
+    def __init__(self, pipe, max_queue: int = 16):
+        self.pipe = pipe
+        self.model = model_name(pipe)
+        self.max_queue = max_queue
+        self.in_line = 0  # requests running or waiting
+        self._counter = threading.Lock()
+        self._turn = threading.Lock()
+
+    @contextmanager
+    def turn(self):
+        """Wait for this request's turn with the pipeline (BusyError if the line is full)."""
+        with self._counter:
+            if self.in_line >= self.max_queue:
+                raise BusyError(f"the server is busy: {self.in_line} requests are in line (at most "
+                                f"{self.max_queue}); try again in a few seconds")
+            self.in_line += 1
+        try:
+            with self._turn:
+                yield self.pipe
+        finally:
+            with self._counter:
+                self.in_line -= 1
+
+    def generate(self, prompt, **kwargs) -> tuple[Generation, list[str]]:
+        """`sdlab.generate(pipe, prompt, **kwargs)` in turn, and the messages of its warnings."""
+        with self.turn() as pipe, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = generate(pipe, prompt, **kwargs)
+        return result, [str(w.message) for w in caught]
+
+
+def png_bytes(item: GeneratedImage) -> bytes:
+    """The image as PNG bytes with its parameters inside (what `sdlab.save_png` writes to a file)."""
+    info = PngInfo()
+    info.add_text(PARAMETERS_KEY, format_parameters(item.params))
+    buffer = io.BytesIO()
+    item.image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def with_parameters(item: GeneratedImage) -> Image.Image:
+    """A copy of the image that carries its parameters text; Gradio keeps it when it saves a PNG."""
+    image = item.image.copy()
+    image.info[PARAMETERS_KEY] = format_parameters(item.params)
+    return image

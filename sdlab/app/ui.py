@@ -1,0 +1,251 @@
+"""The Gradio UI: text-to-image, image-to-image and inpainting tabs over one gallery.
+
+The work is done by plain functions of the controls' values (`txt2img`, `img2img`,
+`inpaint`, `variations`) that return a `Shown`: what the gallery and the text under it show.
+`build_ui` only wires them to widgets, so tests and curious students can call them directly.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import reduce
+
+import gradio as gr
+from PIL import Image, ImageChops
+
+from ..errors import SdlabInputError, check
+from ..generation import MAX_STEPS, Generation, GenerationParams, _defaults
+from ..metadata import format_parameters
+from ..schedulers import scheduler_name, scheduler_names
+from ..seeds import default_size, random_seed
+from .studio import BusyError, Studio, with_parameters
+
+MAX_UI_IMAGES = 8  # per click; the REST API allows more
+MAX_UI_SIZE = 1024
+MAX_UI_GUIDANCE = 20
+
+
+@dataclass
+class Shown:
+    """What one click shows: (image, caption) pairs, a summary line, and each image's parameters."""
+
+    gallery: list[tuple[Image.Image, str]] = field(default_factory=list)
+    summary: str = ""
+    made: list[dict] = field(default_factory=list)  # {"params": GenerationParams dict, "seconds": float}
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def images(self) -> list[Image.Image]:
+        return [image for image, _ in self.gallery]
+
+    @property
+    def last_seed(self) -> int:
+        return self.made[0]["params"]["seed"] if self.made else -1
+
+
+def caption(params: GenerationParams | dict, seconds: float) -> str:
+    """The text under an image: its full parameters (as stored in the PNG) and its time."""
+    params = params if isinstance(params, GenerationParams) else GenerationParams(**params)
+    return f"{format_parameters(params)}\nTime: {seconds:.2f} s"
+
+
+def show(result: Generation, warnings: list[str] = ()) -> Shown:
+    """A Generation as the gallery shows it; every image keeps its parameters for download."""
+    seeds = [item.params.seed for item in result]
+    first = result[0].params
+    summary = (f"{len(result)} image(s) in {result.seconds:.2f} s · seed{'s' if len(seeds) > 1 else ''} "
+               f"{seeds[0]}{f'–{seeds[-1]}' if len(seeds) > 1 else ''} · {first.scheduler}, "
+               f"{first.num_inference_steps} steps, guidance {first.guidance_scale:g}, {first.width}×{first.height}")
+    return Shown(gallery=[(with_parameters(item), caption(item.params, item.seconds)) for item in result],
+                 summary=summary, made=[{"params": item.params.to_dict(), "seconds": item.seconds} for item in result],
+                 warnings=list(warnings))
+
+
+def _whole(value):
+    """Sliders send 20.0 for 20; pass anything else on for generate() to judge."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def settings(negative_prompt=None, scheduler=None, num_inference_steps=None, guidance_scale=None, seed=None,
+             width=None, height=None, num_images=None) -> dict:
+    """The controls' values as generate() arguments. None: the model's default; seed -1 or None: random."""
+    seed = _whole(seed)
+    return dict(negative_prompt=negative_prompt or "", scheduler=scheduler or None,
+                num_inference_steps=_whole(num_inference_steps), guidance_scale=guidance_scale,
+                seed=None if seed is None or seed == -1 else seed, width=_whole(width), height=_whole(height),
+                num_images_per_prompt=1 if num_images is None else _whole(num_images))
+
+
+def txt2img(studio: Studio, prompt: str, **kwargs) -> Shown:
+    """Text to image; `kwargs` are generate()'s (`settings()` makes them from the controls)."""
+    return show(*studio.generate(prompt, **kwargs))
+
+
+def _strength(strength: float | None) -> dict:
+    return {} if strength is None else {"strength": strength}  # None: generate()'s default
+
+
+def img2img(studio: Studio, image: Image.Image | None, strength: float | None, prompt: str, **kwargs) -> Shown:
+    """Image to image: redraw `image`; `strength` says how much may change."""
+    check(image is not None, "upload a start image first (the Image to image tab)")
+    return show(*studio.generate(prompt, image=image, **_strength(strength), **kwargs))
+
+
+def mask_from_layers(layers: list[Image.Image | None]) -> Image.Image | None:
+    """White wherever any paint layer has paint (its alpha is not 0), black elsewhere."""
+    alphas = [layer.convert("RGBA").getchannel("A") for layer in layers if layer is not None]
+    if not alphas:
+        return None
+    mask = reduce(ImageChops.lighter, alphas).point(lambda a: 255 if a else 0)
+    return mask if mask.getbbox() else None
+
+
+def inpaint(studio: Studio, editor: dict | None, mask: Image.Image | None, strength: float | None, prompt: str,
+            **kwargs) -> Shown:
+    """Inpainting: repaint where the mask is white; the mask is drawn in the editor or uploaded."""
+    image = (editor or {}).get("background")
+    check(image is not None, "upload an image into the inpainting editor first")
+    mask = mask if mask is not None else mask_from_layers((editor or {}).get("layers") or [])
+    check(mask is not None, "paint over the part to repaint with the brush, or upload a mask (white = repaint)")
+    return show(*studio.generate(prompt, image=image, mask_image=mask, **_strength(strength), **kwargs))
+
+
+def variations(studio: Studio, made: list[dict], index: int, variation_strength: float, num_images: int) -> Shown:
+    """`num_images` seed variations of image `index`: its seed's noise mixed with new seeds' noise."""
+    check(bool(made), "generate an image first, then click it and ask for variations")
+    params = GenerationParams(**made[min(index or 0, len(made) - 1)]["params"])
+    check(params.mode == "txt2img", f"variations start from a text-to-image result; this one was made with "
+                                    f"{params.mode}")
+    first, results, warnings = random_seed(), Generation(), []
+    for k in range(int(num_images)):
+        result, caught = studio.generate(
+            params.prompt, negative_prompt=params.negative_prompt, seed=params.seed,
+            num_inference_steps=params.num_inference_steps, guidance_scale=params.guidance_scale,
+            height=params.height, width=params.width, scheduler=params.scheduler,
+            variation_seed=first + k, variation_strength=variation_strength)
+        results.results += result.results
+        results.seconds += result.seconds
+        warnings += caught
+    return show(results, warnings)
+
+
+# ---- wiring to widgets --------------------------------------------------------------------
+
+@contextmanager
+def _as_gradio_error():
+    """Show sdlab's teaching messages in the browser (as a Gradio error box)."""
+    try:
+        yield
+    except (SdlabInputError, BusyError) as err:
+        raise gr.Error(str(err), print_exception=False) from None
+
+
+def _outputs(shown: Shown):
+    """The values for (gallery, summary, selected image's text, last seed, made, selected index)."""
+    for message in shown.warnings:
+        gr.Warning(message)
+    made = shown.made
+    first = caption(made[0]["params"], made[0]["seconds"]) if made else ""
+    return shown.gallery, shown.summary, first, shown.last_seed, made, 0
+
+
+def build_ui(studio: Studio) -> gr.Blocks:
+    """The Blocks app. Its API (for gradio_client): /text2img, /img2img, /inpainting, /variations."""
+    steps, guidance = _defaults(studio.pipe)
+    size = default_size(studio.pipe)
+    with gr.Blocks(title="sdlab", analytics_enabled=False, delete_cache=(1800, 3600)) as ui:
+        gr.Markdown(f"## sdlab · {studio.model} on {studio.pipe.device}\n"
+                    "Type a prompt and press Generate. Click an image for its parameters; the download "
+                    "button saves a PNG that keeps them. The REST API is documented at [/docs](/docs).")
+        made = gr.State([])
+        selected = gr.State(0)
+        last_seed = gr.State(-1)
+        prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt",
+                            placeholder="a small red circle on a blue background")
+        negative_prompt = gr.Textbox(label="Negative prompt", elem_id="negative-prompt")
+        with gr.Row():
+            with gr.Column(scale=2):
+                with gr.Tabs():
+                    with gr.Tab("Text to image", id="txt2img"):
+                        go_text = gr.Button("Generate", variant="primary", elem_id="generate")
+                    with gr.Tab("Image to image", id="img2img"):
+                        start_image = gr.Image(type="pil", label="Start image", sources=["upload", "clipboard"])
+                        strength = gr.Slider(0.05, 1, 0.6, step=0.05, label="Strength (how much may change)")
+                        go_image = gr.Button("Generate from image", variant="primary")
+                    with gr.Tab("Inpainting", id="inpaint"):
+                        editor = gr.ImageEditor(type="pil", label="Image: paint over what to repaint",
+                                                sources=["upload", "clipboard"], layers=False,
+                                                brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"))
+                        mask = gr.Image(type="pil", image_mode="L", label="…or upload a mask (white = repaint)",
+                                        sources=["upload", "clipboard"])
+                        inpaint_strength = gr.Slider(0.05, 1, 1.0, step=0.05, label="Strength")
+                        go_inpaint = gr.Button("Inpaint", variant="primary")
+                scheduler = gr.Dropdown(scheduler_names(), value=scheduler_name(studio.pipe.scheduler),
+                                        label="Scheduler (sampler)")
+                num_inference_steps = gr.Slider(1, MAX_STEPS, steps, step=1, label="Steps")
+                guidance_scale = gr.Slider(0, MAX_UI_GUIDANCE, guidance, step=0.5, label="Guidance scale (CFG)")
+                with gr.Row():
+                    seed = gr.Number(-1, precision=0, label="Seed (-1: random)", elem_id="seed", scale=3)
+                    random_seed_button = gr.Button("random", scale=1, min_width=60)
+                    reuse_seed_button = gr.Button("reuse last", scale=1, min_width=60)
+                with gr.Row():
+                    width = gr.Slider(64, MAX_UI_SIZE, size, step=8, label="Width")
+                    height = gr.Slider(64, MAX_UI_SIZE, size, step=8, label="Height")
+                num_images = gr.Slider(1, MAX_UI_IMAGES, 1, step=1, label="Number of images")
+            with gr.Column(scale=3):
+                gallery = gr.Gallery(label="Images", columns=4, format="png", elem_id="gallery",
+                                     buttons=["download", "download_all", "fullscreen"])
+                summary = gr.Markdown(elem_id="summary")
+                info = gr.Textbox(label="Selected image: parameters (as stored in its PNG) and time", lines=4,
+                                  interactive=False, buttons=["copy"], elem_id="info")
+                with gr.Row():
+                    variation_strength = gr.Slider(0.01, 1, 0.1, step=0.01, label="Variation strength")
+                    vary = gr.Button("Variations of the selected image")
+
+        controls = [negative_prompt, scheduler, num_inference_steps, guidance_scale, seed, width, height, num_images]
+        outputs = [gallery, summary, info, last_seed, made, selected]
+
+        # Parameters that default to None are optional for gradio_client callers:
+        # client.predict("a red circle", seed=42, api_name="/text2img"). None means the model's default.
+        def on_text2img(prompt, negative_prompt=None, scheduler=None, num_inference_steps=None, guidance_scale=None,
+                        seed=None, width=None, height=None, num_images=None):
+            """Text to image; returns the gallery (images with their parameters as captions)."""
+            with _as_gradio_error():
+                return _outputs(txt2img(studio, prompt, **settings(
+                    negative_prompt, scheduler, num_inference_steps, guidance_scale, seed, width, height, num_images)))
+
+        def on_img2img(image, prompt, strength=None, negative_prompt=None, scheduler=None, num_inference_steps=None,
+                       guidance_scale=None, seed=None, width=None, height=None, num_images=None):
+            """Image to image from a start image and a strength in (0, 1]."""
+            with _as_gradio_error():
+                return _outputs(img2img(studio, image, strength, prompt, **settings(
+                    negative_prompt, scheduler, num_inference_steps, guidance_scale, seed, width, height, num_images)))
+
+        def on_inpainting(editor, prompt, mask=None, strength=None, negative_prompt=None, scheduler=None,
+                          num_inference_steps=None, guidance_scale=None, seed=None, width=None, height=None,
+                          num_images=None):
+            """Inpainting: the editor's image and painted area, or an uploaded mask (white = repaint)."""
+            with _as_gradio_error():
+                return _outputs(inpaint(studio, editor, mask, strength, prompt, **settings(
+                    negative_prompt, scheduler, num_inference_steps, guidance_scale, seed, width, height, num_images)))
+
+        def on_variations(made, selected, variation_strength, num_images):
+            """Seed variations of the selected image."""
+            with _as_gradio_error():
+                return _outputs(variations(studio, made, selected, variation_strength, num_images))
+
+        def on_select(made, evt: gr.SelectData):
+            entry = made[evt.index]
+            return caption(entry["params"], entry["seconds"]), entry["params"]["seed"], evt.index
+
+        go_text.click(on_text2img, [prompt, *controls], outputs, api_name="text2img")
+        prompt.submit(on_text2img, [prompt, *controls], outputs, api_visibility="private")
+        go_image.click(on_img2img, [start_image, prompt, strength, *controls], outputs, api_name="img2img")
+        go_inpaint.click(on_inpainting, [editor, prompt, mask, inpaint_strength, *controls], outputs,
+                         api_name="inpainting")
+        vary.click(on_variations, [made, selected, variation_strength, num_images], outputs, api_name="variations")
+        gallery.select(on_select, [made], [info, last_seed, selected], api_visibility="private", queue=False)
+        random_seed_button.click(lambda: -1, None, seed, api_visibility="private", queue=False)
+        reuse_seed_button.click(lambda last: last, last_seed, seed, api_visibility="private", queue=False)
+    ui.queue(max_size=studio.max_queue, default_concurrency_limit=1)
+    return ui

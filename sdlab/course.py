@@ -1,0 +1,111 @@
+"""Blank student notebooks from the completed ones (nbgrader's markers, no nbgrader needed).
+
+In `solutions/`, exercise code sits between `### BEGIN SOLUTION` and `### END SOLUTION`, and
+grading tests between `### BEGIN HIDDEN TESTS` and `### END HIDDEN TESTS`. `build()` writes
+`notebooks/` with the solutions replaced by a hint and `raise NotImplementedError`, hidden
+tests removed and outputs cleared; `check()` says what is out of date.
+"""
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import nbformat
+
+BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
+BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
+TOKEN_PATTERN = re.compile(r"\bhf_[A-Za-z0-9]{30,}\b")
+
+
+def exercise_name(cell) -> str:
+    return cell.get("metadata", {}).get("sdlab", {}).get("exercise", "exercise")
+
+
+def blank_source(source: str, name: str = "exercise", hint: str = "") -> str:
+    """The student's version of a cell's source: solutions become a hint and a raise."""
+    out, lines, skipping = [], source.splitlines(), None
+    for line in lines:
+        stripped = line.strip()
+        if stripped == BEGIN_SOLUTION:
+            indent = line[: len(line) - len(line.lstrip())]
+            message = f"Exercise '{name}': {hint}" if hint else f"Exercise '{name}': write your code here"
+            out += [f"{indent}# YOUR CODE HERE", f"{indent}raise NotImplementedError({message!r})"]
+            skipping = END_SOLUTION
+        elif stripped == BEGIN_HIDDEN:
+            skipping = END_HIDDEN
+        elif skipping and stripped == skipping:
+            skipping = None
+        elif not skipping:
+            out.append(line)
+    if skipping:
+        raise ValueError(f"'{name}': a {BEGIN_SOLUTION if skipping == END_SOLUTION else BEGIN_HIDDEN} "
+                         f"marker has no matching {skipping}")
+    return "\n".join(out)
+
+
+def _is_empty(source: str) -> bool:
+    return all(not line.strip() or line.strip().startswith("#") for line in source.splitlines())
+
+
+def blank_notebook(solution: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """The blank version of a completed notebook (a new object; the solution is not changed)."""
+    nb = copy.deepcopy(solution)
+    cells = []
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            meta = cell.get("metadata", {}).get("sdlab", {})
+            had_hidden = BEGIN_HIDDEN in cell.source
+            cell.source = blank_source(cell.source, exercise_name(cell), meta.get("hint", ""))
+            if had_hidden and _is_empty(cell.source):
+                continue  # a cell of hidden tests only: students never see it
+            cell.outputs, cell.execution_count = [], None
+            for key in ("execution", "papermill", "ExecuteTime"):
+                cell.metadata.pop(key, None)
+        cells.append(cell)
+    nb.cells = cells
+    for key in ("papermill", "widgets"):
+        nb.metadata.pop(key, None)
+    return nb
+
+
+def _pairs(solutions: str | Path, notebooks: str | Path):
+    for src in sorted(Path(solutions).glob("[0-9][0-9]_*.ipynb")):
+        yield src, Path(notebooks) / src.name
+
+
+def _text(nb) -> str:
+    return nbformat.writes(nb) + "\n"
+
+
+def build(solutions: str | Path = "solutions", notebooks: str | Path = "notebooks") -> list[Path]:
+    """Write the blank notebooks; returns the files written."""
+    Path(notebooks).mkdir(parents=True, exist_ok=True)
+    written = []
+    for src, dst in _pairs(solutions, notebooks):
+        text = _text(blank_notebook(nbformat.read(src, as_version=4)))
+        if not dst.exists() or dst.read_text() != text:
+            dst.write_text(text)
+            written.append(dst)
+    return written
+
+
+def check(solutions: str | Path = "solutions", notebooks: str | Path = "notebooks") -> list[str]:
+    """Problems found: blanks missing or out of date, stray blanks, outputs or tokens committed."""
+    problems = []
+    expected = set()
+    for src, dst in _pairs(solutions, notebooks):
+        expected.add(dst.name)
+        if not dst.exists():
+            problems.append(f"{dst} is missing: run `sdlab course build`")
+        elif dst.read_text() != _text(blank_notebook(nbformat.read(src, as_version=4))):
+            problems.append(f"{dst} is out of date with {src}: run `sdlab course build`")
+    for stray in sorted(Path(notebooks).glob("*.ipynb")):
+        if stray.name not in expected:
+            problems.append(f"{stray} has no completed version in {solutions}/")
+        elif any(c.get("outputs") for c in nbformat.read(stray, as_version=4).cells):
+            problems.append(f"{stray} has stored outputs: blank notebooks must be cleared")
+    for path in sorted(Path(solutions).glob("*.ipynb")) + sorted(Path(notebooks).glob("*.ipynb")):
+        if TOKEN_PATTERN.search(path.read_text()):
+            problems.append(f"{path} contains something that looks like a Hugging Face token: remove it")
+    return problems

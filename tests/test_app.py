@@ -1,0 +1,371 @@
+"""The web app: REST endpoints and their errors, the UI's functions, gradio_client, the server.
+
+Everything runs on the `tiny-random` pipeline over loopback (127.0.0.1) only.
+"""
+import base64
+import io
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+import sdlab
+from sdlab.errors import SdlabInputError
+from sdlab.metadata import read_params
+
+import sdlab.app
+from sdlab.app import api, ui
+from sdlab.app.studio import BusyError, Studio
+
+PROMPT = "a small red circle on a blue background"
+
+
+# ---- fixtures -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def app(tiny_pipe):
+    return sdlab.app.create_app(tiny_pipe)
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def live(app):
+    """The same app served by uvicorn on a free loopback port."""
+    server = sdlab.app.Server(app, "127.0.0.1", 0).start()
+    yield server
+    server.close()
+
+
+def b64png(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def decode(b64: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(b64)))
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB")).astype(int)
+
+
+def start_image(size=64) -> Image.Image:
+    image = Image.new("RGB", (size, size), (30, 60, 200))
+    image.paste((220, 30, 30), (16, 16, 48, 48))
+    return image
+
+
+def half_mask(size=64) -> Image.Image:
+    mask = Image.new("L", (size, size), 0)
+    mask.paste(255, (0, 0, size // 2, size))
+    return mask
+
+
+# ---- the happy paths ----------------------------------------------------------------------
+
+def test_health_models_schedulers(client):
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["model"] == "tiny-random"
+    assert health["queue"] == {"in_line": 0, "max": 16}
+    models = client.get("/models").json()
+    assert models["loaded"] == "tiny-random"
+    assert {m["name"] for m in models["models"]} >= {"sdlab-tiny", "tiny-random", "sd15", "sd-turbo"}
+    schedulers = client.get("/schedulers").json()
+    assert "DPM++ 2M" in schedulers["schedulers"] and schedulers["aliases"]["K_EULER_ANCESTRAL"] == "Euler a"
+    assert schedulers["default"] == "PNDM"
+
+
+def test_docs_and_ui_are_served(client):
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/text2img", "/img2img", "/inpainting", "/models", "/schedulers", "/health"} <= set(paths)
+    page = client.get("/")
+    assert page.status_code == 200 and "gradio" in page.text.lower()
+
+
+def test_text2img_takes_the_seed_services_names_and_echoes_what_it_used(client, tiny_pipe):
+    body = {"prompt": PROMPT, "seed": 42, "cfg_scale": 5, "steps": 3, "number_of_images": 2,
+            "scheduler": "K_EULER", "negative_prompt": "blurry"}
+    response = client.post("/text2img", json=body)
+    assert response.status_code == 200, response.text
+    out = response.json()
+    assert out["model"] == "tiny-random" and out["seconds"] > 0
+    assert [image["seed"] for image in out["images"]] == [42, 43]
+    first = out["images"][0]
+    assert first["parameters"] == {
+        "prompt": PROMPT, "seed": 42, "num_inference_steps": 3, "guidance_scale": 5.0, "height": 64, "width": 64,
+        "scheduler": "Euler", "model": "tiny-random", "negative_prompt": "blurry", "mode": "txt2img",
+        "strength": None, "variation_seed": None, "variation_strength": 0.0, "batch_size": 2, "batch_pos": 0}
+    png = decode(first["image"])
+    assert png.format == "PNG" and png.size == (64, 64)
+    assert read_params(png).to_dict() == first["parameters"]  # the PNG keeps its parameters
+    assert png.info["parameters"] == first["infotext"]
+    # the same call in Python gives the same pixels
+    same = sdlab.generate(tiny_pipe, PROMPT, seed=42, guidance_scale=5, num_inference_steps=3,
+                          num_images_per_prompt=2, scheduler="Euler", negative_prompt="blurry")
+    assert np.array_equal(pixels(png), pixels(same[0].image))
+
+
+def test_random_seed_is_echoed(client):
+    out = client.post("/text2img", json={"prompt": PROMPT, "seed": -1, "steps": 1}).json()
+    seed = out["images"][0]["seed"]
+    again = client.post("/text2img", json={"prompt": PROMPT, "seed": seed, "steps": 1}).json()
+    assert again["images"][0]["image"] == out["images"][0]["image"]
+
+
+def test_img2img_and_inpainting(client):
+    out = client.post("/img2img", json={"prompt": PROMPT, "image": "data:image/png;base64," + b64png(start_image()),
+                                        "strength": 0.5, "seed": 1, "steps": 4}).json()
+    params = out["images"][0]["parameters"]
+    assert params["mode"] == "img2img" and params["strength"] == 0.5 and decode(out["images"][0]["image"]).size == (64, 64)
+
+    response = client.post("/inpainting", json={"prompt": PROMPT, "image": b64png(start_image()),
+                                                "mask": b64png(half_mask()), "seed": 1, "steps": 2, "strength": 1.0})
+    assert response.status_code == 200, response.text
+    image = response.json()["images"][0]
+    assert image["parameters"]["mode"] == "inpaint"
+    assert read_params(decode(image["image"])).mode == "inpaint"
+
+
+# ---- bad input: a 4xx that names the field and the fix, and the server keeps serving -----
+
+TOO_WIDE = Image.new("RGB", (2056, 8))
+NOT_BASE64 = "this is not base64!"
+NOT_AN_IMAGE = base64.b64encode(b"hello, I am a text file").decode()
+
+BAD = [  # (endpoint, body, words the message must contain)
+    ("/text2img", None, ["body is empty", "prompt"]),
+    ("/text2img", "{not json", ["not valid JSON"]),
+    ("/text2img", [PROMPT], ["JSON object"]),
+    ("/text2img", {}, ["prompt is required"]),
+    ("/text2img", {"prompt": 5}, ["prompt", "text"]),
+    ("/text2img", {"prompt": PROMPT, "steps": "many"}, ["steps", "whole number"]),
+    ("/text2img", {"prompt": PROMPT, "seed": "lucky"}, ["seed", "whole number"]),
+    ("/text2img", {"prompt": PROMPT, "cfg_scale": "high"}, ["cfg_scale", "number"]),
+    ("/text2img", {"prompt": PROMPT, "width": 500}, ["width", "multiple of 8", "496 or 504"]),
+    ("/text2img", {"prompt": PROMPT, "height": 4096}, ["height", "between"]),
+    ("/text2img", {"prompt": PROMPT, "steps": 0}, ["num_inference_steps", "1 to 500"]),
+    ("/text2img", {"prompt": PROMPT, "steps": 501}, ["num_inference_steps", "1 to 500"]),
+    ("/text2img", {"prompt": PROMPT, "cfg_scale": 99}, ["guidance_scale", "between 0 and 50"]),
+    ("/text2img", {"prompt": PROMPT, "number_of_images": 0}, ["num_images_per_prompt", "between 1 and 64"]),
+    ("/text2img", {"prompt": PROMPT, "number_of_images": 65}, ["num_images_per_prompt"]),
+    ("/text2img", {"prompt": PROMPT, "seed": -5}, ["seed", "2**64"]),
+    ("/text2img", {"prompt": PROMPT, "scheduler": "K_TURBO"}, ["scheduler 'K_TURBO' is unknown", "DPM++ 2M"]),
+    ("/text2img", {"prompt": PROMPT, "model": "sd15"}, ["'sd15' is not loaded", "sdlab serve --model sd15"]),
+    ("/text2img", {"prompt": PROMPT, "model": "dall-e"}, ["'dall-e' is unknown", "GET /models"]),
+    ("/text2img", {"prompt": PROMPT, "cfg": 7}, ["cfg is not a field", "guidance_scale (or cfg_scale)"]),
+    ("/text2img", {"prompt": PROMPT, "steps": 2, "num_inference_steps": 3}, ["steps is another name"]),
+    ("/img2img", {"prompt": PROMPT}, ["image is required"]),
+    ("/img2img", {"prompt": PROMPT, "image": NOT_BASE64}, ["image is not valid base64", "b64encode"]),
+    ("/img2img", {"prompt": PROMPT, "image": NOT_AN_IMAGE}, ["image is base64 but not an image", "PNG"]),
+    ("/img2img", {"prompt": PROMPT, "image": b64png(TOO_WIDE)}, ["image is 2056×8 pixels", "resize"]),
+    ("/img2img", {"prompt": PROMPT, "image": ""}, ["image is empty"]),
+    ("/img2img", {"prompt": PROMPT, "image": b64png(start_image()), "strength": 0}, ["strength", "(0, 1]"]),
+    ("/inpainting", {"prompt": PROMPT, "image": b64png(start_image())}, ["mask_image is required"]),
+    ("/inpainting", {"prompt": PROMPT, "image": b64png(start_image()), "mask_image": b64png(half_mask(32))},
+     ["mask_image is 32×32 but image is 64×64", "resize the mask"]),
+    ("/inpainting", {"prompt": PROMPT, "image": b64png(start_image()), "mask": NOT_AN_IMAGE},
+     ["mask_image is base64 but not an image"]),
+]
+
+
+@pytest.mark.parametrize("endpoint, body, words", BAD, ids=[f"{e}-{i}" for i, (e, _, _) in enumerate(BAD)])
+def test_bad_input_is_a_422_that_teaches(client, endpoint, body, words):
+    if body is None:
+        response = client.post(endpoint)
+    elif isinstance(body, str):
+        response = client.post(endpoint, content=body, headers={"content-type": "application/json"})
+    else:
+        response = client.post(endpoint, json=body)
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert isinstance(detail, str)
+    for word in words:
+        assert word in detail, f"{word!r} not in {detail!r}"
+    assert client.get("/health").json()["queue"]["in_line"] == 0
+
+
+def test_server_keeps_serving_after_bad_input(client):
+    for endpoint, body, _ in BAD[:6]:
+        client.post(endpoint, json=body if isinstance(body, dict) else None)
+    assert client.post("/text2img", json={"prompt": PROMPT, "steps": 1}).status_code == 200
+
+
+def test_image_over_the_byte_limit(client, monkeypatch):
+    monkeypatch.setattr(api, "MAX_IMAGE_BYTES", 100)
+    response = client.post("/img2img", json={"prompt": PROMPT, "image": b64png(start_image())})
+    assert response.status_code == 422 and "the limit is" in response.json()["detail"]
+
+
+def test_a_body_announced_too_large_is_refused_before_reading(client):
+    response = client.post("/img2img", content=b"{}", headers={"content-type": "application/json",
+                                                              "content-length": str(api.MAX_BODY_BYTES + 1)})
+    assert response.status_code == 413 and "smaller images" in response.json()["detail"]
+
+
+# ---- the line for the pipeline ------------------------------------------------------------
+
+def test_full_line_answers_503_and_the_waiting_request_still_succeeds(live, app):
+    studio = app.state.studio
+    studio.max_queue = 1
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            with studio._turn:  # hold the pipeline: the next request waits in line
+                waiting = pool.submit(httpx.post, live.url + "text2img", json={"prompt": PROMPT, "steps": 1},
+                                      timeout=60)
+                deadline = time.monotonic() + 30
+                while studio.in_line < 1 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                refused = httpx.post(live.url + "text2img", json={"prompt": PROMPT, "steps": 1}, timeout=30)
+                assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
+                assert "busy" in refused.json()["detail"]
+            assert waiting.result().status_code == 200
+    finally:
+        studio.max_queue = 16
+
+
+def test_concurrent_requests_all_succeed_in_turn(live, tiny_pipe):
+    seeds = list(range(100, 108))
+
+    def post(seed):
+        return httpx.post(live.url + "text2img", json={"prompt": PROMPT, "seed": seed, "steps": 2}, timeout=60)
+
+    with ThreadPoolExecutor(len(seeds)) as pool:
+        responses = list(pool.map(post, seeds))
+    assert [r.status_code for r in responses] == [200] * len(seeds)
+    for seed, response in zip(seeds, responses):
+        alone = sdlab.generate(tiny_pipe, PROMPT, seed=seed, num_inference_steps=2)[0].image
+        assert np.array_equal(pixels(decode(response.json()["images"][0]["image"])), pixels(alone))
+
+
+def test_studio_refuses_beyond_its_line(tiny_pipe):
+    studio = Studio(tiny_pipe, max_queue=1)
+    with studio.turn():
+        with pytest.raises(BusyError, match="at most 1"):
+            with studio.turn():
+                pass
+    assert studio.in_line == 0
+
+
+# ---- the UI's functions, and the same image through every door -----------------------------
+
+def test_ui_function_rest_and_gradio_client_give_the_identical_image(client, live, app):
+    studio = app.state.studio
+    shown = ui.txt2img(studio, PROMPT, **ui.settings(seed=5, num_inference_steps=3, guidance_scale=6.0))
+    assert shown.last_seed == 5 and "Seed: 5" in shown.gallery[0][1] and "Time:" in shown.gallery[0][1]
+    assert shown.images[0].info["parameters"].startswith(PROMPT)  # kept when Gradio writes the PNG
+    rest = client.post("/text2img", json={"prompt": PROMPT, "seed": 5, "steps": 3, "cfg_scale": 6}).json()
+    assert np.array_equal(pixels(shown.images[0]), pixels(decode(rest["images"][0]["image"])))
+
+    from gradio_client import Client
+
+    gradio = Client(live.url, verbose=False)
+    gallery, summary, info = gradio.predict(PROMPT, seed=5, num_inference_steps=3, guidance_scale=6,
+                                            api_name="/text2img")
+    downloaded = Image.open(gallery[0]["image"])
+    assert np.array_equal(pixels(downloaded), pixels(shown.images[0]))
+    assert read_params(downloaded).seed == 5 and "seed 5" in summary and "Steps: 3" in info
+    with pytest.raises(Exception, match="multiple of 8"):  # the teaching message reaches the client
+        gradio.predict(PROMPT, width=100, api_name="/text2img")
+    gradio.close()
+
+
+def test_ui_img2img_inpaint_and_variations(app):
+    studio = app.state.studio
+    common = ui.settings(seed=3, num_inference_steps=2)
+    assert ui.img2img(studio, start_image(), 0.5, PROMPT, **common).made[0]["params"]["mode"] == "img2img"
+
+    paint = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    paint.paste((255, 255, 255, 255), (0, 0, 20, 20))
+    mask = ui.mask_from_layers([paint])
+    assert mask.getbbox() == (0, 0, 20, 20)
+    editor = {"background": start_image(), "layers": [paint], "composite": None}
+    drawn = ui.inpaint(studio, editor, None, 1.0, PROMPT, **common)
+    uploaded = ui.inpaint(studio, editor, mask, 1.0, PROMPT, **common)
+    assert np.array_equal(pixels(drawn.images[0]), pixels(uploaded.images[0]))
+
+    with pytest.raises(SdlabInputError, match="paint over"):
+        ui.inpaint(studio, {"background": start_image(), "layers": []}, None, 1.0, PROMPT, **common)
+    with pytest.raises(SdlabInputError, match="upload a start image"):
+        ui.img2img(studio, None, 0.5, PROMPT, **common)
+
+    first = ui.txt2img(studio, PROMPT, **ui.settings(seed=9, num_inference_steps=2, num_images=2))
+    varied = ui.variations(studio, first.made, 1, 0.2, 2)
+    params = [made["params"] for made in varied.made]
+    assert [p["seed"] for p in params] == [10, 10] and params[0]["variation_strength"] == 0.2
+    assert params[0]["variation_seed"] + 1 == params[1]["variation_seed"]
+    assert not np.array_equal(pixels(varied.images[0]), pixels(varied.images[1]))
+    with pytest.raises(SdlabInputError, match="generate an image first"):
+        ui.variations(studio, [], 0, 0.2, 2)
+
+
+def test_settings_map_the_controls_to_generate_arguments():
+    assert ui.settings(seed=-1, num_inference_steps=20.0, width=64.0) == {
+        "negative_prompt": "", "scheduler": None, "num_inference_steps": 20, "guidance_scale": None, "seed": None,
+        "width": 64, "height": None, "num_images_per_prompt": 1}
+
+
+# ---- running it ---------------------------------------------------------------------------
+
+def test_launch_serves_on_loopback_and_close_frees_the_port(tiny_pipe):
+    server = sdlab.app.launch(tiny_pipe, inline=False)
+    assert server.url.startswith("http://127.0.0.1:") and server.running
+    assert httpx.get(server.url + "health").json()["status"] == "ok"
+    assert "running" in repr(server)
+    server.close()
+    assert not server.running
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(server.url + "health", timeout=2)
+
+
+def test_a_taken_port_is_a_teaching_error(live, app):
+    with pytest.raises(SdlabInputError, match="port 0 for any free one"):
+        sdlab.app.Server(app, "127.0.0.1", live.port).start()
+
+
+def test_share_prints_what_it_exposes(app, monkeypatch, capsys):
+    from gradio import networking
+
+    monkeypatch.setattr(networking, "setup_tunnel", lambda host, port, *args: f"https://abc.gradio.live#{port}")
+    with sdlab.app.Server(app, "127.0.0.1", 0).start() as server:
+        assert server.open_share_link() == f"https://abc.gradio.live#{server.port}"
+        assert server.open_share_link() == server.share_url  # one link per server
+    warning = capsys.readouterr().err
+    assert "PUBLIC link" in warning and "/text2img" in warning and "no password" in warning
+
+    monkeypatch.setattr(networking, "setup_tunnel", lambda *args: (_ for _ in ()).throw(OSError("offline")))
+    with sdlab.app.Server(app, "127.0.0.1", 0).start() as server:
+        assert server.open_share_link() is None
+    assert "stays local" in capsys.readouterr().err
+
+
+def test_serve_runs_until_stopped(tiny_pipe, monkeypatch, capsys):
+    started = {}
+
+    def stop_at_once(server):
+        started["health"] = httpx.get(server.url + "health").json()
+        server.close()
+
+    monkeypatch.setattr(sdlab.app.Server, "wait", stop_at_once)
+    sdlab.app.serve(tiny_pipe, port=0)
+    assert started["health"]["model"] == "tiny-random"
+    assert "/docs" in capsys.readouterr().err
+
+
+def test_the_cli_reaches_serve(monkeypatch):
+    from sdlab import cli
+
+    called = {}
+    monkeypatch.setattr(sdlab.app, "serve", lambda model, **kw: called.update(model=model, **kw))
+    assert cli.main(["serve", "--model", "tiny-random", "--port", "0"]) == 0
+    assert called == {"model": "tiny-random", "host": "127.0.0.1", "port": 0, "share": False}

@@ -1,0 +1,75 @@
+"""A real browser uses the web app: headless Chromium (Selenium + chromedriver) on 127.0.0.1.
+
+It types a prompt, clicks Generate, waits for the image, checks that the PNG the page shows
+keeps its parameters, and saves a screenshot (in the test's tmp_path, copied to
+report/app-browser.png so it can be looked at).
+"""
+import io
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+import sdlab.app
+from sdlab.metadata import read_params
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+REPORT = Path(__file__).resolve().parent.parent / "report" / "app-browser.png"
+PROMPT = "a small red circle on a blue background"
+
+
+@pytest.fixture
+def browser(tmp_path):
+    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if shutil.which(path) is None]
+    if missing:
+        pytest.fail(f"{' and '.join(missing)} not found: the browser test needs Chromium and its driver; install "
+                    f"the Debian packages with `sudo apt-get install -y chromium chromium-driver`")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1280,1300", f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def server(tiny_pipe):
+    with sdlab.app.launch(tiny_pipe, inline=False) as running:
+        yield running
+
+
+def test_a_browser_generates_an_image(browser, server, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as appears
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 60)
+    browser.get(server.url)
+    prompt = wait.until(appears.element_to_be_clickable((By.CSS_SELECTOR, "#prompt textarea")))
+    prompt.send_keys(PROMPT)
+    seed = browser.find_element(By.CSS_SELECTOR, "#seed input")
+    seed.clear()
+    seed.send_keys("42")
+    browser.find_element(By.CSS_SELECTOR, "#generate").click()
+
+    image = wait.until(appears.visibility_of_element_located((By.CSS_SELECTOR, "#gallery img")))
+    wait.until(appears.text_to_be_present_in_element((By.CSS_SELECTOR, "#summary"), "seed 42"))
+    assert image.get_attribute("naturalWidth") == "64"
+    png = Image.open(io.BytesIO(httpx.get(image.get_attribute("src"), timeout=10).content))
+    params = read_params(png)  # the file the page shows keeps its parameters
+    assert (params.prompt, params.seed, params.model) == (PROMPT, 42, "tiny-random")
+
+    shot = tmp_path / "app-browser.png"
+    assert browser.save_screenshot(str(shot))
+    REPORT.parent.mkdir(exist_ok=True)
+    shutil.copy(shot, REPORT)
+    assert Image.open(shot).size[0] >= 1000

@@ -1,0 +1,84 @@
+"""The course itself: every solution notebook runs (papermill, parameters injected), blanks
+are in sync and stop at the first exercise with a clear message. nbval also runs the solutions
+as they are (see `addopts` in pyproject.toml)."""
+import os
+from pathlib import Path
+
+import nbformat
+import papermill
+import pytest
+
+from sdlab import course
+
+ROOT = Path(__file__).resolve().parent.parent
+SOLUTIONS = sorted((ROOT / "solutions").glob("[0-9][0-9]_*.ipynb"))
+# smaller settings so the whole course runs in a few minutes on 2 CPU cores
+SMALL = {"03_steps": {"max_steps": 21, "compare_steps": 8}, "05_guidance": {"adherence_prompts": 12}}
+
+
+def test_all_course_notebooks_exist():
+    names = [p.stem for p in SOLUTIONS]
+    assert names[:6] == ["00_setup", "01_loading", "02_seeds_and_latents", "03_steps", "04_prompts", "05_guidance"]
+
+
+def test_blank_notebooks_are_in_sync_and_clean():
+    assert course.check(ROOT / "solutions", ROOT / "notebooks") == []
+
+
+def test_blank_source_replaces_solutions_and_drops_hidden_tests():
+    src = "x = 1\n    ### BEGIN SOLUTION\n    y = x + 1\n    ### END SOLUTION\ncheck(y)"
+    blank = course.blank_source(src, "add_one", "add one to x")
+    assert "y = x + 1" not in blank
+    assert "    raise NotImplementedError(\"Exercise 'add_one': add one to x\")" in blank
+    assert course.blank_source("### BEGIN HIDDEN TESTS\nassert y == 2\n### END HIDDEN TESTS") == ""
+    with pytest.raises(ValueError, match="no matching"):
+        course.blank_source("### BEGIN SOLUTION\ny = 2")
+
+
+def test_check_reports_stale_blanks_outputs_and_tokens(tmp_path):
+    sol, blank = tmp_path / "solutions", tmp_path / "notebooks"
+    sol.mkdir()
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("### BEGIN SOLUTION\nx = 1\n### END SOLUTION")])
+    nbformat.write(nb, sol / "00_x.ipynb")
+    assert "missing" in course.check(sol, blank)[0]
+    course.build(sol, blank)
+    assert course.check(sol, blank) == []
+    nb.cells[0].source = "### BEGIN SOLUTION\nx = 2\n### END SOLUTION\n# hf_" + "a" * 34
+    nbformat.write(nb, sol / "00_x.ipynb")
+    problems = course.check(sol, blank)
+    assert any("out of date" in p for p in problems) and any("token" in p for p in problems)
+
+
+def _run(path: Path, out: Path, parameters: dict | None = None):
+    env = {"SDLAB_PROGRESS": "0", "HF_HUB_OFFLINE": "1"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        return papermill.execute_notebook(str(path), str(out), parameters=parameters or {}, cwd=str(path.parent),
+                                          kernel_name="python3", progress_bar=False)
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.stem)
+def test_solution_notebook_executes(path, tmp_path):
+    from sdlab.presets import default_model
+
+    nb = _run(path, tmp_path / path.name, {"model": default_model()} | SMALL.get(path.stem, {}))
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    if path.stem != "00_setup":
+        assert any("image/png" in o.get("data", {}) for o in outputs), "the notebook shows no image"
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.stem)
+def test_blank_notebook_stops_at_first_exercise_with_a_clear_message(path, tmp_path):
+    blank = ROOT / "notebooks" / path.name
+    with pytest.raises(papermill.PapermillExecutionError) as err:
+        _run(blank, tmp_path / path.name, SMALL.get(path.stem, {}))
+    assert err.value.ename == "NotImplementedError"
+    assert "Exercise '" in err.value.evalue
