@@ -90,6 +90,15 @@ def _serve(args) -> None:
     serve(args.model, host=args.host, port=args.port, share=args.share)
 
 
+def _bench(args) -> None:
+    from .bench import run
+
+    images = 8 if args.quick else args.images
+    for line in run(args.model, images=images, steps=args.steps, device=args.device, dtype=args.dtype,
+                    flop_limit=args.flop_limit):
+        print(line, flush=True)
+
+
 def _list(args) -> None:
     if args.command == "models":
         from .presets import PRESETS
@@ -160,6 +169,17 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--port", type=int, default=7860)
     srv.add_argument("--share", action="store_true", help="also open a public Gradio share link")
     srv.set_defaults(func=_serve)
+
+    bench = sub.add_parser("bench", help="time the course's loop against sdlab's batched calls, side by side")
+    bench.add_argument("--quick", action="store_true", help="CPU-sized run: 8 images, under a minute")
+    bench.add_argument("--model", default=None)
+    bench.add_argument("--images", type=int, default=16)
+    bench.add_argument("--steps", type=int, default=20)
+    bench.add_argument("--device", default="auto")
+    bench.add_argument("--dtype", default="auto")
+    bench.add_argument("--flop-limit", type=float, default=None,
+                       help="the device's FLOP/s limit, to print the achieved fraction (e.g. 3.3e11)")
+    bench.set_defaults(func=_bench)
 
     for name in ("models", "schedulers"):
         sub.add_parser(name, help=f"list the {name}").set_defaults(func=_list)

@@ -1,16 +1,23 @@
 """Sweeps: change one or two parameters, keep the rest, and see the effect as a labelled grid.
 
-A sweep over seeds is one batched call (image k gets seed k). A sweep over another parameter
-makes one call per value, each batched over the seeds of the other axis, so a seed × guidance
-grid of 3 × 7 images takes 7 calls, not 21.
+A sweep over seeds is one batched call (image k gets seed k). A guidance sweep at one seed is
+one batched denoising loop with a guidance value per image (`guidance_sweep`). A sweep over
+another parameter makes one call per value, each batched over the seeds of the other axis, so
+a seed × guidance grid of 3 × 7 images takes 7 calls, not 21.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
+import torch
+
 from .errors import check
-from .generation import GeneratedImage, generate
+from .generation import GeneratedImage, GenerationParams, _defaults, check_generate_inputs, generate
 from .grids import labelled_grid
+from .pipelines import model_name
+from .schedulers import make_scheduler, resolve_scheduler_name, scheduler_name
+from .seeds import check_seed, default_size, make_latents
 
 LABELS = {"seed": "seed", "num_inference_steps": "steps", "guidance_scale": "guidance",
           "scheduler": "", "prompt": "", "negative_prompt": "negative:", "width": "width", "height": "height"}
@@ -59,6 +66,16 @@ def sweep(pipe, prompt: str, x: str, x_values, y: str | None = None, y_values=()
     check(len(x_values) > 0, f"sweep over {x!r} needs at least one value")
     check(y is None or len(y_values) > 0, f"sweep over {y!r} needs at least one value")
     check(x != y, f"x and y are both {x!r}; sweep two different parameters")
+    if x == "guidance_scale" and y is None and set(settings) <= BATCHED_GUIDANCE_SETTINGS:
+        return guidance_sweep(pipe, prompt, x_values, seed, **settings)
+    return _sweep_by_calls(pipe, prompt, x, x_values, y, y_values, seed, settings)
+
+
+BATCHED_GUIDANCE_SETTINGS = {"negative_prompt", "num_inference_steps", "height", "width", "scheduler"}
+
+
+def _sweep_by_calls(pipe, prompt, x, x_values, y, y_values, seed, settings) -> Sweep:
+    """One generate() call per grid value, batched along the seed axis when there is one."""
     rows = y_values if y else [None]
     grid: dict[tuple[int, int], GeneratedImage] = {}
     if "seed" in (x, y):  # batch along the seed axis: one call per value of the other axis
@@ -81,3 +98,55 @@ def _seed_batch(pipe, prompt, seeds, kwargs):
     """One batched call: the same prompt and settings, one image per seed."""
     text = kwargs.pop("prompt", prompt)
     return generate(pipe, [text] * len(seeds), seed=list(seeds), **kwargs)
+
+
+def guidance_sweep(pipe, prompt: str, guidance_values, seed: int = 0, *, negative_prompt: str = "",
+                   num_inference_steps: int | None = None, height: int | None = None, width: int | None = None,
+                   scheduler: str | None = None) -> Sweep:
+    """A guidance sweep at one seed as ONE batched denoising loop, each image its own guidance.
+
+    The prompt is encoded once; the batch holds the same starting noise N times; at each step
+    the UNet runs once on all N (twice that with the unconditional half) and image k is pushed
+    with guidance_values[k]. The images equal separate generate() calls up to float rounding.
+    Schedulers that draw fresh noise at every step (ancestral ones, "Euler a") would draw it
+    differently in a batch, so for those this falls back to one call per value.
+    """
+    # 1. Check inputs
+    values = [float(g) for g in guidance_values]
+    check(len(values) > 0, "guidance_sweep needs at least one guidance value")
+    steps = num_inference_steps or _defaults(pipe)[0]
+    height, width = height or default_size(pipe), width or default_size(pipe)
+    for g in values:
+        check_generate_inputs([prompt], len(values), steps, g, height, width, 1.0, None, None)
+    seed = check_seed(seed)
+    name = resolve_scheduler_name(scheduler) if scheduler else scheduler_name(pipe.scheduler)
+    sched = make_scheduler(name, pipe.scheduler.config)  # a fresh one: schedulers keep state
+    if "Ancestral" in type(sched).__name__:
+        return _sweep_by_calls(pipe, prompt, "guidance_scale", values, None, [], seed,
+                               dict(negative_prompt=negative_prompt, num_inference_steps=steps, height=height,
+                                    width=width, scheduler=name))
+    # 2. Encode the prompt once; repeat the same noise for every guidance value
+    start = time.perf_counter()
+    device, n = pipe._execution_device, len(values)
+    cond, uncond = pipe.encode_prompt(prompt, device, 1, True, negative_prompt or None)
+    embeds = torch.cat([uncond.expand(n, -1, -1), cond.expand(n, -1, -1)])
+    scale = torch.tensor(values, device=device, dtype=cond.dtype).view(n, 1, 1, 1)
+    sched.set_timesteps(steps, device=device)
+    latents = make_latents(pipe, seed, height, width).to(device, cond.dtype).repeat(n, 1, 1, 1)
+    latents = latents * sched.init_noise_sigma
+    # 3. One denoising loop for the whole batch, each image with its own guidance
+    with torch.no_grad():
+        for t in pipe.progress_bar(sched.timesteps):
+            model_input = sched.scale_model_input(torch.cat([latents] * 2), t)
+            noise_uncond, noise_text = pipe.unet(model_input, t, encoder_hidden_states=embeds).sample.chunk(2)
+            latents = sched.step(noise_uncond + scale * (noise_text - noise_uncond), t, latents).prev_sample
+        decoded = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
+    images = pipe.image_processor.postprocess(decoded, output_type="pil")
+    seconds = time.perf_counter() - start
+    # 4. Every image carries its parameters
+    results = [GeneratedImage(image, GenerationParams(prompt=prompt, seed=seed, num_inference_steps=steps,
+                                                      guidance_scale=g, height=height, width=width, scheduler=name,
+                                                      model=model_name(pipe), negative_prompt=negative_prompt),
+                              seconds / n)
+               for image, g in zip(images, values)]
+    return Sweep("guidance_scale", values, None, [], results)
