@@ -24,7 +24,7 @@ install: $(STAMP)
 
 lab: install
 	@echo "Open the URL printed below (with its token) and start with notebooks/00_setup.ipynb"
-	SDLAB_MODEL=$${SDLAB_MODEL:-sdlab-tiny} $(BIN)/jupyter lab --no-browser --ip=$(HOST) --port=$(PORT) \
+	$(BIN)/jupyter lab --no-browser --ip=$(HOST) --port=$(PORT) $$([ "$$(id -u)" = 0 ] && echo --allow-root) \
 		--ServerApp.root_dir=$(CURDIR) --LabApp.default_url=/lab/tree/notebooks/00_setup.ipynb
 
 test: install
