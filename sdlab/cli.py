@@ -113,6 +113,8 @@ def _list(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .tiny.train import TrainConfig
+
     parser = argparse.ArgumentParser(prog="sdlab", description="Stable Diffusion course kit")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -140,9 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train-tiny", help="train the sdlab-tiny model (resumes from --out)")
     train.add_argument("--out", default="runs/sdlab-tiny")
-    train.add_argument("--vae-steps", type=int, default=2500)
-    train.add_argument("--unet-steps", type=int, default=8000)
-    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--vae-steps", type=int, default=TrainConfig.vae_steps)
+    train.add_argument("--unet-steps", type=int, default=TrainConfig.unet_steps)
+    train.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     train.add_argument("--mixed-precision", default="bf16", choices=["no", "bf16", "fp16"])
     train.add_argument("--minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
     train.add_argument("--export", default=None, help="save the EMA pipeline to this folder when done")

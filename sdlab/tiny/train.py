@@ -28,11 +28,11 @@ class TrainConfig:
     """How long and how hard to train (the model's sizes are in `TinyConfig`)."""
 
     out_dir: str = "runs/sdlab-tiny"
-    vae_steps: int = 3000
-    unet_steps: int = 30000
-    batch_size: int = 64
+    vae_steps: int = 2500
+    unet_steps: int = 3600
+    batch_size: int = 32
     vae_lr: float = 1e-3
-    unet_lr: float = 6e-4
+    unet_lr: float = 5e-4
     warmup_steps: int = 200
     caption_dropout: float = 0.1  # share of empty captions: what "no prompt" looks like, for guidance
     object_weight: float = 10.0  # VAE loss weight on object pixels (small shapes must survive)

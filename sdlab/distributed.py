@@ -1,0 +1,95 @@
+"""Spreading many generations over processes or GPUs with accelerate.
+
+    accelerate launch --num_processes 2 -m sdlab.distributed prompts.txt --out outputs/
+
+Each process loads the pipeline once, takes its share of the jobs with
+`PartialState.split_between_processes`, and the main process gathers the results in the
+original order and writes the PNGs. Seeds belong to jobs, not to processes, so the images are
+the same as a single-process run, image for image.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Job:
+    """One image to make: a prompt and its seed (other settings are shared)."""
+
+    index: int
+    prompt: str
+    seed: int
+
+
+def make_jobs(prompts: list[str], seed: int, images_per_prompt: int = 1) -> list[Job]:
+    """Jobs in order; job k gets seed `seed + k`, whatever process runs it."""
+    texts = [p for p in prompts for _ in range(images_per_prompt)]
+    return [Job(k, text, seed + k) for k, text in enumerate(texts)]
+
+
+def batches(jobs: list[Job], batch_size: int) -> list[list[Job]]:
+    """Fixed groups of jobs. Processes share out whole batches, so every batch — and so every
+    image, to the last bit — is the same whether one process or many run them."""
+    return [jobs[start:start + batch_size] for start in range(0, len(jobs), batch_size)]
+
+
+def run_batches(pipe, groups: list[list[Job]], **settings) -> list:
+    """Generate each batch with one call; returns (job index, GeneratedImage) pairs."""
+    from .generation import generate
+
+    done = []
+    for chunk in groups:
+        result = generate(pipe, [j.prompt for j in chunk], seed=[j.seed for j in chunk], **settings)
+        done += [(job.index, item) for job, item in zip(chunk, result)]
+    return done
+
+
+def generate_distributed(model: str, jobs: list[Job], batch_size: int = 8, **settings) -> list | None:
+    """Split `jobs` over the processes accelerate started; the main process gets all results
+    in job order (other processes get None)."""
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    from .pipelines import load_pipeline
+
+    state = PartialState()
+    pipe = load_pipeline(model, device=str(state.device) if state.device.type != "cpu" else "cpu", progress=False)
+    with state.split_between_processes(batches(jobs, batch_size)) as mine:
+        done = run_batches(pipe, list(mine), **settings)
+    # PIL images travel between processes as pickles
+    gathered = gather_object(done)
+    if not state.is_main_process:
+        return None
+    return [item for _, item in sorted(gathered, key=lambda pair: pair[0])]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .metadata import save_png
+    from .presets import default_model
+
+    parser = argparse.ArgumentParser(prog="python -m sdlab.distributed",
+                                     description="generate a prompt list over processes/GPUs (accelerate launch)")
+    parser.add_argument("prompts", help="a text file, one prompt per line")
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("-n", "--images-per-prompt", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--guidance", type=float, default=None)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--out", default="outputs")
+    args = parser.parse_args(argv)
+    prompts = [line.strip() for line in Path(args.prompts).read_text().splitlines() if line.strip()]
+    jobs = make_jobs(prompts, args.seed, args.images_per_prompt)
+    results = generate_distributed(args.model or default_model(), jobs, args.batch_size,
+                                   num_inference_steps=args.steps, guidance_scale=args.guidance)
+    if results is not None:
+        for k, item in enumerate(results):
+            print(save_png(item, Path(args.out) / f"{k:04d}_seed{item.params.seed}.png"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""accelerate scale-out: 2 CPU processes give the same images as one, image for image."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from sdlab.distributed import batches, make_jobs
+from sdlab.metadata import read_params
+
+
+def _run(tmp_path: Path, processes: int) -> list[Path]:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\na blue square on a white background\na small green cross\n")
+    out = tmp_path / f"out{processes}"
+    module = ["-m", "sdlab.distributed", str(prompts), "--model", "tiny-random", "-n", "3", "--steps", "3",
+              "--batch-size", "2", "--seed", "10", "--out", str(out)]
+    if processes == 1:
+        cmd = [sys.executable, *module]
+    else:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", str(processes),
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *module]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "SDLAB_PROGRESS": "0"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return sorted(out.glob("*.png"))
+
+
+def test_jobs_and_batches_are_fixed():
+    jobs = make_jobs(["a", "b"], seed=5, images_per_prompt=2)
+    assert [(j.prompt, j.seed) for j in jobs] == [("a", 5), ("a", 6), ("b", 7), ("b", 8)]
+    assert [[j.index for j in b] for b in batches(jobs, 3)] == [[0, 1, 2], [3]]
+
+
+def test_two_processes_equal_one(tmp_path):
+    single, double = _run(tmp_path, 1), _run(tmp_path, 2)
+    assert [p.name for p in single] == [p.name for p in double] and len(single) == 9
+    for a, b in zip(single, double):
+        assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b))), a.name
+        assert read_params(a) == read_params(b)
