@@ -94,7 +94,8 @@ class Generation:
         return self.results[index]
 
 
-def _defaults(pipe) -> tuple[int, float]:
+def model_defaults(pipe) -> tuple[int, float]:
+    """The (steps, guidance) a model works best with: its preset's, else diffusers' 50 and 7.5."""
     preset = find_preset(model_name(pipe))
     return (preset.num_inference_steps, preset.guidance_scale) if preset else (50, 7.5)
 
@@ -172,7 +173,7 @@ def generate(pipe, prompt: str | list[str], *, negative_prompt: str = "", seed: 
     """
     # 1. Check inputs
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-    default_steps, default_guidance = _defaults(pipe)
+    default_steps, default_guidance = model_defaults(pipe)
     num_inference_steps = default_steps if num_inference_steps is None else num_inference_steps
     guidance_scale = default_guidance if guidance_scale is None else guidance_scale
     if image is not None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import check
-from .generation import GeneratedImage, GenerationParams, _defaults, check_generate_inputs, generate
+from .generation import GeneratedImage, GenerationParams, model_defaults, check_generate_inputs, generate
 from .grids import labelled_grid
 from .pipelines import model_name
 from .schedulers import make_scheduler, resolve_scheduler_name, scheduler_name
@@ -114,7 +114,7 @@ def guidance_sweep(pipe, prompt: str, guidance_values, seed: int = 0, *, negativ
     # 1. Check inputs
     values = [float(g) for g in guidance_values]
     check(len(values) > 0, "guidance_sweep needs at least one guidance value")
-    steps = num_inference_steps or _defaults(pipe)[0]
+    steps = num_inference_steps or model_defaults(pipe)[0]
     height, width = height or default_size(pipe), width or default_size(pipe)
     for g in values:
         check_generate_inputs([prompt], len(values), steps, g, height, width, 1.0, None, None)

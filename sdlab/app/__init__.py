@@ -20,6 +20,7 @@ from fastapi import FastAPI  # noqa: E402
 
 from .. import __version__  # noqa: E402
 from .api import add_api  # noqa: E402
+from .face_repair import find_restorer  # noqa: E402
 from .server import Server, launch, serve  # noqa: E402
 from .studio import Studio  # noqa: E402
 from .ui import build_ui  # noqa: E402
@@ -27,11 +28,14 @@ from .ui import build_ui  # noqa: E402
 __all__ = ["create_app", "launch", "serve", "Server", "Studio"]
 
 
-def create_app(pipe, *, max_queue: int = 16) -> FastAPI:
+def create_app(pipe, *, max_queue: int = 16, face_restorer="auto") -> FastAPI:
     """The FastAPI app: REST endpoints (docs at /docs) and the Gradio UI mounted at /.
 
     max_queue: how many requests may be in line for the pipeline (the running one included);
     more get HTTP 503 (REST) or "queue full" (UI).
+    face_restorer: a function (image, upscale=, weight=) -> image for the UI's face repair panel
+    and the /restore_faces Gradio endpoint; "auto": `sdlab.faces` if it is installed (see
+    `sdlab.app.face_repair.FacesRestorer`); None: no face repair.
     """
     studio = Studio(pipe, max_queue=max_queue)
     app = FastAPI(title="sdlab", version=__version__,
@@ -39,7 +43,9 @@ def create_app(pipe, *, max_queue: int = 16) -> FastAPI:
                               "The web UI is at /; every image comes back as a PNG that keeps its parameters.")
     app.state.studio = studio
     add_api(app, studio)  # its routes come first, so the UI mounted at / does not hide them
-    app.state.ui = build_ui(studio)
+    if face_restorer == "auto":
+        face_restorer = find_restorer()
+    app.state.ui = build_ui(studio, face_restorer)
     gr.mount_gradio_app(app, app.state.ui, path="/", ssr_mode=False, show_error=True, mcp_server=False,
                         run_history=False, footer_links=["api", "settings"])
     app.state.gradio_app = app.routes[-1].app  # the mounted Gradio app (Server.close ends its streams)

@@ -170,7 +170,7 @@ def add_api(app: FastAPI, studio: Studio) -> FastAPI:
                     mask_image=decode_image(request.mask_image, "mask_image"))
 
     @app.get("/models", tags=["about"])
-    def models() -> dict[str, Any]:
+    async def models() -> dict[str, Any]:
         """The model presets, and which one this server has loaded (it serves only that one)."""
         listed = [{"name": p.name, "description": p.description, "size": p.size,
                    "num_inference_steps": p.num_inference_steps, "guidance_scale": p.guidance_scale,
@@ -180,13 +180,13 @@ def add_api(app: FastAPI, studio: Studio) -> FastAPI:
         return {"loaded": studio.model, "models": listed}
 
     @app.get("/schedulers", tags=["about"])
-    def schedulers() -> dict[str, Any]:
+    async def schedulers() -> dict[str, Any]:
         """Scheduler names for the `scheduler` field, the other names accepted, and the default."""
         return {"schedulers": scheduler_names(), "aliases": ALIASES,
                 "default": scheduler_name(studio.pipe.scheduler)}
 
     @app.get("/health", tags=["about"])
-    def health() -> dict[str, Any]:
+    async def health() -> dict[str, Any]:
         """Whether the server is up, what it serves, and how many requests are in line."""
         return {"status": "ok", "model": studio.model, "device": str(studio.pipe.device),
                 "queue": {"in_line": studio.in_line, "max": studio.max_queue}, "sdlab": __version__}

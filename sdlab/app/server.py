@@ -102,6 +102,8 @@ class Server:
             self._uvicorn.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if streams is not None and not self.running:
+            streams.clear()  # the same app may be served again
 
     def wait(self) -> None:
         """Block until Ctrl-C (or until the server stops), then close."""
@@ -127,7 +129,9 @@ class Server:
 
 def _listening_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio then turns Nagle's algorithm off on each connection
+    # (TCP_NODELAY); with proto 0 every response would wait ~40 ms for a delayed ACK
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
@@ -156,16 +160,18 @@ def _pipeline(model):
 
 
 def launch(pipe=None, *, host: str = "127.0.0.1", port: int = 0, share: bool = False, inline: bool | None = None,
-           height: int = 760, max_queue: int = 16) -> Server:
+           height: int = 760, max_queue: int = 16, face_restorer="auto") -> Server:
     """Start the app in the background and show it in the notebook; `server.close()` stops it.
 
     pipe: a loaded pipeline or a model name (None: `sdlab.presets.default_model()`).
     port: 0 picks a free port. inline: show the UI in the output cell (default: in a notebook).
+    max_queue, face_restorer: as for `create_app`.
     """
     from . import create_app
 
     _network_warning(host)
-    server = Server(create_app(_pipeline(pipe), max_queue=max_queue), host, port).start()
+    app = create_app(_pipeline(pipe), max_queue=max_queue, face_restorer=face_restorer)
+    server = Server(app, host, port).start()
     if share:
         server.open_share_link()
     if inline is None:
@@ -175,12 +181,17 @@ def launch(pipe=None, *, host: str = "127.0.0.1", port: int = 0, share: bool = F
     return server
 
 
-def serve(model=None, host: str = "127.0.0.1", port: int = 7860, share: bool = False, max_queue: int = 16) -> None:
-    """Serve the app until Ctrl-C (what `sdlab serve` runs): the UI at /, the REST API's docs at /docs."""
+def serve(model=None, host: str = "127.0.0.1", port: int = 7860, share: bool = False, max_queue: int = 16,
+          face_restorer="auto") -> None:
+    """Serve the app until Ctrl-C (what `sdlab serve` runs): the UI at /, the REST API's docs at /docs.
+
+    model: a loaded pipeline, or a preset/folder/hub id to load (None: the default model).
+    """
     from . import create_app
 
     _network_warning(host)
-    server = Server(create_app(_pipeline(model), max_queue=max_queue), host, port).start()
+    app = create_app(_pipeline(model), max_queue=max_queue, face_restorer=face_restorer)
+    server = Server(app, host, port).start()
     print(f"sdlab app: {server.url}  (REST API docs: {server.docs_url}); Ctrl-C stops it", file=sys.stderr)
     if share and server.open_share_link():
         print(f"public link: {server.share_url}", file=sys.stderr)

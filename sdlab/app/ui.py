@@ -14,7 +14,7 @@ import gradio as gr
 from PIL import Image, ImageChops
 
 from ..errors import SdlabInputError, check
-from ..generation import MAX_STEPS, Generation, GenerationParams, _defaults
+from ..generation import MAX_STEPS, Generation, GenerationParams, model_defaults
 from ..metadata import format_parameters
 from ..schedulers import scheduler_name, scheduler_names
 from ..seeds import default_size, random_seed
@@ -113,6 +113,7 @@ def inpaint(studio: Studio, editor: dict | None, mask: Image.Image | None, stren
 def variations(studio: Studio, made: list[dict], index: int, variation_strength: float, num_images: int) -> Shown:
     """`num_images` seed variations of image `index`: its seed's noise mixed with new seeds' noise."""
     check(bool(made), "generate an image first, then click it and ask for variations")
+    check(int(num_images) >= 1, f"ask for at least one variation, got {num_images}")
     params = GenerationParams(**made[min(index or 0, len(made) - 1)]["params"])
     check(params.mode == "txt2img", f"variations start from a text-to-image result; this one was made with "
                                     f"{params.mode}")
@@ -132,7 +133,7 @@ def variations(studio: Studio, made: list[dict], index: int, variation_strength:
 # ---- wiring to widgets --------------------------------------------------------------------
 
 @contextmanager
-def _as_gradio_error():
+def as_gradio_error():
     """Show sdlab's teaching messages in the browser (as a Gradio error box)."""
     try:
         yield
@@ -149,9 +150,10 @@ def _outputs(shown: Shown):
     return shown.gallery, shown.summary, first, shown.last_seed, made, 0
 
 
-def build_ui(studio: Studio) -> gr.Blocks:
-    """The Blocks app. Its API (for gradio_client): /text2img, /img2img, /inpainting, /variations."""
-    steps, guidance = _defaults(studio.pipe)
+def build_ui(studio: Studio, face_restorer=None) -> gr.Blocks:
+    """The Blocks app. Its API (for gradio_client): /text2img, /img2img, /inpainting, /variations,
+    and /restore_faces when a `face_restorer` is given (see `sdlab.app.face_repair`)."""
+    steps, guidance = model_defaults(studio.pipe)
     size = default_size(studio.pipe)
     with gr.Blocks(title="sdlab", analytics_enabled=False, delete_cache=(1800, 3600)) as ui:
         gr.Markdown(f"## sdlab · {studio.model} on {studio.pipe.device}\n"
@@ -193,7 +195,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
                     height = gr.Slider(64, MAX_UI_SIZE, size, step=8, label="Height")
                 num_images = gr.Slider(1, MAX_UI_IMAGES, 1, step=1, label="Number of images")
             with gr.Column(scale=3):
-                gallery = gr.Gallery(label="Images", columns=4, format="png", elem_id="gallery",
+                gallery = gr.Gallery(label="Images", columns=4, format="png", type="pil", elem_id="gallery",
                                      buttons=["download", "download_all", "fullscreen"])
                 summary = gr.Markdown(elem_id="summary")
                 info = gr.Textbox(label="Selected image: parameters (as stored in its PNG) and time", lines=4,
@@ -201,6 +203,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
                 with gr.Row():
                     variation_strength = gr.Slider(0.01, 1, 0.1, step=0.01, label="Variation strength")
                     vary = gr.Button("Variations of the selected image")
+                face_panel = gr.Column()  # filled below when a face restorer is given
 
         controls = [negative_prompt, scheduler, num_inference_steps, guidance_scale, seed, width, height, num_images]
         outputs = [gallery, summary, info, last_seed, made, selected]
@@ -210,14 +213,14 @@ def build_ui(studio: Studio) -> gr.Blocks:
         def on_text2img(prompt, negative_prompt=None, scheduler=None, num_inference_steps=None, guidance_scale=None,
                         seed=None, width=None, height=None, num_images=None):
             """Text to image; returns the gallery (images with their parameters as captions)."""
-            with _as_gradio_error():
+            with as_gradio_error():
                 return _outputs(txt2img(studio, prompt, **settings(
                     negative_prompt, scheduler, num_inference_steps, guidance_scale, seed, width, height, num_images)))
 
         def on_img2img(image, prompt, strength=None, negative_prompt=None, scheduler=None, num_inference_steps=None,
                        guidance_scale=None, seed=None, width=None, height=None, num_images=None):
             """Image to image from a start image and a strength in (0, 1]."""
-            with _as_gradio_error():
+            with as_gradio_error():
                 return _outputs(img2img(studio, image, strength, prompt, **settings(
                     negative_prompt, scheduler, num_inference_steps, guidance_scale, seed, width, height, num_images)))
 
@@ -225,27 +228,37 @@ def build_ui(studio: Studio) -> gr.Blocks:
                           num_inference_steps=None, guidance_scale=None, seed=None, width=None, height=None,
                           num_images=None):
             """Inpainting: the editor's image and painted area, or an uploaded mask (white = repaint)."""
-            with _as_gradio_error():
+            with as_gradio_error():
                 return _outputs(inpaint(studio, editor, mask, strength, prompt, **settings(
                     negative_prompt, scheduler, num_inference_steps, guidance_scale, seed, width, height, num_images)))
 
         def on_variations(made, selected, variation_strength, num_images):
             """Seed variations of the selected image."""
-            with _as_gradio_error():
+            with as_gradio_error():
                 return _outputs(variations(studio, made, selected, variation_strength, num_images))
 
         def on_select(made, evt: gr.SelectData):
             entry = made[evt.index]
             return caption(entry["params"], entry["seconds"]), entry["params"]["seed"], evt.index
 
-        go_text.click(on_text2img, [prompt, *controls], outputs, api_name="text2img")
-        prompt.submit(on_text2img, [prompt, *controls], outputs, api_visibility="private")
-        go_image.click(on_img2img, [start_image, prompt, strength, *controls], outputs, api_name="img2img")
-        go_inpaint.click(on_inpainting, [editor, prompt, mask, inpaint_strength, *controls], outputs,
-                         api_name="inpainting")
-        vary.click(on_variations, [made, selected, variation_strength, num_images], outputs, api_name="variations")
+        generated = [
+            go_text.click(on_text2img, [prompt, *controls], outputs, api_name="text2img", concurrency_id="gpu"),
+            prompt.submit(on_text2img, [prompt, *controls], outputs, api_visibility="private", concurrency_id="gpu"),
+            go_image.click(on_img2img, [start_image, prompt, strength, *controls], outputs, api_name="img2img",
+                           concurrency_id="gpu"),
+            go_inpaint.click(on_inpainting, [editor, prompt, mask, inpaint_strength, *controls], outputs,
+                             api_name="inpainting", concurrency_id="gpu"),
+            vary.click(on_variations, [made, selected, variation_strength, num_images], outputs,
+                       api_name="variations", concurrency_id="gpu"),
+        ]
         gallery.select(on_select, [made], [info, last_seed, selected], api_visibility="private", queue=False)
         random_seed_button.click(lambda: -1, None, seed, api_visibility="private", queue=False)
         reuse_seed_button.click(lambda last: last, last_seed, seed, api_visibility="private", queue=False)
+        if face_restorer is not None:
+            from .face_repair import add_face_repair_panel
+
+            with face_panel:
+                add_face_repair_panel(face_restorer, gallery, selected, generated)
+    # one line for everything that uses the GPU ("gpu": concurrency 1), at most max_queue long
     ui.queue(max_size=studio.max_queue, default_concurrency_limit=1)
     return ui
