@@ -4,6 +4,7 @@ Everything runs on the `tiny-random` pipeline over loopback (127.0.0.1) only.
 """
 import base64
 import io
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -28,7 +29,7 @@ PROMPT = "a small red circle on a blue background"
 
 @pytest.fixture(scope="module")
 def app(tiny_pipe):
-    return sdlab.app.create_app(tiny_pipe)
+    return sdlab.app.create_app(tiny_pipe, face_restorer=None)
 
 
 @pytest.fixture(scope="module")
@@ -322,6 +323,8 @@ def test_launch_serves_on_loopback_and_close_frees_the_port(tiny_pipe):
     assert server.url.startswith("http://127.0.0.1:") and server.running
     assert httpx.get(server.url + "health").json()["status"] == "ok"
     assert "running" in repr(server)
+    # a TCP socket asyncio recognises, so it sets TCP_NODELAY (else each response waits ~40 ms)
+    assert {sock.proto for sock in server._uvicorn.servers[0].sockets} == {socket.IPPROTO_TCP}
     server.close()
     assert not server.running
     with pytest.raises(httpx.ConnectError):
@@ -369,3 +372,71 @@ def test_the_cli_reaches_serve(monkeypatch):
     monkeypatch.setattr(sdlab.app, "serve", lambda model, **kw: called.update(model=model, **kw))
     assert cli.main(["serve", "--model", "tiny-random", "--port", "0"]) == 0
     assert called == {"model": "tiny-random", "host": "127.0.0.1", "port": 0, "share": False}
+
+
+# ---- face repair: a hook for sdlab.faces (any restore(image, upscale=, weight=) -> image) ---
+
+def fake_restore(image, upscale=2, weight=0.5):
+    """Stands in for sdlab.faces.restore_faces: upscales, and tints by weight."""
+    bigger = image.convert("RGB").resize((image.width * upscale, image.height * upscale), Image.NEAREST)
+    return Image.blend(bigger, Image.new("RGB", bigger.size, "white"), weight)
+
+
+def test_face_repair_keeps_and_extends_the_parameters():
+    from sdlab.app import face_repair
+
+    image = start_image()
+    image.info["parameters"] = "a face\nSteps: 2, Sampler: PNDM, CFG scale: 7.5, Seed: 1, Size: 64x64, Model: m"
+    repaired = face_repair.repair(fake_restore, image, upscale=2, weight=0.25)
+    assert repaired.size == (128, 128)
+    assert repaired.info["parameters"].endswith("Face restoration weight: 0.25, Upscale: 2")
+    assert read_params(repaired).seed == 1
+    [(again, text)] = face_repair.repair_gallery(fake_restore, [(image, "caption")], 2, 0.25)
+    assert np.array_equal(pixels(again), pixels(repaired)) and "Faces repaired" in text
+    with pytest.raises(SdlabInputError, match="choose an image"):
+        face_repair.repair(fake_restore, None)
+
+
+def test_restore_faces_endpoint_when_a_restorer_is_given(tiny_pipe, tmp_path):
+    from gradio_client import Client, handle_file
+
+    app = sdlab.app.create_app(tiny_pipe, face_restorer=fake_restore)
+    start_image().save(tmp_path / "in.png")
+    with sdlab.app.Server(app).start() as server:
+        client = Client(server.url, verbose=False)
+        assert "/restore_faces" in client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+        out = Image.open(client.predict(handle_file(str(tmp_path / "in.png")), upscale=3, weight=0.0,
+                                        api_name="/restore_faces"))
+        assert out.size == (192, 192)
+        assert np.array_equal(pixels(out), pixels(fake_restore(start_image(), 3, 0.0)))
+        client.close()
+
+
+def test_no_face_repair_endpoint_without_a_restorer(live):
+    from gradio_client import Client
+
+    client = Client(live.url, verbose=False)
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert set(endpoints) == {"/text2img", "/img2img", "/inpainting", "/variations"}
+    client.close()
+
+
+def test_the_default_face_restorer_is_sdlab_faces_when_installed():
+    import importlib.util
+
+    from sdlab.app.face_repair import find_restorer
+
+    restorer = find_restorer()
+    if importlib.util.find_spec("sdlab.faces") is None:
+        assert restorer is None
+        return
+    face = start_image()  # no face in it: sdlab.faces warns and only resizes it
+    with pytest.warns(UserWarning, match="no face"):
+        repaired = restorer(face, upscale=2, weight=0.5)
+    assert repaired.size == (128, 128) and restorer.name
+
+
+def test_a_too_long_prompt_comes_back_with_a_warning(client):
+    long_prompt = " ".join(["a small red circle on a blue background"] * 12)
+    out = client.post("/text2img", json={"prompt": long_prompt, "steps": 1}).json()
+    assert len(out["images"]) == 1 and "CLIP reads only 77" in out["warnings"][0]
