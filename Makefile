@@ -7,6 +7,9 @@ STAMP  := $(VENV)/.sdlab-installed
 # them first means no later requirement pulls another multi-GB torch
 TORCH  := torch==2.14.1 torchvision==0.29.1
 PIP    := $(BIN)/python -m pip --disable-pip-version-check
+# the gfpgan package (face repair's second backend) builds against the torch above, so it
+# goes in without build isolation and without its training-only dependencies
+GFPGAN := basicsr==1.4.2 gfpgan==1.3.8 facexlib==0.3.0
 HOST   ?= 127.0.0.1
 PORT   ?= 8888
 
@@ -18,6 +21,9 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(PIP) install --quiet $(TORCH)
 	$(PIP) install --quiet -e ".[dev]"
+	$(PIP) install --quiet setuptools wheel
+	$(PIP) install --quiet --no-build-isolation --no-deps $(GFPGAN)
+	$(PIP) install --quiet addict future lmdb yapf filterpy
 	touch $@
 
 install: $(STAMP)

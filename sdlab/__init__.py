@@ -34,6 +34,10 @@ _EXPORTS = {
     "regenerate": "metadata",
     "default_model": "presets",
     "load_clip_tokenizer": "tokenizer",
+    "restore_faces": "faces",
+    "load_restorer": "faces",
+    "detect_faces": "faces",
+    "restore_remote": "faces",
 }
 
 __all__ = sorted(_EXPORTS)

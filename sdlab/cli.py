@@ -4,7 +4,7 @@
     sdlab regenerate outputs/42.png --out again.png
     sdlab train-tiny --out runs/sdlab-tiny        sdlab eval-tiny
     sdlab course build | check                    sdlab models | schedulers
-    sdlab serve --model sdlab-tiny --port 7860
+    sdlab serve --model sdlab-tiny --port 7860    sdlab faces photo.jpg --out fixed.png
 """
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import argparse
 import os
 import sys
 from pathlib import Path
+
+from .errors import SdlabInputError
 
 
 def _generate(args) -> None:
@@ -88,6 +90,22 @@ def _serve(args) -> None:
     from .app import serve
 
     serve(args.model, host=args.host, port=args.port, share=args.share)
+
+
+def _faces(args) -> None:
+    from PIL import Image
+
+    from .faces import download_weights, restore_faces
+
+    if args.download:
+        print(download_weights(args.restorer, args.weights_dir))
+        return
+    if not args.image or not args.out:
+        raise SdlabInputError("give an IMAGE and --out FILE (or --download to fetch the weights)")
+    result = restore_faces(Image.open(args.image), args.restorer, upscale=args.upscale, weight=args.weight,
+                           weights_dir=args.weights_dir, device=args.device, backend=args.backend)
+    result.image.save(args.out)
+    print(f"{args.out}: {result.summary()}")
 
 
 def _bench(args) -> None:
@@ -172,6 +190,18 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--share", action="store_true", help="also open a public Gradio share link")
     srv.set_defaults(func=_serve)
 
+    faces = sub.add_parser("faces", help="repair the faces in a photo (GFPGAN, or 'classical' offline)")
+    faces.add_argument("image", nargs="?")
+    faces.add_argument("--out")
+    faces.add_argument("--restorer", default="GFPGANv1.4", help="GFPGANv1.4, GFPGANv1.3, RestoreFormer, classical")
+    faces.add_argument("--upscale", type=float, default=1)
+    faces.add_argument("--weight", type=float, default=1.0, help="blend: 0 keeps the input, 1 the restored face")
+    faces.add_argument("--weights-dir", default=None)
+    faces.add_argument("--device", default="auto")
+    faces.add_argument("--backend", default="sdlab", choices=["sdlab", "gfpgan"])
+    faces.add_argument("--download", action="store_true", help="download the restorer's weights (needs internet)")
+    faces.set_defaults(func=_faces)
+
     bench = sub.add_parser("bench", help="time the course's loop against sdlab's batched calls, side by side")
     bench.add_argument("--quick", action="store_true", help="CPU-sized run: 8 images, under a minute")
     bench.add_argument("--model", default=None)
@@ -195,8 +225,6 @@ def main(argv: list[str] | None = None) -> int:
         from .presets import default_model
 
         args.model = default_model()
-    from .errors import SdlabInputError
-
     try:
         args.func(args)
     except SdlabInputError as err:
