@@ -4,6 +4,7 @@
     sdlab regenerate outputs/42.png --out again.png
     sdlab train-tiny --out runs/sdlab-tiny        sdlab eval-tiny
     sdlab course build | check                    sdlab models | schedulers
+    sdlab grade submissions/ --out report/ --jobs 4
     sdlab serve --model sdlab-tiny --port 7860    sdlab faces photo.jpg --out fixed.png
 """
 from __future__ import annotations
@@ -108,6 +109,25 @@ def _faces(args) -> None:
     print(f"{args.out}: {result.summary()}")
 
 
+def _grade(args) -> None:
+    from .grading import grade
+
+    parameters = {"model": args.model, **{name: _literal(value) for name, value in args.parameter}}
+    report = grade(args.submissions, args.against, args.out, timeout=args.timeout, jobs=args.jobs,
+                   parameters=parameters)
+    print(report.line())
+
+
+def _literal(text: str):
+    """'3' → 3, '0.5' → 0.5, 'None' → None; anything else stays a string (like papermill -p)."""
+    import ast
+
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
 def _bench(args) -> None:
     from .bench import run
 
@@ -131,7 +151,7 @@ def _list(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .tiny.train import TrainConfig
+    from .tiny.config import TrainConfig
 
     parser = argparse.ArgumentParser(prog="sdlab", description="Stable Diffusion course kit")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -189,6 +209,19 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--port", type=int, default=7860)
     srv.add_argument("--share", action="store_true", help="also open a public Gradio share link")
     srv.set_defaults(func=_serve)
+
+    grd = sub.add_parser("grade", help="run student notebooks and their hidden tests; write grades.csv and an "
+                         "HTML report")
+    grd.add_argument("submissions", nargs="*", help="notebooks, or folders of them (alice/01_loading.ipynb is "
+                     "alice's 01_loading); none: only rebuild the report in --out")
+    grd.add_argument("--against", default="solutions", help="the completed notebooks, with the hidden tests")
+    grd.add_argument("--out", default="report", help="where grades.csv and index.html go")
+    grd.add_argument("--timeout", type=int, default=600, help="seconds one cell may run")
+    grd.add_argument("--jobs", type=int, default=1, help="notebooks graded at once, one kernel each")
+    grd.add_argument("--model", default=None, help="the model the notebooks load (default: sdlab-tiny, offline)")
+    grd.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                     help="set a parameter in every notebook whose parameters cell has it, e.g. -p image_count 2")
+    grd.set_defaults(func=_grade)
 
     faces = sub.add_parser("faces", help="repair the faces in a photo (GFPGAN, or 'classical' offline)")
     faces.add_argument("image", nargs="?")

@@ -11,35 +11,12 @@ Differences from SD 1.5, each for a reason:
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from ..tokenizer import VOCAB_SIZE
-
-
-@dataclass
-class TinyConfig:
-    """Sizes of sdlab-tiny's components (plain numbers, saved with every checkpoint)."""
-
-    image_size: int = 64
-    vae_channels: tuple[int, ...] = (16, 32, 64)
-    latent_channels: int = 4
-    unet_channels: tuple[int, ...] = (32, 64, 128)
-    unet_layers_per_block: int = 1
-    attention_heads: int = 4
-    text_width: int = 64
-    text_layers: int = 3
-    text_heads: int = 4
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "TinyConfig":
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+from .config import TinyConfig
 
 
 SCHEDULER_CONFIG = dict(

@@ -11,7 +11,7 @@ import copy
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -19,31 +19,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..tokenizer import load_clip_tokenizer
-from .model import TinyConfig, build_scheduler, build_text_encoder, build_unet, build_vae
+from .config import TrainConfig
+from .model import build_scheduler, build_text_encoder, build_unet, build_vae
 from .world import batch_tensors, object_mask
-
-
-@dataclass
-class TrainConfig:
-    """How long and how hard to train (the model's sizes are in `TinyConfig`)."""
-
-    out_dir: str = "runs/sdlab-tiny"
-    vae_steps: int = 2500
-    unet_steps: int = 3600
-    batch_size: int = 32
-    vae_lr: float = 1e-3
-    unet_lr: float = 5e-4
-    warmup_steps: int = 200
-    caption_dropout: float = 0.1  # share of empty captions: what "no prompt" looks like, for guidance
-    object_weight: float = 10.0  # VAE loss weight on object pixels (small shapes must survive)
-    kl_weight: float = 1e-6
-    high_noise_share: float = 0.3  # extra samples at high noise, where layout and position are decided
-    ema_decay: float = 0.999
-    checkpoint_every: int = 500
-    eval_every: int = 2000  # measure held-out adherence with the EMA weights this often
-    seed: int = 0
-    mixed_precision: str = "bf16"  # "no" for full float32
-    model: TinyConfig = field(default_factory=TinyConfig)
 
 
 def _lr_at(step: int, total: int, peak: float, warmup: int) -> float:

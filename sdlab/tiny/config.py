@@ -1,0 +1,53 @@
+"""sdlab-tiny's settings as plain dataclasses: the model's sizes and the training recipe.
+
+Kept apart from the code that uses them so the `sdlab` command can show the defaults without
+importing torch.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class TinyConfig:
+    """Sizes of sdlab-tiny's components (plain numbers, saved with every checkpoint)."""
+
+    image_size: int = 64
+    vae_channels: tuple[int, ...] = (16, 32, 64)
+    latent_channels: int = 4
+    unet_channels: tuple[int, ...] = (32, 64, 128)
+    unet_layers_per_block: int = 1
+    attention_heads: int = 4
+    text_width: int = 64
+    text_layers: int = 3
+    text_heads: int = 4
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TinyConfig":
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+@dataclass
+class TrainConfig:
+    """How long and how hard to train (the model's sizes are in `TinyConfig`)."""
+
+    out_dir: str = "runs/sdlab-tiny"
+    vae_steps: int = 2500
+    unet_steps: int = 3600
+    batch_size: int = 32
+    vae_lr: float = 1e-3
+    unet_lr: float = 5e-4
+    warmup_steps: int = 200
+    caption_dropout: float = 0.1  # share of empty captions: what "no prompt" looks like, for guidance
+    object_weight: float = 10.0  # VAE loss weight on object pixels (small shapes must survive)
+    kl_weight: float = 1e-6
+    high_noise_share: float = 0.3  # extra samples at high noise, where layout and position are decided
+    ema_decay: float = 0.999
+    checkpoint_every: int = 500
+    eval_every: int = 2000  # measure held-out adherence with the EMA weights this often
+    seed: int = 0
+    mixed_precision: str = "bf16"  # "no" for full float32
+    model: TinyConfig = field(default_factory=TinyConfig)

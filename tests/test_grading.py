@@ -1,0 +1,245 @@
+"""Grading a class: every kind of submission gets the right score and reason, the batch always
+completes, parallel grading writes the same CSV as serial, and no submission touches the repo.
+
+Two fixture classes are made at test time: submissions of the real 00_setup (from solutions/ and
+notebooks/), and of a small arithmetic course built here (three exercises, no torch, so the
+timeouts and partial scores cost seconds)."""
+import csv
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from sdlab import course, grading
+from sdlab.errors import SdlabInputError
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT = 5  # seconds a cell may run in the arithmetic class; its cells take milliseconds
+
+
+def _code(source, **sdlab):
+    cell = nbformat.v4.new_code_cell(source)
+    if sdlab.pop("parameters", False):
+        cell.metadata["tags"] = ["parameters"]
+    if sdlab:
+        cell.metadata["sdlab"] = sdlab
+    return cell
+
+
+def _solution(code):
+    return f"{course.BEGIN_SOLUTION}\n{code}\n{course.END_SOLUTION}"
+
+
+def _hidden(code):
+    return f"{course.BEGIN_HIDDEN}\n{code}\n{course.END_HIDDEN}"
+
+
+def _arithmetic_course(root: Path) -> Path:
+    """root/solutions/00_arith.ipynb (3 exercises, 4 points), its blank, and root/images/."""
+    (root / "images").mkdir(parents=True)
+    (root / "images" / "hello.txt").write_text("hello")
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("# 00 · Arithmetic"),
+        _code("n = 3", parameters=True),
+        _code(_solution("doubled = 2 * n"), exercise="double", hint="2 * n"),
+        _code("print(doubled)"),
+        _code(_hidden("assert doubled == 2 * n"), grade="double", points=1),
+        _code(_solution("squares = [i * i for i in range(n)]"), exercise="squares", hint="i * i"),
+        _code("assert len(squares) == n, f'squares has {len(squares)} items, n is {n}'"),
+        _code(_hidden("assert squares == [i * i for i in range(n)]"), grade="squares", points=2),
+        _code(_solution('greeting = open("../images/hello.txt").read()'), exercise="greeting", hint="read it"),
+        _code(_hidden("assert greeting == 'hello'"), grade="greeting", points=1),
+    ])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    (root / "solutions").mkdir()
+    nbformat.write(nb, root / "solutions" / "00_arith.ipynb")
+    course.build(root / "solutions", root / "notebooks")
+    return root / "solutions"
+
+
+def _submit(folder: Path, student: str, source: Path, answers: dict[str, str] | None = None,
+            extra: list[tuple[int, str]] = ()) -> Path:
+    """folder/student/<source name>: `source` with some exercise cells replaced by `answers`
+    and `extra` cells inserted (position, code)."""
+    nb = nbformat.read(source, as_version=4)
+    for cell in nb.cells:
+        name = cell.metadata.get("sdlab", {}).get("exercise")
+        if name in (answers or {}):
+            cell.source = answers[name]
+    for position, code in extra:
+        nb.cells.insert(position, nbformat.v4.new_code_cell(code))
+    path = folder / student / source.name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+    return path
+
+
+def _rows(out: Path) -> dict[tuple[str, str], dict]:
+    with open(out / "grades.csv", newline="") as f:
+        return {(r["student"], r["exercise"]): r for r in csv.DictReader(f)}
+
+
+def _fingerprint(*folders: Path) -> dict[str, str]:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+            for folder in folders for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+VANDAL = """import pathlib, shutil
+shutil.rmtree('../solutions', ignore_errors=True)
+shutil.rmtree('../images', ignore_errors=True)
+for p in pathlib.Path('..').rglob('*.ipynb'):
+    p.unlink()
+pathlib.Path('../../escaped.txt').write_text('out')
+pathlib.Path('../solutions').mkdir(exist_ok=True)
+for name in ('00_arith', '00_setup'):
+    pathlib.Path(f'../solutions/{name}.ipynb').write_text('{}')"""
+
+
+@pytest.fixture(scope="module")
+def arithmetic_class(tmp_path_factory):
+    """The arithmetic course and one submission of each kind, graded serially and with 2 jobs."""
+    tmp = tmp_path_factory.mktemp("arith")
+    solutions = _arithmetic_course(tmp / "course")
+    solution, blank, subs = solutions / "00_arith.ipynb", tmp / "course" / "notebooks" / "00_arith.ipynb", tmp / "subs"
+    stuck = "import time\nwhile True:\n    try:\n        time.sleep(0.05)\n    except KeyboardInterrupt:\n        pass"
+    _submit(subs, "perfect", solution)
+    _submit(subs, "blank", blank)
+    _submit(subs, "partial", blank, {"double": "doubled = n + n"})
+    _submit(subs, "raising", solution, {"double": "doubled = 2 * m"})
+    _submit(subs, "wrong", solution, {"squares": "squares = [i * i for i in range(1, n)]"})
+    _submit(subs, "looping", solution, {"double": "while True:\n    pass"})
+    _submit(subs, "stuck", solution, {"double": stuck})
+    _submit(subs, "vandal", solution, extra=[(2, VANDAL)])
+    _submit(subs, "exiting", solution, {"squares": "import os\nos._exit(1)"})
+    (subs / "corrupted").mkdir()
+    (subs / "corrupted" / "00_arith.ipynb").write_text('{"cells": [ this is not JSON')
+    (subs / "stray").mkdir()
+    (subs / "stray" / "99_other.ipynb").write_text("{}")
+    repo, course_files = _fingerprint(*(ROOT / d for d in ("solutions", "notebooks", "images"))), _fingerprint(tmp)
+    kwargs = dict(timeout=TIMEOUT, parameters={"n": 4, "model": "tiny-random"}, progress=False)
+    serial = grading.grade([subs], solutions, tmp / "serial", jobs=1, **kwargs)
+    parallel = grading.grade([subs], solutions, tmp / "parallel", jobs=2, **kwargs)
+    return tmp, serial, parallel, (repo, course_files)
+
+
+def test_each_kind_of_submission_gets_its_score_and_reason(arithmetic_class):
+    tmp, serial, _, _ = arithmetic_class
+    rows = _rows(tmp / "serial")
+
+    def grade(student, exercise):
+        r = rows[(student, exercise)]
+        return int(r["points"]), int(r["max"]), r["status"], r["message"]
+
+    assert [grade("perfect", e)[:3] for e in ("double", "squares", "greeting")] == \
+        [(1, 1, "passed"), (2, 2, "passed"), (1, 1, "passed")]  # greeting reads ../images/ in its copy
+    for e in ("double", "squares", "greeting"):
+        assert grade("blank", e)[2] == "unfinished" and grade("blank", e)[0] == 0
+        assert f"NotImplementedError: Exercise '{e}'" in grade("blank", e)[3]
+        assert grade("corrupted", e)[:3] == (0, grade("perfect", e)[1], "invalid")
+        assert "not a valid notebook" in grade("corrupted", e)[3]
+    assert [grade("partial", e)[2] for e in ("double", "squares", "greeting")] == ["passed", "unfinished", "unfinished"]
+    # an error stops nothing: the later exercises are still graded in the same kernel
+    assert grade("raising", "double")[2:] == ("error", "NameError: name 'm' is not defined")
+    assert grade("raising", "squares")[2] == grade("raising", "greeting")[2] == "passed"
+    status, message = grade("wrong", "squares")[2:]
+    assert status == "failed" and "at `assert squares == [i * i for i in range(n)]`" in message
+    assert "the self-check said: AssertionError: squares has 3 items, n is 4" in message  # n injected
+    assert grade("looping", "double")[2] == "timeout" and f"after {TIMEOUT} s" in grade("looping", "double")[3]
+    assert grade("looping", "squares")[2] == "passed"  # the interrupt stopped the loop
+    assert grade("stuck", "double")[2] == "timeout"
+    assert grade("stuck", "squares")[2:] == ("not run", f"In [3] ran past {TIMEOUT} s and would not stop")
+    assert grade("exiting", "double")[2] == "passed"
+    assert grade("exiting", "squares")[2:] == ("not run", "the kernel died in In [6] (did it exit, or run out of memory?)")
+    assert rows[("stray", "")]["status"] == "unmatched"
+    assert serial.graded == 11 and sum(r.points for r in serial.rows) == 4 + 1 + 3 + 2 + 3 + 3 + 1
+    assert "graded 11 notebook(s)" in serial.line() and "1 unmatched" in serial.line()
+
+
+def test_parallel_grading_writes_the_same_csv_and_report(arithmetic_class):
+    tmp, _, parallel, _ = arithmetic_class
+    assert (tmp / "parallel" / "grades.csv").read_text() == (tmp / "serial" / "grades.csv").read_text()
+    assert parallel.graded == 11
+
+
+def test_report_pages_and_parameters(arithmetic_class):
+    tmp, serial, _, _ = arithmetic_class
+    out = tmp / "serial"
+    index = (out / "index.html").read_text()
+    assert "href='wrong/index.html'" in index and "href='wrong/00_arith.html'" in index
+    page = (out / "wrong" / "00_arith.html").read_text()
+    assert "wrong · 00_arith: 2/4 points" in page and "squares has 3 items" in page
+    executed = nbformat.read(out / "wrong" / "00_arith.ipynb", as_version=4)
+    injected = [c.source for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and "n = 4" in injected[0] and "model" not in injected[0]
+    # each hidden test runs right after its exercise's self-check, as in the solution
+    sources = [c.source for c in executed.cells if c.cell_type == "code"]
+    at = sources.index("# hidden tests of 'squares' (2 points)\nassert squares == [i * i for i in range(n)]")
+    assert sources[at - 1].startswith("assert len(squares) == n")
+    assert json.loads((out / "corrupted" / "00_arith.grade.json").read_text())["grades"][0]["status"] == "invalid"
+    # with no submissions, the report is rebuilt from what the folder holds
+    (out / "grades.csv").unlink()
+    again = grading.grade([], tmp / "course" / "solutions", out, progress=False)
+    assert again.graded == 0 and (out / "grades.csv").read_text() == (tmp / "parallel" / "grades.csv").read_text()
+
+
+def test_a_vandal_touches_only_its_own_copy(arithmetic_class):
+    tmp, serial, _, (repo, course_files) = arithmetic_class
+    rows = {r.exercise: r for r in serial.rows if r.student == "vandal"}
+    assert rows["double"].status == rows["squares"].status == "passed"
+    assert (rows["greeting"].status, rows["greeting"].message) == \
+        ("error", "FileNotFoundError: [Errno 2] No such file or directory: '../images/hello.txt'")
+    # the repo: every file still there and not vandalised (others may edit it meanwhile), images the same
+    now = _fingerprint(*(ROOT / d for d in ("solutions", "notebooks", "images")))
+    assert set(repo) <= set(now) and all(Path(f).read_text(errors="replace") != "{}" for f in repo)
+    assert {k: v for k, v in now.items() if "/images/" in k} == {k: v for k, v in repo.items() if "/images/" in k}
+    assert _fingerprint(tmp / "course", tmp / "subs") == course_files  # the solutions graded against, too
+    assert not [p for p in (ROOT, ROOT.parent, tmp, tmp.parent) if (p / "escaped.txt").exists()]
+
+
+def test_real_notebook_perfect_and_blank(tmp_path):
+    subs = tmp_path / "subs"
+    _submit(subs, "alice", ROOT / "solutions" / "00_setup.ipynb")
+    _submit(subs, "bob", ROOT / "notebooks" / "00_setup.ipynb")
+    report = grading.grade([subs], ROOT / "solutions", tmp_path / "report", timeout=300,
+                           parameters={"model": "tiny-random"}, progress=False)
+    rows = {r.student: r for r in report.rows}
+    assert (rows["alice"].points, rows["alice"].max, rows["alice"].status) == (1, 1, "passed")
+    assert (rows["bob"].points, rows["bob"].max, rows["bob"].status) == (0, 1, "unfinished")
+    assert "Exercise 'count_parameters'" in rows["bob"].message
+    assert "alice · 00_setup: 1/1 points" in (tmp_path / "report" / "alice" / "00_setup.html").read_text()
+
+
+def test_submissions_are_matched_by_file_or_folder_name(tmp_path):
+    solutions = tmp_path / "solutions"
+    solutions.mkdir()
+    for name in ("00_setup", "01_loading"):
+        (solutions / f"{name}.ipynb").write_text("{}")
+    for path in ("a/alice/01_loading.ipynb", "a/00_setup/bob.ipynb", "a/carol_01_loading.ipynb",
+                 "a/dave/notes.ipynb", "a/alice/.ipynb_checkpoints/01_loading-checkpoint.ipynb"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("{}")
+    found = {(s.student, s.notebook) for s in grading.find_submissions([tmp_path / "a"], solutions)}
+    assert found == {("alice", "01_loading"), ("bob", "00_setup"), ("carol", "01_loading"), ("dave", "notes")}
+    shutil.copy(tmp_path / "a/alice/01_loading.ipynb", tmp_path / "a/alice_01_loading.ipynb")
+    with pytest.raises(SdlabInputError, match="two submissions for alice's 01_loading"):
+        grading.find_submissions([tmp_path / "a"], solutions)
+    with pytest.raises(SdlabInputError, match="not found"):
+        grading.find_submissions([tmp_path / "missing"], solutions)
+
+
+def test_hidden_tests_go_back_after_their_exercise_and_self_check():
+    solution = nbformat.read(ROOT / "solutions" / "01_loading.ipynb", as_version=4)
+    tests = grading.hidden_tests(solution)
+    assert [(t.exercise, t.points) for t in tests] == [("batch_of_three", 2)]
+    assert course.BEGIN_HIDDEN not in tests[0].source and "len(batch_images)" in tests[0].source
+    blank = nbformat.read(ROOT / "notebooks" / "01_loading.ipynb", as_version=4)
+    nb = grading.with_hidden_tests(blank, tests)
+    at = next(i for i, c in enumerate(nb.cells) if c.metadata.get("sdlab", {}).get("grade"))
+    assert nb.cells[at - 1].source.startswith("import numpy as np\n\nchecks.images_list(batch_images")
+    assert nb.cells[at - 2].metadata["sdlab"]["exercise"] == "batch_of_three"
+    # a submitted copy of the solution keeps its hidden tests only once
+    again = grading.with_hidden_tests(nbformat.read(ROOT / "solutions" / "01_loading.ipynb", as_version=4), tests)
+    assert sum(course.BEGIN_HIDDEN in c.source or "grade" in c.metadata.get("sdlab", {}) for c in again.cells) == 1
