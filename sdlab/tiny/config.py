@@ -36,7 +36,7 @@ class TrainConfig:
 
     out_dir: str = "runs/sdlab-tiny"
     vae_steps: int = 2500
-    unet_steps: int = 3600
+    unet_steps: int = 4400
     batch_size: int = 32
     vae_lr: float = 1e-3
     unet_lr: float = 5e-4
