@@ -233,13 +233,13 @@ def test_submissions_are_matched_by_file_or_folder_name(tmp_path):
 def test_hidden_tests_go_back_after_their_exercise_and_self_check():
     solution = nbformat.read(ROOT / "solutions" / "01_loading.ipynb", as_version=4)
     tests = grading.hidden_tests(solution)
-    assert [(t.exercise, t.points) for t in tests] == [("batch_of_three", 2)]
-    assert course.BEGIN_HIDDEN not in tests[0].source and "len(batch_images)" in tests[0].source
+    assert [(t.exercise, t.points) for t in tests] == [("loop_of_three", 1), ("batch_of_three", 2)]
+    assert course.BEGIN_HIDDEN not in tests[1].source and "len(batch_images)" in tests[1].source
     blank = nbformat.read(ROOT / "notebooks" / "01_loading.ipynb", as_version=4)
     nb = grading.with_hidden_tests(blank, tests)
-    at = next(i for i, c in enumerate(nb.cells) if c.metadata.get("sdlab", {}).get("grade"))
+    at = next(i for i, c in enumerate(nb.cells) if c.metadata.get("sdlab", {}).get("grade") == "batch_of_three")
     assert nb.cells[at - 1].source.startswith("import numpy as np\n\nchecks.images_list(batch_images")
     assert nb.cells[at - 2].metadata["sdlab"]["exercise"] == "batch_of_three"
     # a submitted copy of the solution keeps its hidden tests only once
     again = grading.with_hidden_tests(nbformat.read(ROOT / "solutions" / "01_loading.ipynb", as_version=4), tests)
-    assert sum(course.BEGIN_HIDDEN in c.source or "grade" in c.metadata.get("sdlab", {}) for c in again.cells) == 1
+    assert sum(course.BEGIN_HIDDEN in c.source or "grade" in c.metadata.get("sdlab", {}) for c in again.cells) == 2
