@@ -74,8 +74,13 @@ def different_images(a, b, what: str = "the two images", min_share: float = 0.00
     return Passed(f"{what} differ ({share:.0%} of the pixels changed)")
 
 
-def matches_reference(image, reference: str | Path, tolerance: int = 0) -> Passed:
-    """The replicability test: `image` reproduces the stored reference image."""
+def matches_reference(image, reference: str | Path, tolerance: int = 3) -> Passed:
+    """The replicability test: `image` reproduces the stored reference image.
+
+    The noise is identical everywhere; what can differ is the last bit of float arithmetic
+    (the number of CPU threads, the processor, the GPU), which moves a few pixels by a level or
+    two out of 255. `tolerance` allows that much and no more.
+    """
     reference = Path(reference)
     if not reference.exists():
         raise CheckFailed(f"reference image {reference} not found; run the notebook from its own folder")
@@ -89,8 +94,10 @@ def matches_reference(image, reference: str | Path, tolerance: int = 0) -> Passe
         raise CheckFailed(f"your image differs from the reference (mean difference {diff.mean():.2f}, largest "
                           f"{diff.max()}). Use exactly the reference's settings:\n{info}\n"
                           f"and a CPU generator: torch.Generator('cpu').manual_seed(seed)")
-    return Passed(f"replicated {reference.name} exactly" if tolerance == 0 else
-                  f"replicated {reference.name} within {tolerance} levels")
+    largest = int(diff.max())
+    return Passed(f"replicated {reference.name} exactly, pixel for pixel" if largest == 0 else
+                  f"replicated {reference.name}: {(diff.max(axis=2) > 0).mean():.2%} of the pixels differ, "
+                  f"by at most {largest} of 255 (float rounding)")
 
 
 def follows_prompt(image, prompt: str, attributes=("colour", "background", "shape")) -> Passed:
