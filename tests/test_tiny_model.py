@@ -42,7 +42,7 @@ def test_plain_diffusers_loads_it_offline():
 
 
 def test_seeds_matter(tiny_model):
-    a, b, c = generate(tiny_model, "a large green square on a white background", seed=[1, 1, 2],
+    a, b, c = generate(tiny_model, ["a large green square on a white background"] * 3, seed=[1, 1, 2],
                        num_inference_steps=20).images
     assert np.abs(np.asarray(a, int) - np.asarray(b, int)).max() <= 2  # same noise; batch rounding only
     single_a = generate(tiny_model, "a large green square on a white background", seed=1, num_inference_steps=20)

@@ -244,12 +244,17 @@ class Trainer:
         self.save_checkpoint()
 
 
-def export_pipeline(pipe, out_dir: str | Path, half: bool = True) -> Path:
-    """Save a pipeline as a diffusers folder (safetensors; float16 weights halve the size)."""
+def export_pipeline(pipe, out_dir: str | Path, round_to_half: bool = True) -> Path:
+    """Save a pipeline as a diffusers folder of float32 safetensors.
+
+    Stored float32 so plain `from_pretrained` works: transformers loads the text encoder in its
+    stored dtype, and a float16 text encoder beside a float32 UNet fails. `round_to_half` rounds
+    the weights to float16 precision first (what the shipped model has; nothing measurable lost).
+    """
     out = Path(out_dir)
-    if half:
+    if round_to_half:
         pipe = copy.deepcopy(pipe)
         for module in (pipe.unet, pipe.vae, pipe.text_encoder):
-            module.half()
+            module.half().float()
     pipe.save_pretrained(out, safe_serialization=True)
     return out
