@@ -38,6 +38,8 @@ _EXPORTS = {
     "load_restorer": "faces",
     "detect_faces": "faces",
     "restore_remote": "faces",
+    "FeedbackStore": "feedback",
+    "start_finetune": "finetune",
 }
 
 __all__ = sorted(_EXPORTS)
