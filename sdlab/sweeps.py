@@ -141,7 +141,10 @@ def guidance_sweep(pipe, prompt: str, guidance_values, seed: int = 0, *, negativ
             noise_uncond, noise_text = pipe.unet(model_input, t, encoder_hidden_states=embeds).sample.chunk(2)
             latents = sched.step(noise_uncond + scale * (noise_text - noise_uncond), t, latents).prev_sample
         decoded = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
-    images = pipe.image_processor.postprocess(decoded, output_type="pil")
+        # the same safety check the pipeline itself runs (a no-op for models without one)
+        decoded, nsfw = pipe.run_safety_checker(decoded, device, cond.dtype)
+    keep = [True] * n if nsfw is None else [not flagged for flagged in nsfw]
+    images = pipe.image_processor.postprocess(decoded, output_type="pil", do_denormalize=keep)
     seconds = time.perf_counter() - start
     # 4. Every image carries its parameters
     results = [GeneratedImage(image, GenerationParams(prompt=prompt, seed=seed, num_inference_steps=steps,
