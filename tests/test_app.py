@@ -352,17 +352,22 @@ def test_share_prints_what_it_exposes(app, monkeypatch, capsys):
     assert "stays local" in capsys.readouterr().err
 
 
-def test_serve_runs_until_stopped(tiny_pipe, monkeypatch, capsys):
+def test_serve_runs_until_stopped_and_keeps_images_in_its_folder(tiny_pipe, monkeypatch, capsys, tmp_path):
     started = {}
 
     def stop_at_once(server):
         started["health"] = httpx.get(server.url + "health").json()
+        started["made"] = httpx.post(server.url + "text2img", json={"prompt": PROMPT, "steps": 1}).json()
         server.close()
 
+    monkeypatch.chdir(tmp_path)  # `sdlab serve` keeps its feedback store in ./feedback
     monkeypatch.setattr(sdlab.app.Server, "wait", stop_at_once)
     sdlab.app.serve(tiny_pipe, port=0)
     assert started["health"]["model"] == "tiny-random"
-    assert "/docs" in capsys.readouterr().err
+    assert started["made"]["images"][0]["image_id"] == 1
+    assert (tmp_path / "feedback" / "feedback.sqlite3").is_file()
+    err = capsys.readouterr().err
+    assert "/docs" in err and str(tmp_path / "feedback") in err
 
 
 def test_the_cli_reaches_serve(monkeypatch):

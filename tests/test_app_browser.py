@@ -56,7 +56,7 @@ def test_a_browser_generates_an_image(browser, server, tmp_path):
     browser.get(server.url)
     prompt = wait.until(appears.element_to_be_clickable((By.CSS_SELECTOR, "#prompt textarea")))
     prompt.send_keys(PROMPT)
-    seed = browser.find_element(By.CSS_SELECTOR, "#seed input")
+    seed = wait.until(appears.element_to_be_clickable((By.CSS_SELECTOR, "#seed input")))  # the page renders in parts
     seed.clear()
     seed.send_keys("42")
     browser.find_element(By.CSS_SELECTOR, "#generate").click()

@@ -1,4 +1,5 @@
 """The REST API: POST /text2img, /img2img, /inpainting; GET /models, /schedulers, /health.
+(With a feedback store, also /feedback, /gallery and /finetune: see `sdlab.app.feedback`.)
 
 Fields have sdlab's names, which are diffusers' names; the FastAPI service this course grew
 out of used others, and they are accepted too: `cfg_scale` (guidance_scale), `steps`
@@ -15,7 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-from typing import Any
+from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -29,6 +30,7 @@ from ..generation import MAX_SIZE, GenerationParams
 from ..metadata import format_parameters
 from ..presets import PRESETS
 from ..schedulers import ALIASES, scheduler_name, scheduler_names
+from .feedback import BODIES
 from .studio import BusyError, Studio, png_bytes
 
 MAX_IMAGE_BYTES = 16 * 2**20  # one uploaded image, after base64 decoding
@@ -42,6 +44,8 @@ class _Request(BaseModel):
     """The fields every generation endpoint takes (None: the model's default)."""
 
     model_config = ConfigDict(extra="forbid")
+    example: ClassVar[str] = '{"prompt": "' + EXAMPLE_PROMPT + '", "seed": 42}'  # shown in error messages
+    hints: ClassVar[dict[str, str]] = {}  # field: what to send, where a type error needs more than its type
 
     prompt: str = Field(description="what to draw", examples=[EXAMPLE_PROMPT])
     negative_prompt: str = Field("", description="what to steer away from")
@@ -75,6 +79,8 @@ class InpaintingRequest(Img2ImgRequest):
 
 
 class ImageOut(BaseModel):
+    image_id: int | None = Field(None, description="the image in the server's feedback store: rate it with "
+                                                   "POST /feedback (null: the server keeps no store)")
     image: str = Field(description="base64 PNG; its 'parameters' text chunk holds the parameters below")
     seed: int
     parameters: GenerationParams
@@ -145,8 +151,10 @@ def _run(studio: Studio, request: _Request, **images) -> GenerationResponse:
     if fields["seed"] == -1:  # AUTOMATIC1111's "random"
         fields["seed"] = None
     result, warnings = studio.generate(fields.pop("prompt"), **fields, **images)
-    out = [ImageOut(image=encode_png(png_bytes(item)), seed=item.params.seed, parameters=item.params,
-                    infotext=format_parameters(item.params), seconds=item.seconds) for item in result]
+    image_ids = studio.record(result)
+    out = [ImageOut(image_id=image_id, image=encode_png(png_bytes(item)), seed=item.params.seed,
+                    parameters=item.params, infotext=format_parameters(item.params), seconds=item.seconds)
+           for item, image_id in zip(result, image_ids)]
     return GenerationResponse(images=out, seconds=result.seconds, model=studio.model, warnings=warnings)
 
 
@@ -208,9 +216,11 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def bad_body(request: Request, err: RequestValidationError):
-        model = REQUESTS.get(request.url.path)
-        errors = [{"field": ".".join(str(part) for part in e["loc"][1:]) or None,
-                   "message": _explain(e, model)} for e in err.errors()]
+        model = (REQUESTS | BODIES).get(request.url.path)
+        by_field = {}  # one message per field (a field of two types, e.g. 5 or "up", fails as both)
+        for e in err.errors():
+            by_field.setdefault(_field(e), {"field": _field(e) or None, "message": _explain(e, model)})
+        errors = list(by_field.values())
         return JSONResponse(status_code=422, content={"detail": "; ".join(e["message"] for e in errors),
                                                       "errors": errors})
 
@@ -246,11 +256,15 @@ def _field_names(model) -> str:
     return ", ".join(names)
 
 
+def _field(error: dict) -> str:
+    """The body field or query parameter an error is about ('' for the whole body)."""
+    return str(error["loc"][1]) if len(error["loc"]) > 1 else ""
+
+
 def _explain(error: dict, model) -> str:
     """A pydantic error as a sentence that names the field and the fix."""
-    kind, loc = error["type"], error["loc"]
-    field = ".".join(str(part) for part in loc[1:])
-    example = '{"prompt": "' + EXAMPLE_PROMPT + '", "seed": 42}'
+    kind, field = error["type"], _field(error)
+    example = model.example if model else _Request.example
     if kind == "json_invalid":
         return (f"the body is not valid JSON ({error.get('ctx', {}).get('error', 'parse error')}); send a JSON "
                 f"object with Content-Type: application/json, e.g. {example}")
@@ -259,14 +273,15 @@ def _explain(error: dict, model) -> str:
             return f"the request body is empty; send a JSON object, e.g. {example}"
         return f"the body must be a JSON object, got {type(error.get('input')).__name__}; e.g. {example}"
     if kind == "missing":
-        return f"{field} is required; " + ("e.g. " + example if field == "prompt" else
-                                            "send the image as base64 PNG")
+        return f"{field} is required; " + ("send the image as base64 PNG" if field in ("image", "mask_image")
+                                            else "e.g. " + example)
     if kind == "extra_forbidden":
         known = _field_names(model) if model else ""
         for name, info in (model.model_fields.items() if model else []):
             if field in getattr(info.validation_alias, "choices", []):
                 return f"{field} is another name for {name}, which is also given; send only one of them"
         return f"{field} is not a field of this endpoint; the fields are: {known}"
-    hint = next((text for key, text in _TYPE_HINTS.items() if kind.startswith(key)), None)
+    hint = (model.hints if model else {}).get(field) or next(
+        (text for key, text in _TYPE_HINTS.items() if kind.startswith(key)), None)
     got = error.get("input")
     return f"{field}: {error['msg'].lower()}, got {got!r}" + (f"; send {hint}" if hint else "")

@@ -13,6 +13,7 @@ import socket
 import sys
 import threading
 import time
+from pathlib import Path
 
 import uvicorn
 
@@ -25,7 +26,9 @@ WARNING: share=True opens a PUBLIC link to this app through Gradio's share serve
 Anyone who has the link, with no password, can until you stop the server (links expire after ~1 week):
   - use the whole UI and every REST endpoint (/text2img, /img2img, /inpainting, /docs, …),
   - run generations on this machine's CPU/GPU and upload images to it,
-  - see the images they make and the model's name and settings.
+  - see the images they make and the model's name and settings,
+  - with a feedback store (`sdlab serve` keeps one): see every stored image (/gallery), rate them, and
+    start fine-tunes (/finetune) on this machine.
 Share the link only with your class, and stop the server (Ctrl-C, or server.close()) when you are done."""
 
 
@@ -160,17 +163,21 @@ def _pipeline(model):
 
 
 def launch(pipe=None, *, host: str = "127.0.0.1", port: int = 0, share: bool = False, inline: bool | None = None,
-           height: int = 760, max_queue: int = 16, face_restorer="auto") -> Server:
+           height: int = 760, max_queue: int = 16, face_restorer="auto", feedback_dir: str | Path | None = None,
+           models_dir: str | Path | None = None) -> Server:
     """Start the app in the background and show it in the notebook; `server.close()` stops it.
 
     pipe: a loaded pipeline or a model name (None: `sdlab.presets.default_model()`).
     port: 0 picks a free port. inline: show the UI in the output cell (default: in a notebook).
-    max_queue, face_restorer: as for `create_app`.
+    feedback_dir: where to keep every image made, for ratings and fine-tuning (None: nowhere; a
+    notebook passes a folder of its own, e.g. "feedback").
+    max_queue, face_restorer, models_dir: as for `create_app`.
     """
     from . import create_app
 
     _network_warning(host)
-    app = create_app(_pipeline(pipe), max_queue=max_queue, face_restorer=face_restorer)
+    app = create_app(_pipeline(pipe), max_queue=max_queue, face_restorer=face_restorer, feedback_dir=feedback_dir,
+                     models_dir=models_dir)
     server = Server(app, host, port).start()
     if share:
         server.open_share_link()
@@ -182,17 +189,23 @@ def launch(pipe=None, *, host: str = "127.0.0.1", port: int = 0, share: bool = F
 
 
 def serve(model=None, host: str = "127.0.0.1", port: int = 7860, share: bool = False, max_queue: int = 16,
-          face_restorer="auto") -> None:
+          face_restorer="auto", feedback_dir: str | Path | None = "feedback",
+          models_dir: str | Path | None = None) -> None:
     """Serve the app until Ctrl-C (what `sdlab serve` runs): the UI at /, the REST API's docs at /docs.
 
     model: a loaded pipeline, or a preset/folder/hub id to load (None: the default model).
+    feedback_dir: the feedback store, kept from one run to the next: ./feedback (where `sdlab
+    finetune` looks), its fine-tuned versions in ./feedback/models. None: no store.
     """
     from . import create_app
 
     _network_warning(host)
-    app = create_app(_pipeline(model), max_queue=max_queue, face_restorer=face_restorer)
+    app = create_app(_pipeline(model), max_queue=max_queue, face_restorer=face_restorer, feedback_dir=feedback_dir,
+                     models_dir=models_dir)
     server = Server(app, host, port).start()
     print(f"sdlab app: {server.url}  (REST API docs: {server.docs_url}); Ctrl-C stops it", file=sys.stderr)
+    if feedback_dir is not None:
+        print(f"every image is kept, to be rated and searched, in {Path(feedback_dir).resolve()}", file=sys.stderr)
     if share and server.open_share_link():
         print(f"public link: {server.share_url}", file=sys.stderr)
     server.wait()

@@ -4,7 +4,8 @@ A pipeline must not run two calls at once (`generate()` swaps its scheduler for 
 of a call), and a GPU runs one batch at a time anyway. So every request takes its turn: one
 generation at a time, at most `max_queue` requests in line (the running one included), and
 the rest are told to come back in a moment. Gradio's queue does the same for the UI and
-shows each person their place in the line.
+shows each person their place in the line. With a feedback store, `record()` keeps every
+image made, so that it can be rated (see `sdlab.app.feedback`).
 """
 from __future__ import annotations
 
@@ -29,8 +30,9 @@ class Studio:
     """A pipeline behind a bounded line: `studio.generate(...)` is `sdlab.generate(pipe, ...)`
     run in turn, returning the result and the warnings it raised (e.g. a truncated prompt)."""
 
-    def __init__(self, pipe, max_queue: int = 16):
+    def __init__(self, pipe, max_queue: int = 16, store=None):
         self.pipe = pipe
+        self.store = store  # a sdlab.feedback.FeedbackStore that keeps every image made (None: none is kept)
         self.model = model_name(pipe)
         self.max_queue = max_queue
         self.in_line = 0  # requests running or waiting
@@ -58,6 +60,12 @@ class Studio:
             warnings.simplefilter("always")
             result = generate(pipe, prompt, **kwargs)
         return result, [str(w.message) for w in caught]
+
+    def record(self, result: Generation, user: str = "") -> list[int | None]:
+        """Keep a result's images in the feedback store; their image ids (all None without a store)."""
+        if self.store is None:
+            return [None] * len(result)
+        return self.store.add_generations(result, user=user)
 
 
 def png_bytes(item: GeneratedImage) -> bytes:

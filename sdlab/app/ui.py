@@ -1,4 +1,5 @@
-"""The Gradio UI: text-to-image, image-to-image and inpainting tabs over one gallery.
+"""The Gradio UI: text-to-image, image-to-image and inpainting tabs over one gallery (and, when the
+app keeps a feedback store, a rating row under it and a Gallery tab: see `sdlab.app.feedback`).
 
 The work is done by plain functions of the controls' values (`txt2img`, `img2img`,
 `inpaint`, `variations`) that return a `Shown`: what the gallery and the text under it show.
@@ -31,7 +32,7 @@ class Shown:
 
     gallery: list[tuple[Image.Image, str]] = field(default_factory=list)
     summary: str = ""
-    made: list[dict] = field(default_factory=list)  # {"params": GenerationParams dict, "seconds": float}
+    made: list[dict] = field(default_factory=list)  # {"params": GenerationParams dict, "seconds", "image_id"}
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -49,16 +50,25 @@ def caption(params: GenerationParams | dict, seconds: float) -> str:
     return f"{format_parameters(params)}\nTime: {seconds:.2f} s"
 
 
-def show(result: Generation, warnings: list[str] = ()) -> Shown:
-    """A Generation as the gallery shows it; every image keeps its parameters for download."""
+def show(result: Generation, warnings: list[str] = (), image_ids: list[int | None] | None = None) -> Shown:
+    """A Generation as the gallery shows it; every image keeps its parameters for download, and its
+    image_id in the feedback store (None: not kept)."""
     seeds = [item.params.seed for item in result]
     first = result[0].params
     summary = (f"{len(result)} image(s) in {result.seconds:.2f} s · seed{'s' if len(seeds) > 1 else ''} "
                f"{seeds[0]}{f'–{seeds[-1]}' if len(seeds) > 1 else ''} · {first.scheduler}, "
                f"{first.num_inference_steps} steps, guidance {first.guidance_scale:g}, {first.width}×{first.height}")
+    image_ids = image_ids or [None] * len(result)
+    made = [{"params": item.params.to_dict(), "seconds": item.seconds, "image_id": image_id}
+            for item, image_id in zip(result, image_ids)]
     return Shown(gallery=[(with_parameters(item), caption(item.params, item.seconds)) for item in result],
-                 summary=summary, made=[{"params": item.params.to_dict(), "seconds": item.seconds} for item in result],
-                 warnings=list(warnings))
+                 summary=summary, made=made, warnings=list(warnings))
+
+
+def made_and_kept(studio: Studio, prompt: str, **kwargs) -> Shown:
+    """`studio.generate()`, its images kept in the feedback store (if the app has one), shown."""
+    result, warnings = studio.generate(prompt, **kwargs)
+    return show(result, warnings, studio.record(result))
 
 
 def _whole(value):
@@ -78,7 +88,7 @@ def settings(negative_prompt=None, scheduler=None, num_inference_steps=None, gui
 
 def txt2img(studio: Studio, prompt: str, **kwargs) -> Shown:
     """Text to image; `kwargs` are generate()'s (`settings()` makes them from the controls)."""
-    return show(*studio.generate(prompt, **kwargs))
+    return made_and_kept(studio, prompt, **kwargs)
 
 
 def _strength(strength: float | None) -> dict:
@@ -88,7 +98,7 @@ def _strength(strength: float | None) -> dict:
 def img2img(studio: Studio, image: Image.Image | None, strength: float | None, prompt: str, **kwargs) -> Shown:
     """Image to image: redraw `image`; `strength` says how much may change."""
     check(image is not None, "upload a start image first (the Image to image tab)")
-    return show(*studio.generate(prompt, image=image, **_strength(strength), **kwargs))
+    return made_and_kept(studio, prompt, image=image, **_strength(strength), **kwargs)
 
 
 def mask_from_layers(layers: list[Image.Image | None]) -> Image.Image | None:
@@ -107,7 +117,7 @@ def inpaint(studio: Studio, editor: dict | None, mask: Image.Image | None, stren
     check(image is not None, "upload an image into the inpainting editor first")
     mask = mask if mask is not None else mask_from_layers((editor or {}).get("layers") or [])
     check(mask is not None, "paint over the part to repaint with the brush, or upload a mask (white = repaint)")
-    return show(*studio.generate(prompt, image=image, mask_image=mask, **_strength(strength), **kwargs))
+    return made_and_kept(studio, prompt, image=image, mask_image=mask, **_strength(strength), **kwargs)
 
 
 def variations(studio: Studio, made: list[dict], index: int, variation_strength: float, num_images: int) -> Shown:
@@ -127,7 +137,7 @@ def variations(studio: Studio, made: list[dict], index: int, variation_strength:
         results.results += result.results
         results.seconds += result.seconds
         warnings += caught
-    return show(results, warnings)
+    return show(results, warnings, studio.record(results))
 
 
 # ---- wiring to widgets --------------------------------------------------------------------
@@ -152,58 +162,69 @@ def _outputs(shown: Shown):
 
 def build_ui(studio: Studio, face_restorer=None) -> gr.Blocks:
     """The Blocks app. Its API (for gradio_client): /text2img, /img2img, /inpainting, /variations,
-    and /restore_faces when a `face_restorer` is given (see `sdlab.app.face_repair`)."""
+    /restore_faces when a `face_restorer` is given (see `sdlab.app.face_repair`), and /gallery
+    when the studio has a feedback store (see `sdlab.app.feedback`)."""
+    from .feedback import add_gallery_tab, add_rating_row
+
     steps, guidance = model_defaults(studio.pipe)
     size = default_size(studio.pipe)
     with gr.Blocks(title="sdlab", analytics_enabled=False, delete_cache=(1800, 3600)) as ui:
         gr.Markdown(f"## sdlab · {studio.model} on {studio.pipe.device}\n"
                     "Type a prompt and press Generate. Click an image for its parameters; the download "
-                    "button saves a PNG that keeps them. The REST API is documented at [/docs](/docs).")
+                    "button saves a PNG that keeps them. The REST API is documented at [/docs](/docs)."
+                    + (" Rate the selected image under the gallery; the Gallery tab searches every image kept."
+                       if studio.store is not None else ""))
         made = gr.State([])
         selected = gr.State(0)
         last_seed = gr.State(-1)
-        prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt",
-                            placeholder="a small red circle on a blue background")
-        negative_prompt = gr.Textbox(label="Negative prompt", elem_id="negative-prompt")
-        with gr.Row():
-            with gr.Column(scale=2):
-                with gr.Tabs():
-                    with gr.Tab("Text to image", id="txt2img"):
-                        go_text = gr.Button("Generate", variant="primary", elem_id="generate")
-                    with gr.Tab("Image to image", id="img2img"):
-                        start_image = gr.Image(type="pil", label="Start image", sources=["upload", "clipboard"])
-                        strength = gr.Slider(0.05, 1, 0.6, step=0.05, label="Strength (how much may change)")
-                        go_image = gr.Button("Generate from image", variant="primary")
-                    with gr.Tab("Inpainting", id="inpaint"):
-                        editor = gr.ImageEditor(type="pil", label="Image: paint over what to repaint",
-                                                sources=["upload", "clipboard"], layers=False,
-                                                brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"))
-                        mask = gr.Image(type="pil", image_mode="L", label="…or upload a mask (white = repaint)",
-                                        sources=["upload", "clipboard"])
-                        inpaint_strength = gr.Slider(0.05, 1, 1.0, step=0.05, label="Strength")
-                        go_inpaint = gr.Button("Inpaint", variant="primary")
-                scheduler = gr.Dropdown(scheduler_names(), value=scheduler_name(studio.pipe.scheduler),
-                                        label="Scheduler (sampler)")
-                num_inference_steps = gr.Slider(1, MAX_STEPS, steps, step=1, label="Steps")
-                guidance_scale = gr.Slider(0, MAX_UI_GUIDANCE, guidance, step=0.5, label="Guidance scale (CFG)")
+        with gr.Tabs(elem_id="pages"):
+            with gr.Tab("Generate", id="generate"):
+                prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt",
+                                    placeholder="a small red circle on a blue background")
+                negative_prompt = gr.Textbox(label="Negative prompt", elem_id="negative-prompt")
                 with gr.Row():
-                    seed = gr.Number(-1, precision=0, label="Seed (-1: random)", elem_id="seed", scale=3)
-                    random_seed_button = gr.Button("random", scale=1, min_width=60)
-                    reuse_seed_button = gr.Button("reuse last", scale=1, min_width=60)
-                with gr.Row():
-                    width = gr.Slider(64, MAX_UI_SIZE, size, step=8, label="Width")
-                    height = gr.Slider(64, MAX_UI_SIZE, size, step=8, label="Height")
-                num_images = gr.Slider(1, MAX_UI_IMAGES, 1, step=1, label="Number of images")
-            with gr.Column(scale=3):
-                gallery = gr.Gallery(label="Images", columns=4, format="png", type="pil", elem_id="gallery",
-                                     buttons=["download", "download_all", "fullscreen"])
-                summary = gr.Markdown(elem_id="summary")
-                info = gr.Textbox(label="Selected image: parameters (as stored in its PNG) and time", lines=4,
-                                  interactive=False, buttons=["copy"], elem_id="info")
-                with gr.Row():
-                    variation_strength = gr.Slider(0.01, 1, 0.1, step=0.01, label="Variation strength")
-                    vary = gr.Button("Variations of the selected image")
-                face_panel = gr.Column()  # filled below when a face restorer is given
+                    with gr.Column(scale=2):
+                        with gr.Tabs():
+                            with gr.Tab("Text to image", id="txt2img"):
+                                go_text = gr.Button("Generate", variant="primary", elem_id="generate")
+                            with gr.Tab("Image to image", id="img2img"):
+                                start_image = gr.Image(type="pil", label="Start image", sources=["upload", "clipboard"])
+                                strength = gr.Slider(0.05, 1, 0.6, step=0.05, label="Strength (how much may change)")
+                                go_image = gr.Button("Generate from image", variant="primary")
+                            with gr.Tab("Inpainting", id="inpaint"):
+                                editor = gr.ImageEditor(type="pil", label="Image: paint over what to repaint",
+                                                        sources=["upload", "clipboard"], layers=False,
+                                                        brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"))
+                                mask = gr.Image(type="pil", image_mode="L", sources=["upload", "clipboard"],
+                                                label="…or upload a mask (white = repaint)")
+                                inpaint_strength = gr.Slider(0.05, 1, 1.0, step=0.05, label="Strength")
+                                go_inpaint = gr.Button("Inpaint", variant="primary")
+                        scheduler = gr.Dropdown(scheduler_names(), value=scheduler_name(studio.pipe.scheduler),
+                                                label="Scheduler (sampler)")
+                        num_inference_steps = gr.Slider(1, MAX_STEPS, steps, step=1, label="Steps")
+                        guidance_scale = gr.Slider(0, MAX_UI_GUIDANCE, guidance, step=0.5, label="Guidance scale (CFG)")
+                        with gr.Row():
+                            seed = gr.Number(-1, precision=0, label="Seed (-1: random)", elem_id="seed", scale=3)
+                            random_seed_button = gr.Button("random", scale=1, min_width=60)
+                            reuse_seed_button = gr.Button("reuse last", scale=1, min_width=60)
+                        with gr.Row():
+                            width = gr.Slider(64, MAX_UI_SIZE, size, step=8, label="Width")
+                            height = gr.Slider(64, MAX_UI_SIZE, size, step=8, label="Height")
+                        num_images = gr.Slider(1, MAX_UI_IMAGES, 1, step=1, label="Number of images")
+                    with gr.Column(scale=3):
+                        gallery = gr.Gallery(label="Images", columns=4, format="png", type="pil", elem_id="gallery",
+                                             buttons=["download", "download_all", "fullscreen"])
+                        summary = gr.Markdown(elem_id="summary")
+                        info = gr.Textbox(label="Selected image: parameters (as stored in its PNG) and time", lines=4,
+                                          interactive=False, buttons=["copy"], elem_id="info")
+                        with gr.Row():
+                            variation_strength = gr.Slider(0.01, 1, 0.1, step=0.01, label="Variation strength")
+                            vary = gr.Button("Variations of the selected image")
+                        if studio.store is not None:
+                            add_rating_row(studio, made, selected)
+                        face_panel = gr.Column()  # filled below when a face restorer is given
+            with gr.Tab("Gallery", id="stored") as gallery_tab:
+                add_gallery_tab(studio, gallery_tab)
 
         controls = [negative_prompt, scheduler, num_inference_steps, guidance_scale, seed, width, height, num_images]
         outputs = [gallery, summary, info, last_seed, made, selected]
