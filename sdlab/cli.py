@@ -50,12 +50,41 @@ def _regenerate(args) -> None:
 def _train_tiny(args) -> None:
     from .tiny.train import TrainConfig, Trainer, export_pipeline
 
-    cfg = TrainConfig(out_dir=args.out, vae_steps=args.vae_steps, unet_steps=args.unet_steps,
-                      batch_size=args.batch_size, mixed_precision=args.mixed_precision)
+    fit = args.unet_steps == "auto"
+    if fit and not args.minutes:
+        raise SdlabInputError("--unet-steps auto fits the UNet's schedule to --minutes: give --minutes too")
+    workers = args.data_workers if args.data_workers is not None else _default_data_workers()
+    cfg = TrainConfig(out_dir=args.out, vae_steps=args.vae_steps, unet_steps=0 if fit else int(args.unet_steps),
+                      batch_size=args.batch_size, mixed_precision=args.mixed_precision, data_workers=workers,
+                      vae_from=args.vae_from)
+    if fit:
+        cfg.unet_steps = 10**9  # until the speed is measured
+    if args.unet_lr:
+        cfg.unet_lr = args.unet_lr
+    if args.eval_every:
+        cfg.eval_every = args.eval_every
     trainer = Trainer(cfg)
-    trainer.run(minutes=args.minutes)
+    trainer.run(minutes=args.minutes, fit_to_deadline=fit)
     if args.export:
         print(export_pipeline(trainer.pipeline(), args.export))
+
+
+def _default_data_workers() -> int:
+    """Render training batches in worker processes where there are cores to spare (a GPU
+    machine); on a small CPU machine the training itself needs the cores."""
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(12, cores - 2) if torch.cuda.is_available() and cores > 4 else 0
+
+
+def _steps_or_auto(text: str):
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give a number of steps or 'auto', not {text!r}") from None
 
 
 def _eval_tiny(args) -> None:
@@ -91,6 +120,51 @@ def _serve(args) -> None:
     from .app import serve
 
     serve(args.model, host=args.host, port=args.port, share=args.share)
+
+
+def _feedback_demo(args) -> None:
+    from .finetune import FinetuneConfig, preference_demo
+    from .pipelines import load_pipeline
+
+    pipe = load_pipeline(args.model, progress=False)
+    result = preference_demo(pipe, colour=args.colour, rating_images=args.images, test_images=args.test_images,
+                             control_images=args.control_images, num_inference_steps=args.num_inference_steps,
+                             config=FinetuneConfig(steps=args.finetune_steps, learning_rate=2e-3), seed=args.seed,
+                             models_dir=args.models_dir, on_status=lambda status: print(
+                                 status.line(), end="\r" if sys.stdout.isatty() else "\n", flush=True))
+    print(f"\n{result['liked']} of {result['rated']} images liked; {args.colour} objects on held-out prompts: "
+          f"{result['before']:.0%} → {result['after']:.0%}")
+    if result["named_colour_before"] is not None:
+        print(f"prompts that name a colour, right colour: {result['named_colour_before']:.0%} → "
+              f"{result['named_colour_after']:.0%}")
+    print(f"fine-tuned in {result['finetune_seconds']:.0f} s; the new model: {result['version'].folder}")
+
+
+def _finetune(args) -> None:
+    import time
+
+    from .feedback import FeedbackStore
+    from .finetune import Example, FinetuneConfig, start_finetune
+    from .pipelines import load_pipeline, model_name
+
+    if not (Path(args.store) / "feedback.sqlite3").is_file():
+        raise SdlabInputError(f"{args.store} holds no feedback store; give the folder that `sdlab serve` kept "
+                              f"(./feedback where it ran) with --store")
+    config = FinetuneConfig(method=args.method, steps=args.steps, min_rating=args.min_rating,
+                            learning_rate=args.learning_rate).checked()
+    pipe = load_pipeline(args.model, progress=False)
+    liked = FeedbackStore(args.store).liked(config.min_rating, model=model_name(pipe))  # the model's own images
+    if not liked:
+        raise SdlabInputError(f"no image in {args.store} made with {model_name(pipe)} has a mean rating of "
+                              f"{config.min_rating:g} or more; rate some in the app, lower --min-rating, or name "
+                              f"the model that made them with --model")
+    examples = [Example(item.image, item.prompt, item.id) for item in liked]
+    job = start_finetune(pipe, examples, config, models_dir=args.models_dir or Path(args.store) / "models")
+    while job.running:
+        print(job.status().line(), flush=True)
+        time.sleep(2)
+    print(job.status().line())
+    print(f"new model: {job.wait().folder} (load it with sdlab.finetune.load_version)")
 
 
 def _faces(args) -> None:
@@ -133,7 +207,7 @@ def _bench(args) -> None:
 
     images = 8 if args.quick else args.images
     for line in run(args.model, images=images, steps=args.steps, device=args.device, dtype=args.dtype,
-                    flop_limit=args.flop_limit):
+                    flop_limit=args.flop_limit, fast=args.fast, size=args.size):
         print(line, flush=True)
 
 
@@ -181,8 +255,14 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train-tiny", help="train the sdlab-tiny model (resumes from --out)")
     train.add_argument("--out", default="runs/sdlab-tiny")
     train.add_argument("--vae-steps", type=int, default=TrainConfig.vae_steps)
-    train.add_argument("--unet-steps", type=int, default=TrainConfig.unet_steps)
+    train.add_argument("--unet-steps", type=_steps_or_auto, default=TrainConfig.unet_steps,
+                       help="UNet steps, or 'auto': as many as fit in --minutes, with a complete LR schedule")
     train.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    train.add_argument("--unet-lr", type=float, default=None, help=f"peak LR (default {TrainConfig.unet_lr})")
+    train.add_argument("--vae-from", default=None, help="keep the trained VAE of this model folder (skips phase 1)")
+    train.add_argument("--data-workers", type=int, default=None,
+                       help="processes rendering batches ahead (default: 0 on a CPU, more beside a GPU)")
+    train.add_argument("--eval-every", type=int, default=None, help="log held-out adherence every N UNet steps")
     train.add_argument("--mixed-precision", default="bf16", choices=["no", "bf16", "fp16"])
     train.add_argument("--minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
     train.add_argument("--export", default=None, help="save the EMA pipeline to this folder when done")
@@ -209,6 +289,30 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--port", type=int, default=7860)
     srv.add_argument("--share", action="store_true", help="also open a public Gradio share link")
     srv.set_defaults(func=_serve)
+
+    demo = sub.add_parser("feedback-demo", help="simulated raters who like one colour rate sdlab-tiny's images; "
+                          "fine-tune on what they liked; measure the shift on held-out prompts")
+    demo.add_argument("--model", default=None, help="default: sdlab-tiny (the checker reads its shapes and colours)")
+    demo.add_argument("--colour", default="blue", help="the colour the simulated raters like")
+    demo.add_argument("--images", type=int, default=128, help="images the raters rate")
+    demo.add_argument("--test-images", type=int, default=32, help="held-out images measured before and after")
+    demo.add_argument("--control-images", type=int, default=16,
+                      help="held-out prompts that name a colour, to see what else changed (0: skip)")
+    demo.add_argument("--num-inference-steps", type=int, default=20)
+    demo.add_argument("--finetune-steps", type=int, default=150)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--models-dir", default=None, help="where the new model version goes (default: a temp folder)")
+    demo.set_defaults(func=_feedback_demo)
+
+    ft = sub.add_parser("finetune", help="fine-tune on the liked images of a feedback store: a new model version")
+    ft.add_argument("--store", default="feedback", help="the feedback store's folder (`sdlab serve` keeps ./feedback)")
+    ft.add_argument("--model", default=None, help="the model that made the images (default: sdlab-tiny)")
+    ft.add_argument("--method", default="lora", choices=["lora", "full"])
+    ft.add_argument("--steps", type=int, default=200, help="training steps")
+    ft.add_argument("--learning-rate", type=float, default=None, help="default: 1e-3 for LoRA, 1e-4 for full")
+    ft.add_argument("--min-rating", type=float, default=4, help="train on images with at least this mean rating")
+    ft.add_argument("--models-dir", default=None, help="where the new version goes (default: STORE/models)")
+    ft.set_defaults(func=_finetune)
 
     grd = sub.add_parser("grade", help="run student notebooks and their hidden tests; write grades.csv and an "
                          "HTML report")
@@ -239,7 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="CPU-sized run: 8 images, under a minute")
     bench.add_argument("--model", default=None)
     bench.add_argument("--images", type=int, default=16)
-    bench.add_argument("--steps", type=int, default=20)
+    bench.add_argument("--steps", type=int, default=None, help="default: the model's (20 for sdlab-tiny, 50 for SD 1.5)")
+    bench.add_argument("--fast", action="store_true", help="also time channels_last and torch.compile (GPUs)")
+    bench.add_argument("--size", type=int, default=None, help="image size (default: the model's; 512 for SD 1.5)")
     bench.add_argument("--device", default="auto")
     bench.add_argument("--dtype", default="auto")
     bench.add_argument("--flop-limit", type=float, default=None,

@@ -3,6 +3,8 @@
 * `sdlab-tiny` — the small model trained for this course; ships inside sdlab, runs offline.
 * `tiny-random` — Stable Diffusion's architecture at toy size with random (seeded) weights:
   builds in about a second, for tests. Its images are noise-like by design.
+* `sd15-random` — SD 1.5's full architecture with random weights, built from configs: the real
+  model's work per image without the download, for benchmarks.
 * `sd15`, `sd-turbo` — the real models, downloaded from the Hugging Face Hub (Colab, GPU).
 """
 from __future__ import annotations
@@ -34,6 +36,9 @@ PRESETS = {
                          size=64, num_inference_steps=20, guidance_scale=5.0),
     "tiny-random": Preset("tiny-random", "builder:tiny-random", "random-weight toy pipeline for tests (noise-like images)",
                           size=64, num_inference_steps=2, guidance_scale=7.5),
+    "sd15-random": Preset("sd15-random", "builder:sd15-random", "SD 1.5's architecture, random weights: for "
+                          "benchmarks (noise images)", size=512, num_inference_steps=50, guidance_scale=7.5,
+                          scheduler="PNDM"),
     "sd15": Preset("sd15", "stable-diffusion-v1-5/stable-diffusion-v1-5", "Stable Diffusion 1.5 (GPU; ~4 GB download)",
                    size=512, num_inference_steps=50, guidance_scale=7.5, scheduler="PNDM",
                    safety_checker=True, offline=False),

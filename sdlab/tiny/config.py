@@ -48,6 +48,8 @@ class TrainConfig:
     ema_decay: float = 0.999
     checkpoint_every: int = 500
     eval_every: int = 2000  # measure held-out adherence with the EMA weights this often
+    data_workers: int = 0  # processes rendering batches ahead (0: render in the training process)
+    vae_from: str | None = None  # a diffusers folder whose trained VAE to keep (skips phase 1)
     seed: int = 0
     mixed_precision: str = "bf16"  # "no" for full float32
     model: TinyConfig = field(default_factory=TinyConfig)

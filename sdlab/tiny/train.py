@@ -46,6 +46,38 @@ class _EMA:
         torch._foreach_lerp_(ema_params, [p.detach() for p in module.parameters()], 1 - decay)
 
 
+class _Batches(torch.utils.data.Dataset):
+    """Training batch number `step` (images, captions, object masks): the same for a given step
+    whichever process renders it, so rendering in worker processes changes no result."""
+
+    def __init__(self, config: TrainConfig, phase: str):
+        self.cfg, self.phase = config, phase
+
+    def __len__(self) -> int:
+        return 10**12
+
+    def __getitem__(self, step: int):
+        cfg = self.cfg
+        seed = (cfg.seed * 1_000_003 + step) * (2 if self.phase == "vae" else 3)
+        images, captions, scenes = batch_tensors(cfg.batch_size, seed=seed, size=cfg.model.image_size)
+        masks = torch.stack([torch.from_numpy(object_mask(s, cfg.model.image_size)) for s in scenes]) \
+            if self.phase == "vae" else torch.empty(0)
+        return images, captions, masks
+
+
+class _StepsFrom(torch.utils.data.Sampler):
+    """Step numbers from `start` on (the batches still to train, in order)."""
+
+    def __init__(self, start: int):
+        self.start = start
+
+    def __iter__(self):
+        step = self.start
+        while True:
+            yield step
+            step += 1
+
+
 class Trainer:
     """Holds the models, optimizers and progress; `run()` trains what is left and resumes."""
 
@@ -70,6 +102,8 @@ class Trainer:
         self.unet_ema = _EMA(self.unet, config.ema_decay)
         self.text_ema = _EMA(self.text_encoder, config.ema_decay)
         self._load_checkpoint()
+        if config.vae_from and self.vae_step < config.vae_steps:
+            self._keep_trained_vae(config.vae_from)
         self.vae, self.unet, self.text_encoder, self.vae_opt, self.unet_opt = self.acc.prepare(
             self.vae, self.unet, self.text_encoder, self.vae_opt, self.unet_opt)
         self.device = self.acc.device
@@ -93,6 +127,18 @@ class Trainer:
         if "scaling_factor" in state:
             self.vae.register_to_config(scaling_factor=state["scaling_factor"])
 
+    def _keep_trained_vae(self, folder: str) -> None:
+        """Start from the VAE of an exported pipeline (phase 1 done): retrain only what comes after."""
+        from diffusers import AutoencoderKL
+
+        trained = AutoencoderKL.from_pretrained(folder, subfolder="vae")
+        if list(trained.config.block_out_channels) != list(self.vae.config.block_out_channels):
+            raise ValueError(f"the VAE in {folder} has channels {trained.config.block_out_channels}, this model "
+                             f"{self.vae.config.block_out_channels}: give a folder made with the same TinyConfig")
+        self.vae.load_state_dict(trained.state_dict())
+        self.vae.register_to_config(scaling_factor=trained.config.scaling_factor)
+        self.vae_step = self.cfg.vae_steps
+
     def save_checkpoint(self) -> None:
         unwrap = self.acc.unwrap_model
         state = {name: unwrap(getattr(self, name)).state_dict() for name in ("vae", "unet", "text_encoder")}
@@ -110,20 +156,24 @@ class Trainer:
             f.write(json.dumps(values) + "\n")
 
     # -- data -----------------------------------------------------------------------------
-    def batch(self, step: int, phase: str):
-        seed = (self.cfg.seed * 1_000_003 + step) * (2 if phase == "vae" else 3)
-        images, captions, scenes = batch_tensors(self.cfg.batch_size, seed=seed, size=self.cfg.model.image_size)
-        return images.to(self.device), captions, scenes
+    def batches(self, start: int, phase: str):
+        """(images, captions, masks) for step `start`, `start + 1`, … (rendered ahead by workers)."""
+        workers = self.cfg.data_workers
+        loader = torch.utils.data.DataLoader(
+            _Batches(self.cfg, phase), batch_size=None, sampler=_StepsFrom(start), num_workers=workers,
+            prefetch_factor=4 if workers else None, persistent_workers=False, pin_memory=torch.cuda.is_available())
+        for images, captions, masks in loader:
+            yield images.to(self.device, non_blocking=True), list(captions), masks.to(self.device)
 
     # -- phase 1: the VAE -----------------------------------------------------------------
     def train_vae(self, deadline: float) -> None:
         cfg = self.cfg
         vae = self.vae.train()
         bar = tqdm(total=cfg.vae_steps, initial=self.vae_step, desc="VAE", disable=None)
+        data = self.batches(self.vae_step, "vae")
         while self.vae_step < cfg.vae_steps and time.time() < deadline:
-            images, _, scenes = self.batch(self.vae_step, "vae")
-            masks = torch.stack([torch.from_numpy(object_mask(s, cfg.model.image_size)) for s in scenes])
-            weight = 1 + (cfg.object_weight - 1) * masks[:, None].float().to(self.device)
+            images, _, masks = next(data)
+            weight = 1 + (cfg.object_weight - 1) * masks[:, None].float()
             for group in self.vae_opt.param_groups:
                 group["lr"] = _lr_at(self.vae_step, cfg.vae_steps, cfg.vae_lr, cfg.warmup_steps)
             with self.acc.autocast():
@@ -149,8 +199,8 @@ class Trainer:
     def _set_scaling_factor(self) -> None:
         """Scale latents to unit variance, as SD's 0.18215 does for its VAE."""
         vae = self.acc.unwrap_model(self.vae)
-        images, _, _ = self.batch(10**9, "vae")
-        std = vae.encode(images).latent_dist.mode().float().std().item()
+        images, _, _ = _Batches(self.cfg, "vae")[10**9]
+        std = vae.encode(images.to(self.device)).latent_dist.mode().float().std().item()
         vae.register_to_config(scaling_factor=1.0 / std)
 
     # -- phase 2: UNet and text encoder ---------------------------------------------------
@@ -166,7 +216,13 @@ class Trainer:
         t[high] = torch.randint(int(steps * 0.7), steps, (int(high.sum()),), generator=generator)
         return t
 
-    def train_unet(self, deadline: float) -> None:
+    def _fit_schedule(self, started: float, first_step: int, deadline: float) -> None:
+        """Set the number of UNet steps so the LR schedule ends at the deadline (measured speed)."""
+        rate = (self.unet_step - first_step) / (time.time() - started)
+        self.cfg.unet_steps = self.unet_step + max(1, int(rate * (deadline - time.time()) * 0.98))
+        self.log(phase="schedule", step=self.unet_step, unet_steps=self.cfg.unet_steps, steps_per_s=rate)
+
+    def train_unet(self, deadline: float, fit_to_deadline: bool = False) -> None:
         cfg = self.cfg
         vae = self.acc.unwrap_model(self.vae).eval().requires_grad_(False)
         scaling = vae.config.scaling_factor
@@ -174,8 +230,19 @@ class Trainer:
         generator = torch.Generator().manual_seed(cfg.seed + self.unet_step)
         alphas = self.scheduler.alphas_cumprod.to(self.device)
         bar = tqdm(total=cfg.unet_steps, initial=self.unet_step, desc="UNet", disable=None)
+        data = self.batches(self.unet_step, "unet")
+        # fitting the schedule: time steps after the first 20 (allocation, workers starting), for
+        # 300 steps or a tenth of the time left, whichever comes first
+        timing_from, window = (self.unet_step + 20, None), (deadline - time.time()) / 10
         while self.unet_step < cfg.unet_steps and time.time() < deadline:
-            images, captions, _ = self.batch(self.unet_step, "unet")
+            if fit_to_deadline and self.unet_step == timing_from[0]:
+                timing_from = (self.unet_step, time.time())
+            elif fit_to_deadline and timing_from[1] and (self.unet_step == timing_from[0] + 300 or (
+                    self.unet_step > timing_from[0] and time.time() - timing_from[1] > window)):
+                self._fit_schedule(timing_from[1], timing_from[0], deadline)
+                fit_to_deadline = False
+                bar.total = cfg.unet_steps
+            images, captions, _ = next(data)
             drop = torch.rand(len(captions), generator=generator) < cfg.caption_dropout
             captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
             for group in self.unet_opt.param_groups:
@@ -213,7 +280,7 @@ class Trainer:
         from .evaluate import measure_adherence
         from .world import held_out_scenes
 
-        result = measure_adherence(self.pipeline(), held_out_scenes(count, seed=1))
+        result = measure_adherence(self.pipeline().to(self.device), held_out_scenes(count, seed=1))
         self.log(phase="eval", step=self.unet_step, **result.scores, time=time.time())
 
     # -- the result -----------------------------------------------------------------------
@@ -232,7 +299,11 @@ class Trainer:
         pipe.sdlab_model_name = "sdlab-tiny"
         return pipe
 
-    def run(self, minutes: float | None = None) -> None:
+    def run(self, minutes: float | None = None, fit_to_deadline: bool = False) -> None:
+        """Train what is left; stop after `minutes`. `fit_to_deadline`: measure the speed, then set
+        the UNet's step count so its LR schedule completes in the time (a fixed-time recipe)."""
+        if fit_to_deadline and not minutes:
+            raise ValueError("fit_to_deadline needs minutes: the time the UNet's schedule should fill")
         deadline = time.time() + (minutes * 60 if minutes else float("inf"))
         self.train_vae(deadline)
         if self.vae_step >= self.cfg.vae_steps and self.unet_step == 0:
@@ -240,7 +311,7 @@ class Trainer:
 
             self.log(phase="vae_eval", step=self.vae_step, **reconstruction_accuracy(self.acc.unwrap_model(self.vae)))
         if self.vae_step >= self.cfg.vae_steps:
-            self.train_unet(deadline)
+            self.train_unet(deadline, fit_to_deadline)
         self.save_checkpoint()
 
 
