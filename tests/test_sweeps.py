@@ -42,3 +42,17 @@ def test_sweep_arguments():
     assert label("guidance_scale", 7.5) == "guidance 7.5" and label("scheduler", "DDIM") == "DDIM"
     with pytest.raises(SdlabInputError, match="two different parameters"):
         sweep(None, "x", "seed", [1], "seed", [2])
+
+
+def test_sweeps_bigger_than_one_call_go_in_chunks_with_the_same_images(tiny_pipe):
+    seeds = list(range(70))  # more than MAX_IMAGES (64) in one call
+    many = sweep(tiny_pipe, "a red circle", "seed", seeds, num_inference_steps=2)
+    assert [r.params.seed for r in many.results] == seeds
+    for k in (0, 63, 64, 69):  # both sides of the chunk border
+        alone = generate(tiny_pipe, "a red circle", seed=k, num_inference_steps=2)[0]
+        assert _max_diff(many.results[k].image, alone.image) <= 2
+    values = [1, 2, 3, 5, 7.5, 10, 15]
+    whole = guidance_sweep(tiny_pipe, "a red circle", values, seed=4, num_inference_steps=4)
+    chunked = guidance_sweep(tiny_pipe, "a red circle", values, seed=4, num_inference_steps=4, max_batch=3)
+    assert [r.params for r in chunked.results] == [r.params for r in whole.results]
+    assert max(_max_diff(a, b) for a, b in zip(chunked.images, whole.images)) <= 2
