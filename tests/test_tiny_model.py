@@ -56,9 +56,11 @@ def test_adherence_on_held_out_prompts_and_guidance_matters(tiny_model):
     guided = measure_adherence(tiny_model, scenes, guidance_scale=5.0, num_inference_steps=20)
     unguided = measure_adherence(tiny_model, scenes, guidance_scale=1.0, num_inference_steps=20)
     # floors below what the shipped model measures on these prompts (see its model card)
-    assert guided.scores["colour"] >= 0.8, guided.line()
+    assert guided.scores["colour"] >= 0.9, guided.line()
     assert guided.scores["background"] >= 0.9, guided.line()
-    assert guided.scores["colour"] > unguided.scores["colour"], (guided.line(), unguided.line())
+    assert guided.scores["shape"] >= 0.75, guided.line()
+    # guidance matters: shapes follow the prompt far more often with it (71 % → 92 % here)
+    assert guided.scores["shape"] >= unguided.scores["shape"] + 0.1, (guided.line(), unguided.line())
 
 
 def test_preset_resolves_from_an_installed_wheel(tmp_path):
