@@ -123,8 +123,9 @@ def _serve(args) -> None:
 
 
 def _feedback_demo(args) -> None:
-    from .finetune import FinetuneConfig, preference_demo
+    from .finetune import FinetuneConfig
     from .pipelines import load_pipeline
+    from .tiny.preference import preference_demo
 
     pipe = load_pipeline(args.model, progress=False)
     result = preference_demo(pipe, colour=args.colour, rating_images=args.images, test_images=args.test_images,

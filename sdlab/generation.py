@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 from PIL import Image
 
-from .errors import SdlabInputError, check, suggest_multiple
+from .errors import check, suggest_multiple
 from .pipelines import img2img_pipeline, inpaint_pipeline, model_name
 from .presets import find_preset
 from .schedulers import resolve_scheduler_name, scheduler_name, using_scheduler

@@ -9,6 +9,7 @@ viewers read:
 """
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 
@@ -84,14 +85,25 @@ def parse_parameters(text: str) -> GenerationParams:
                             **values)
 
 
-def save_png(result: GeneratedImage, path: str | Path) -> Path:
-    """Save an image with its parameters in the PNG's `parameters` text chunk."""
+def _png_info(result: GeneratedImage) -> PngInfo:
     info = PngInfo()
     info.add_text(PARAMETERS_KEY, format_parameters(result.params))
+    return info
+
+
+def save_png(result: GeneratedImage, path: str | Path) -> Path:
+    """Save an image with its parameters in the PNG's `parameters` text chunk."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    result.image.save(path, pnginfo=info)
+    result.image.save(path, pnginfo=_png_info(result))
     return path
+
+
+def png_bytes(result: GeneratedImage) -> bytes:
+    """The image as PNG bytes with its parameters inside (what `save_png` writes to a file)."""
+    buffer = io.BytesIO()
+    result.image.save(buffer, format="PNG", pnginfo=_png_info(result))
+    return buffer.getvalue()
 
 
 def read_params(png: str | Path | Image.Image) -> GenerationParams:

@@ -9,8 +9,9 @@ import pytest
 import sdlab
 from sdlab.errors import SdlabInputError
 from sdlab.feedback import FeedbackStore
-from sdlab.finetune import (LORA_FILE, ColourRater, FinetuneConfig, finetune, list_versions, load_version,
-                            open_colour_prompts, preference_demo, start_finetune, training_examples)
+from sdlab.finetune import (LORA_FILE, FinetuneConfig, finetune, list_versions, load_version, start_finetune,
+                            training_examples)
+from sdlab.tiny.preference import ColourRater, open_colour_prompts, preference_demo
 from sdlab.tiny.world import Scene
 
 STEPS = dict(num_inference_steps=2, seed=5)

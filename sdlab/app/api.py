@@ -31,7 +31,8 @@ from ..metadata import format_parameters
 from ..presets import PRESETS
 from ..schedulers import ALIASES, scheduler_name, scheduler_names
 from .feedback import BODIES
-from .studio import BusyError, Studio, png_bytes
+from ..metadata import png_bytes
+from .studio import BusyError, Studio
 
 MAX_IMAGE_BYTES = 16 * 2**20  # one uploaded image, after base64 decoding
 MAX_BODY_BYTES = 48 * 2**20  # a whole request body (an image and a mask, base64)

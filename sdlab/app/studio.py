@@ -9,13 +9,11 @@ image made, so that it can be rated (see `sdlab.app.feedback`).
 """
 from __future__ import annotations
 
-import io
 import threading
 import warnings
 from contextlib import contextmanager
 
 from PIL import Image
-from PIL.PngImagePlugin import PngInfo
 
 from ..generation import GeneratedImage, Generation, generate
 from ..metadata import PARAMETERS_KEY, format_parameters
@@ -66,15 +64,6 @@ class Studio:
         if self.store is None:
             return [None] * len(result)
         return self.store.add_generations(result, user=user)
-
-
-def png_bytes(item: GeneratedImage) -> bytes:
-    """The image as PNG bytes with its parameters inside (what `sdlab.save_png` writes to a file)."""
-    info = PngInfo()
-    info.add_text(PARAMETERS_KEY, format_parameters(item.params))
-    buffer = io.BytesIO()
-    item.image.save(buffer, format="PNG", pnginfo=info)
-    return buffer.getvalue()
 
 
 def with_parameters(item: GeneratedImage) -> Image.Image:

@@ -1,22 +1,8 @@
-"""Feedback (notebook 08): every generation stored with its parameters, rated, searched, exported.
-
-    store = FeedbackStore("feedback")                    # a folder: feedback.sqlite3 + images/
-    image_id = store.add_generation(result[0])           # the PNG on disk, named by its hash, + one row
-    store.add_feedback(image_id, 5, "just the blue I wanted", user="ana")   # 1–5, or "up"/"down"
-    store.search("circle", min_rating=4)                 # words in the prompt (SQLite FTS5) + filters
-    store.export_imagefolder("liked")                    # a Hugging Face `imagefolder` of the liked images
-
-How it stays consistent: SQLite in WAL mode (readers never wait, one writer at a time, safe across
-processes and threads); every write is one transaction that takes the write lock first (BEGIN
-IMMEDIATE); the schema is numbered with PRAGMA user_version and migrated on open. An image file is
-written (temp file, then rename) while its writer holds that lock and before its row commits; if the
-insert fails, the file it wrote is removed. A writer killed between the two leaves a file without a
-row, and the next open removes it. So rows and files always agree.
-"""
+"""The feedback store: generations, their image files and their ratings in one folder, an SQLite
+database (WAL, one transaction per write, schema versions migrated on open) beside the images."""
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import re
@@ -24,21 +10,14 @@ import shutil
 import sqlite3
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import date, datetime
 from pathlib import Path
 
-from PIL import Image
-from PIL.PngImagePlugin import PngInfo
-
-from .errors import SdlabInputError, check
+from ..errors import SdlabInputError, check
+from .records import (IMAGES, LIKED, MAX_COMMENT_CHARS, MAX_USER_CHARS, Feedback, StoredImage, as_time,
+                      check_feedback, now, write_atomically)
 
 DB_NAME = "feedback.sqlite3"
-IMAGES = "images"
-MAX_COMMENT_CHARS = 2000
-MAX_USER_CHARS = 100
-LIKED = 4  # a rating of 4 or 5 counts as "liked"
-THUMBS = {"up": 5, "down": 1, "👍": 5, "👎": 1, "thumbs up": 5, "thumbs down": 1}
 
 # Schema versions, in order: MIGRATIONS[k] turns a version-k database into version k + 1.
 MIGRATIONS = [[
@@ -80,124 +59,6 @@ MIGRATIONS = [[
     "INSERT INTO prompts(prompts, rowid, prompt) VALUES ('delete', old.id, old.prompt); END",
 ]]
 SCHEMA_VERSION = len(MIGRATIONS)
-
-
-@dataclass(frozen=True)
-class Feedback:
-    """One rating of one image."""
-
-    id: int
-    image_id: int
-    rating: int
-    comment: str
-    user: str
-    created_at: str
-
-
-@dataclass(frozen=True)
-class StoredImage:
-    """A stored generation: its parameters, its file, and its ratings so far."""
-
-    id: int
-    params: "GenerationParams"  # noqa: F821 (sdlab.generation, imported lazily: no torch needed here)
-    path: Path
-    created_at: str
-    user: str
-    seconds: float | None
-    mean_rating: float | None
-    ratings: int
-
-    @property
-    def prompt(self) -> str:
-        return self.params.prompt
-
-    @property
-    def image(self) -> Image.Image:
-        """The image, read from its file."""
-        with Image.open(self.path) as image:
-            image.load()
-            return image
-
-    def to_dict(self) -> dict:
-        """JSON-ready: what a gallery or an API shows (the file relative to the store)."""
-        return {"image_id": self.id, "file": f"{IMAGES}/{self.path.parent.name}/{self.path.name}",
-                "parameters": self.params.to_dict(), "created_at": self.created_at, "user": self.user,
-                "seconds": self.seconds, "mean_rating": self.mean_rating, "ratings": self.ratings}
-
-    def _repr_png_(self):
-        return self.image._repr_png_()
-
-
-def now() -> str:
-    """The current UTC time as the store writes it (ISO 8601, sorts as text)."""
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
-
-
-def as_time(value: str | date | datetime) -> str:
-    """A date, datetime or ISO text as the store's time text (naive times count as UTC)."""
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value)
-        except ValueError:
-            raise SdlabInputError(f"{value!r} is not a date; write it like '2026-11-25' or "
-                                  f"'2026-11-25T14:30'") from None
-    if not isinstance(value, datetime):
-        check(isinstance(value, date), f"expected a date, got {value!r}")
-        value = datetime(value.year, value.month, value.day)
-    value = value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
-    return value.isoformat(timespec="microseconds")
-
-
-def check_rating(rating) -> int:
-    """A rating as 1–5: a whole number 1–5, or thumbs ("up" → 5, "down" → 1)."""
-    if isinstance(rating, str) and rating.strip().lower() in THUMBS:
-        return THUMBS[rating.strip().lower()]
-    check(isinstance(rating, int) and not isinstance(rating, bool) and 1 <= rating <= 5,
-          f"rating must be a whole number from 1 (bad) to 5 (great), or 'up'/'down' for thumbs, got {rating!r}")
-    return rating
-
-
-def check_feedback(image_id, rating, comment, user) -> tuple[int, int, str, str]:
-    """Validate one piece of feedback before touching the database; teach the fix."""
-    check(isinstance(image_id, int) and not isinstance(image_id, bool),
-          f"image_id must be the whole number that add_generation returned (the app's image_id), got {image_id!r}")
-    rating = check_rating(rating)
-    comment = "" if comment is None else comment
-    check(isinstance(comment, str), f"comment must be text, got {type(comment).__name__}")
-    check(len(comment) <= MAX_COMMENT_CHARS,
-          f"comment is {len(comment)} characters; the limit is {MAX_COMMENT_CHARS}: say it in fewer words")
-    user = "" if user is None else user
-    check(isinstance(user, str) and len(user) <= MAX_USER_CHARS,
-          f"user must be a name of at most {MAX_USER_CHARS} characters, got {user!r:.60}")
-    return image_id, rating, comment.strip(), user.strip()
-
-
-def png_bytes(item) -> bytes:
-    """A GeneratedImage as PNG bytes with its parameters inside (what `sdlab.save_png` writes)."""
-    from .metadata import PARAMETERS_KEY, format_parameters
-
-    info = PngInfo()
-    info.add_text(PARAMETERS_KEY, format_parameters(item.params))
-    buffer = io.BytesIO()
-    item.image.save(buffer, format="PNG", pnginfo=info)
-    return buffer.getvalue()
-
-
-def write_atomically(path: Path, data: bytes) -> bool:
-    """Write `data` to `path` via a temp file + fsync + rename; False if the file was already there."""
-    if path.exists():
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}-{path.name}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic: the file is either absent or complete
-    finally:
-        tmp.unlink(missing_ok=True)
-    return True
 
 
 def _fts_query(text: str) -> str:
@@ -291,6 +152,8 @@ class FeedbackStore:
         check(all(hasattr(i, "image") and hasattr(i, "params") for i in items),
               "add_generation(s) takes results of sdlab.generate(): a Generation or GeneratedImage items")
         check(isinstance(user, str) and len(user) <= MAX_USER_CHARS, f"user must be a short name, got {user!r:.60}")
+        from ..metadata import png_bytes  # needs torch; opening and reading a store does not
+
         encoded = [(item, png_bytes(item)) for item in items]  # the slow part, before taking the lock
         written: list[Path] = []
         try:
@@ -338,7 +201,7 @@ class FeedbackStore:
                "LEFT JOIN feedback f ON f.generation_id = g.id")
 
     def _stored(self, row) -> StoredImage:
-        from .generation import GenerationParams
+        from ..generation import GenerationParams
 
         return StoredImage(id=row["id"], params=GenerationParams(**json.loads(row["params_json"])),
                            path=self.folder / row["image_path"], created_at=row["created_at"], user=row["user"],
@@ -468,56 +331,3 @@ class FeedbackStore:
 
 
 # ---- display (notebooks) ------------------------------------------------------------------
-
-def captioned_grid(items: list[StoredImage], cols: int = 8, cell: int = 96) -> Image.Image:
-    """Stored images in a grid, each captioned with its id and mean rating (a PIL image)."""
-    from PIL import ImageDraw
-
-    from .grids import _font, image_grid
-
-    check(bool(items), "no images to show; search with fewer filters")
-    font, band = _font(12), 16
-    cards = []
-    for item in items:
-        card = Image.new("RGB", (cell, cell + band), "white")
-        card.paste(item.image.convert("RGB").resize((cell, cell), Image.NEAREST))
-        rating = f"{item.mean_rating:.1f}/5" if item.mean_rating is not None else "unrated"
-        ImageDraw.Draw(card).text((2, cell + 1), f"#{item.id} {rating}", fill="black", font=font)
-        cards.append(card)
-    return image_grid(cards, cols=min(cols, len(cards)))
-
-
-def rating_widget(store: FeedbackStore, image_ids: list[int], *, user: str = "", scale: int | None = None):
-    """ipywidgets: each image with 1–5 star buttons, thumbs, a comment box and Save (writes to `store`)."""
-    import ipywidgets as w
-
-    from .grids import display_scale
-
-    cards = []
-    for image_id in image_ids:
-        item = store.get(image_id)
-        image = item.image
-        k = scale or display_scale(image, 128)
-        buffer = io.BytesIO()
-        image.resize((image.width * k, image.height * k), Image.NEAREST).save(buffer, format="PNG")
-        stars = w.ToggleButtons(options=[("👎", 1), ("2", 2), ("3", 3), ("4", 4), ("👍 5", 5)], value=None,
-                                style={"button_width": "34px"})
-        comment = w.Text(placeholder="comment (optional)", layout=w.Layout(width=f"{image.width * k}px"))
-        save, note = w.Button(description="Save", button_style="primary", layout=w.Layout(width="70px")), w.HTML()
-
-        def on_save(_, image_id=image_id, stars=stars, comment=comment, note=note):
-            try:
-                check(stars.value is not None, "pick a rating first")
-                store.add_feedback(image_id, stars.value, comment.value, user)
-                note.value = f"<span style='color:#080'>saved ★{stars.value}</span>"
-            except SdlabInputError as err:
-                note.value = f"<b style='color:#b00'>{err}</b>"
-
-        save.on_click(on_save)
-        cards.append(w.VBox([w.HTML(f"<small>#{image_id}: {item.prompt}</small>"), w.Image(value=buffer.getvalue()),
-                             stars, comment, w.HBox([save, note])]))
-    return w.GridBox(cards, layout=w.Layout(grid_template_columns="repeat(auto-fill, minmax(280px, 1fr))"))
-
-
-__all__ = ["FeedbackStore", "StoredImage", "Feedback", "captioned_grid", "rating_widget", "check_feedback",
-           "check_rating", "png_bytes"]

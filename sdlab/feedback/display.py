@@ -1,0 +1,62 @@
+"""Looking at the feedback store in a notebook: a captioned grid of stored images and a widget to
+rate them."""
+from __future__ import annotations
+
+import io
+
+from PIL import Image
+
+from ..errors import SdlabInputError, check
+from .records import StoredImage
+from .store import FeedbackStore
+
+
+def captioned_grid(items: list[StoredImage], cols: int = 8, cell: int = 96) -> Image.Image:
+    """Stored images in a grid, each captioned with its id and mean rating (a PIL image)."""
+    from PIL import ImageDraw
+
+    from ..grids import _font, image_grid
+
+    check(bool(items), "no images to show; search with fewer filters")
+    font, band = _font(12), 16
+    cards = []
+    for item in items:
+        card = Image.new("RGB", (cell, cell + band), "white")
+        card.paste(item.image.convert("RGB").resize((cell, cell), Image.NEAREST))
+        rating = f"{item.mean_rating:.1f}/5" if item.mean_rating is not None else "unrated"
+        ImageDraw.Draw(card).text((2, cell + 1), f"#{item.id} {rating}", fill="black", font=font)
+        cards.append(card)
+    return image_grid(cards, cols=min(cols, len(cards)))
+
+
+def rating_widget(store: FeedbackStore, image_ids: list[int], *, user: str = "", scale: int | None = None):
+    """ipywidgets: each image with 1–5 star buttons, thumbs, a comment box and Save (writes to `store`)."""
+    import ipywidgets as w
+
+    from ..grids import display_scale
+
+    cards = []
+    for image_id in image_ids:
+        item = store.get(image_id)
+        image = item.image
+        k = scale or display_scale(image, 128)
+        buffer = io.BytesIO()
+        image.resize((image.width * k, image.height * k), Image.NEAREST).save(buffer, format="PNG")
+        stars = w.ToggleButtons(options=[("👎", 1), ("2", 2), ("3", 3), ("4", 4), ("👍 5", 5)], value=None,
+                                style={"button_width": "34px"})
+        comment = w.Text(placeholder="comment (optional)", layout=w.Layout(width=f"{image.width * k}px"))
+        save, note = w.Button(description="Save", button_style="primary", layout=w.Layout(width="70px")), w.HTML()
+
+        def on_save(_, image_id=image_id, stars=stars, comment=comment, note=note):
+            try:
+                check(stars.value is not None, "pick a rating first")
+                store.add_feedback(image_id, stars.value, comment.value, user)
+                note.value = f"<span style='color:#080'>saved ★{stars.value}</span>"
+            except SdlabInputError as err:
+                note.value = f"<b style='color:#b00'>{err}</b>"
+
+        save.on_click(on_save)
+        cards.append(w.VBox([w.HTML(f"<small>#{image_id}: {item.prompt}</small>"), w.Image(value=buffer.getvalue()),
+                             stars, comment, w.HBox([save, note])]))
+    return w.GridBox(cards, layout=w.Layout(grid_template_columns="repeat(auto-fill, minmax(280px, 1fr))"))
+

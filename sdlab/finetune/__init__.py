@@ -1,0 +1,31 @@
+"""Fine-tuning on liked images (notebook 08): LoRA or full, in the background, as a new model version.
+
+    job = start_finetune(pipe, store, models_dir="models/feedback")   # the images rated 4–5, their prompts
+    job.status()            # FinetuneStatus(state='running', step=40, total_steps=200, loss=0.071, …)
+    version = job.wait()    # ModelVersion(name='sdlab-tiny-feedback', number=1, folder=…)
+    new_pipe = load_version(version.folder)
+
+The training step is the one sdlab-tiny was trained with (`sdlab.tiny.train`): noise the latents of
+an image at a random timestep, ask the UNet for the target the scheduler's `prediction_type` names
+(v for sdlab-tiny, the noise for SD 1.5), mean squared error. accelerate places the model and runs
+the backward pass, on the CPU or a GPU. LoRA (peft) trains small low-rank matrices beside the
+attention and time-embedding layers; they are saved in diffusers' format, so
+`pipe.load_lora_weights(version.folder)` applies them. Every version gets its own folder; the base
+model and older versions are never changed.
+
+Where things live: `examples` (training pairs), `training` (the step and `finetune`), `versions`
+(saving and loading versions), `jobs` (the background job). `sdlab.tiny.preference` closes the loop
+on sdlab-tiny and measures it with simulated raters.
+"""
+from __future__ import annotations
+
+from .examples import Example, encode_examples, training_examples
+from .jobs import FINETUNE_TURN, STATES, FinetuneJob, FinetuneStatus, start_finetune
+from .training import (FULL_SAVE_MAX_PARAMETERS, LORA_FILE, LORA_TARGETS, FinetuneConfig, diffusion_loss, finetune,
+                       noise_scheduler_for, sample_timesteps)
+from .versions import VERSION_FILE, ModelVersion, list_versions, load_version
+
+__all__ = ["Example", "encode_examples", "training_examples", "FINETUNE_TURN", "STATES", "FinetuneJob",
+           "FinetuneStatus", "start_finetune", "FULL_SAVE_MAX_PARAMETERS", "LORA_FILE", "LORA_TARGETS",
+           "FinetuneConfig", "diffusion_loss", "finetune", "noise_scheduler_for", "sample_timesteps", "VERSION_FILE",
+           "ModelVersion", "list_versions", "load_version"]

@@ -1,0 +1,88 @@
+"""Fine-tuned model versions: each in its own folder `<models_dir>/<name>/v<N>`, never over an
+older one; loaded as a whole pipeline (small models) or as the base model plus its LoRA."""
+from __future__ import annotations
+
+import json
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import check
+
+VERSION_FILE = "sdlab_version.json"
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """A fine-tuned model: `folder` holds its LoRA weights (and, for small models, a whole pipeline)."""
+
+    name: str
+    number: int
+    folder: Path
+    info: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}-v{self.number}"
+
+
+def _slug(model: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model).name or "model").strip("-") or "model"
+
+
+def list_versions(models_dir: str | Path, name: str | None = None) -> list[ModelVersion]:
+    """Every saved version under `models_dir` (of one `name`, or all), oldest first."""
+    found = []
+    for info_file in sorted(Path(models_dir).glob(f"{name or '*'}/v*/{VERSION_FILE}")):
+        info = json.loads(info_file.read_text())
+        found.append(ModelVersion(info["name"], info["version"], info_file.parent, info))
+    return sorted(found, key=lambda v: (v.name, v.number))
+
+
+def _publish(tmp: Path, models_dir: Path, name: str, info: dict) -> ModelVersion:
+    """Move a finished version folder into place as the next free v<N> (never over an old one)."""
+    home = models_dir / name
+    home.mkdir(parents=True, exist_ok=True)
+    number = max((v.number for v in list_versions(models_dir, name)), default=0) + 1
+    while True:
+        info |= {"name": name, "version": number}
+        (tmp / VERSION_FILE).write_text(json.dumps(info, indent=2))
+        try:
+            tmp.rename(home / f"v{number}")  # fails if v<number> exists and is not empty
+            return ModelVersion(name, number, home / f"v{number}", info)
+        except OSError:
+            if not (home / f"v{number}").exists():
+                raise
+            number += 1  # another job published that number first
+
+
+def load_version(folder: str | Path, *, device: str = "auto", dtype="auto"):
+    """A pipeline for a saved version: its own pipeline folder, or its base model + its LoRA."""
+    from ..pipelines import load_pipeline
+
+    folder = Path(folder)
+    check((folder / VERSION_FILE).is_file(), f"{folder} is not a model version (no {VERSION_FILE} in it)")
+    info = json.loads((folder / VERSION_FILE).read_text())
+    if (folder / "model_index.json").is_file():
+        pipe = load_pipeline(str(folder), device=device, dtype=dtype)
+    else:
+        pipe = load_pipeline(info["base_model"], device=device, dtype=dtype)
+        with _quiet_diffusers():
+            pipe.load_lora_weights(str(folder))
+        pipe.sdlab_model_name = str(folder)
+    pipe.sdlab_version = ModelVersion(info["name"], info["version"], folder, info)
+    return pipe
+
+
+@contextmanager
+def _quiet_diffusers():
+    """Hide diffusers' notes while loading LoRA (e.g. "no LoRA keys for the text encoder": none are meant)."""
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(level)
