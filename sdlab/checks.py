@@ -103,7 +103,7 @@ def matches_reference(image, reference: str | Path, tolerance: int = 3) -> Passe
 def follows_prompt(image, prompt: str, attributes=("colour", "background", "shape")) -> Passed:
     """For sdlab-tiny: the checker reads the attributes the prompt names back from the pixels."""
     from .tiny.checker import read_scene
-    from .tiny.world import parse_prompt
+    from .tiny.captions import parse_prompt
 
     wanted = {k: v for k, v in parse_prompt(prompt).items() if k in attributes}
     if not wanted:

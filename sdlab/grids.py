@@ -98,6 +98,13 @@ def labelled_grid(images: Sequence[Image.Image], row_labels: Sequence[str] = (),
     return canvas
 
 
+def enlarge(image: Image.Image, scale: int) -> Image.Image:
+    """`image` scaled up `scale` times with sharp pixels (nearest neighbour), so tiny images stay crisp."""
+    if scale <= 1:
+        return image
+    return image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+
+
 # ---- display (notebooks) ------------------------------------------------------------------
 
 def display_scale(image: Image.Image, target: int = 256) -> int:
@@ -110,9 +117,7 @@ def show_image(image: Image.Image, scale: int | None = None) -> None:
     from IPython.display import display
 
     scale = display_scale(image) if scale is None else scale
-    if scale > 1:
-        image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
-    display(image)
+    display(enlarge(image, scale))
 
 
 def show_images(images: Sequence[Image.Image], rows: int | None = None, cols: int | None = None,
@@ -120,5 +125,4 @@ def show_images(images: Sequence[Image.Image], rows: int | None = None, cols: in
     """Display images as one grid in a notebook (each enlarged like `show_image` would)."""
     images = list(images)
     scale = display_scale(images[0]) if scale is None else scale
-    show_image(image_grid([im.resize((im.width * scale, im.height * scale), Image.NEAREST) for im in images],
-                          rows, cols), scale=1)
+    show_image(image_grid([enlarge(im, scale) for im in images], rows, cols), scale=1)

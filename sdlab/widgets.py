@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 
 from .generation import MAX_GUIDANCE, generate
+from .grids import enlarge
 from .presets import find_preset
 from .schedulers import scheduler_name, scheduler_names
 from .seeds import random_seed
@@ -16,14 +17,9 @@ from .seeds import random_seed
 ALL_CONTROLS = ("prompt", "negative_prompt", "seed", "num_inference_steps", "guidance_scale", "scheduler")
 
 
-def _enlarged(image, scale: int):
-    """Small images scaled up with sharp pixels (nearest neighbour), for the screen."""
-    return image if scale == 1 else image.resize((image.width * scale, image.height * scale), 0)
-
-
 def _png(image, scale: int) -> bytes:
     buffer = io.BytesIO()
-    _enlarged(image, scale).save(buffer, format="PNG")
+    enlarge(image, scale).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -99,5 +95,5 @@ def explore(pipe, **settings) -> GenerationControls:
     result = controls.run()
     display(controls.widget())
     if result is not None:  # also a plain output, so saved/executed notebooks show the image
-        display(_enlarged(result.image, controls.scale))
+        display(enlarge(result.image, controls.scale))
     return controls

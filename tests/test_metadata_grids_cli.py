@@ -8,7 +8,7 @@ from PIL import Image
 from sdlab.cli import main
 from sdlab.errors import SdlabInputError
 from sdlab.generation import generate
-from sdlab.grids import image_grid, labelled_grid
+from sdlab.grids import enlarge, image_grid, labelled_grid
 from sdlab.metadata import format_parameters, parse_parameters, read_params, regenerate, save_png
 
 
@@ -52,6 +52,14 @@ def test_grids():
         labelled_grid(ims[:4], row_labels=["a", "b", "c"], col_labels=["x", "y"])
     with pytest.raises(SdlabInputError, match="same size"):
         image_grid([Image.new("RGB", (10, 10)), Image.new("RGB", (12, 10))])
+
+
+def test_enlarge_keeps_pixels_sharp():
+    image = Image.fromarray(np.array([[[255, 0, 0], [0, 0, 255]]], dtype=np.uint8))  # 2 × 1: red, blue
+    big = enlarge(image, 4)
+    assert big.size == (8, 4)
+    assert np.array_equal(np.asarray(big), np.asarray(image).repeat(4, axis=0).repeat(4, axis=1))
+    assert enlarge(image, 1) is image
 
 
 def test_cli_generate_then_regenerate(tmp_path, capsys):

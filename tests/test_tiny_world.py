@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from sdlab.tiny import checker, world
+from sdlab.tiny import captions, checker, world
 from sdlab.tiny.world import ATTRIBUTES, Scene
 
 
@@ -20,23 +20,23 @@ def test_scene_rejects_bad_attributes():
 
 
 def test_same_seed_gives_identical_examples():
-    a = world.make_examples(50, seed=3)
-    b = world.make_examples(50, seed=3)
+    a = captions.make_examples(50, seed=3)
+    b = captions.make_examples(50, seed=3)
     assert [t for _, t, _ in a] == [t for _, t, _ in b]
     assert [s for _, _, s in a] == [s for _, _, s in b]
     for (img_a, _, _), (img_b, _, _) in zip(a, b):
         assert np.array_equal(np.asarray(img_a), np.asarray(img_b))
-    c = world.make_examples(50, seed=4)
+    c = captions.make_examples(50, seed=4)
     assert [t for _, t, _ in a] != [t for _, t, _ in c]
 
 
 def test_batch_tensors_match_make_examples():
     torch = pytest.importorskip("torch")
-    images, captions, scenes = world.batch_tensors(20, seed=5)
-    examples = world.make_examples(20, seed=5)
+    images, texts, scenes = captions.batch_tensors(20, seed=5)
+    examples = captions.make_examples(20, seed=5)
     assert images.shape == (20, 3, 64, 64) and images.dtype == torch.float32
     assert images.min() >= -1 and images.max() <= 1
-    assert captions == [t for _, t, _ in examples]
+    assert texts == [t for _, t, _ in examples]
     assert scenes == [s for _, _, s in examples]
     pixels = np.stack([np.asarray(img) for img, _, _ in examples])
     from_tensor = ((images.permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().astype(np.uint8)
@@ -73,8 +73,8 @@ def test_caption_round_trip_through_parser():
     n = 3000
     for _ in range(n):
         scene = world.sample_scene(rng)
-        text, mentioned = world.caption_with_attributes(scene, rng)
-        assert world.parse_prompt(text) == mentioned, text
+        text, mentioned = captions.caption_with_attributes(scene, rng)
+        assert captions.parse_prompt(text) == mentioned, text
         assert mentioned == {a: getattr(scene, a) for a in mentioned}
         for a in mentioned:
             mentions[a] += 1
@@ -88,7 +88,8 @@ def test_caption_round_trip_through_parser():
 
 def test_canonical_prompt_names_everything():
     for scene in world.held_out_scenes(40):
-        assert world.parse_prompt(world.canonical_prompt(scene)) == scene.as_dict()
+        assert captions.parse_prompt(captions.canonical_prompt(scene)) == scene.as_dict()
+
 
 
 @pytest.mark.parametrize(
@@ -113,7 +114,7 @@ def test_canonical_prompt_names_everything():
     ],
 )
 def test_parse_prompt_examples(prompt, expected):
-    assert world.parse_prompt(prompt) == expected
+    assert captions.parse_prompt(prompt) == expected
 
 
 # ---------------------------------------------------------------- split
@@ -149,7 +150,7 @@ def _degrade(image, rng):
 
 
 def test_checker_reads_clean_renders():
-    examples = world.make_examples(1000, seed=11)
+    examples = captions.make_examples(1000, seed=11)
     result = checker.score([img for img, _, _ in examples], [s for _, _, s in examples])
     print("checker accuracy, clean renders:", result)
     for name in (*ATTRIBUTES, "all"):
@@ -158,7 +159,7 @@ def test_checker_reads_clean_renders():
 
 def test_checker_reads_degraded_renders():
     rng = np.random.default_rng(0)
-    examples = world.make_examples(1000, seed=12)
+    examples = captions.make_examples(1000, seed=12)
     images = [_degrade(img, rng) for img, _, _ in examples]
     result = checker.score(images, [s for _, _, s in examples])
     print("checker accuracy, blurred + noisy renders:", result)

@@ -33,7 +33,7 @@ def rating_widget(store: FeedbackStore, image_ids: list[int], *, user: str = "",
     """ipywidgets: each image with 1–5 star buttons, thumbs, a comment box and Save (writes to `store`)."""
     import ipywidgets as w
 
-    from ..grids import display_scale
+    from ..grids import display_scale, enlarge
 
     cards = []
     for image_id in image_ids:
@@ -41,7 +41,7 @@ def rating_widget(store: FeedbackStore, image_ids: list[int], *, user: str = "",
         image = item.image
         k = scale or display_scale(image, 128)
         buffer = io.BytesIO()
-        image.resize((image.width * k, image.height * k), Image.NEAREST).save(buffer, format="PNG")
+        enlarge(image, k).save(buffer, format="PNG")
         stars = w.ToggleButtons(options=[("👎", 1), ("2", 2), ("3", 3), ("4", 4), ("👍 5", 5)], value=None,
                                 style={"button_width": "34px"})
         comment = w.Text(placeholder="comment (optional)", layout=w.Layout(width=f"{image.width * k}px"))

@@ -1,10 +1,19 @@
 """sdlab-tiny: a procedural world of captioned shapes, and a checker that grades images of it.
 
-`world` makes deterministic (image, caption, scene) examples for training a
-tiny text-to-image model; `checker` reads the scene back from pixels so that
+`world` describes and renders scenes, and `captions` puts them into words, so
+together they make deterministic (image, caption, scene) examples for training
+a tiny text-to-image model; `checker` reads the scene back from pixels so that
 prompt adherence of generated images can be measured.
 """
 
+from .captions import (
+    batch_tensors,
+    canonical_prompt,
+    caption,
+    caption_with_attributes,
+    make_examples,
+    parse_prompt,
+)
 from .checker import Reading, adherence, read_scene, score
 from .world import (
     ATTRIBUTES,
@@ -13,15 +22,9 @@ from .world import (
     SHAPES,
     SIZES,
     Scene,
-    batch_tensors,
-    canonical_prompt,
-    caption,
-    caption_with_attributes,
     held_out_scenes,
     is_held_out,
-    make_examples,
     object_mask,
-    parse_prompt,
     sample_scene,
     train_scenes,
 )

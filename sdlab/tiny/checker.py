@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from .captions import parse_prompt
 from .world import (
     ATTRIBUTES,
     COLOUR_NAMES,
@@ -33,7 +34,6 @@ from .world import (
     SHAPES,
     SIZE_FRACTION,
     Scene,
-    parse_prompt,
     shape_alpha,
 )
 
@@ -86,7 +86,7 @@ def to_array(image) -> np.ndarray:
 
     Accepts a PIL image, a numpy array (H x W x 3 or H x W, 0..255, or floats
     in 0..1), or a torch tensor (3 x H x W in [-1, 1], the format of
-    `world.batch_tensors`).
+    `captions.batch_tensors`).
     """
     if isinstance(image, Image.Image):
         return np.asarray(image.convert("RGB"), dtype=np.float32)
@@ -330,7 +330,7 @@ def adherence(image, target) -> dict[str, bool]:
 
     `target` may be a Scene (all five attributes), a dict such as
     {"shape": "circle", "colour": "red"}, or a prompt string (parsed with
-    `world.parse_prompt`).
+    `captions.parse_prompt`).
     """
     reading = read_scene(image)
     return {name: getattr(reading, name) == value for name, value in _target_attributes(target).items()}

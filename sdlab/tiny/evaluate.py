@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .captions import canonical_prompt
 from .checker import score
-from .world import Scene, canonical_prompt, held_out_scenes
+from .world import Scene, held_out_scenes
 
 ATTRIBUTES = ("colour", "background", "shape", "position", "size")
 MAIN = ("colour", "background", "shape", "position")  # "mean" averages these four

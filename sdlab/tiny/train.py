@@ -19,9 +19,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..tokenizer import load_clip_tokenizer
+from .captions import batch_tensors
 from .config import TrainConfig
 from .model import build_scheduler, build_text_encoder, build_unet, build_vae
-from .world import batch_tensors, object_mask
+from .world import object_mask
 
 
 def _lr_at(step: int, total: int, peak: float, warmup: int) -> float:

@@ -1,0 +1,107 @@
+"""The grading report: each submission's scored notebook and page, then grades.csv and index.html.
+
+`save_result` writes one graded submission into `out/<student>/`; `write_report` reads every
+`*.grade.json` under `out` back, so runs (or cluster jobs) over parts of a class add up to one
+report.
+"""
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+import os
+import re
+from dataclasses import asdict
+from pathlib import Path
+
+import nbformat
+
+from .grading_notebook import STATUSES, Grade, Submission
+
+COLUMNS = ("student", "notebook", "exercise", "points", "max", "status", "message")
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^\w.-]", "_", name).lstrip(".") or "_"
+
+
+def _table(rows: list[Grade], href=None) -> str:
+    """An HTML table of grades; `href(row)` links each notebook name to its page."""
+    def td(r, c):
+        text = html.escape(str(getattr(r, c)))
+        return f"<td><a href='{href(r)}'>{text}</a></td>" if c == "notebook" and href else f"<td>{text}</td>"
+
+    head = "".join(f"<th>{c}</th>" for c in COLUMNS)
+    body = "".join(f"<tr class='{'passed' if r.status == 'passed' else 'lost'}'>{''.join(td(r, c) for c in COLUMNS)}"
+                   "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _page(title: str, body: str) -> str:
+    style = ("body{font-family:sans-serif;margin:2em}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}"
+             "table{border-collapse:collapse}.passed{background:#efe}.lost{background:#fee}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>")
+
+
+def save_result(out: Path, sub: Submission, grades: list[Grade], nb, seconds: float) -> None:
+    """Write out/<student>/<notebook>.{grade.json,ipynb,html}: one submission's share of the report."""
+    from nbconvert import HTMLExporter
+
+    folder = Path(out) / _slug(sub.student)
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = _slug(sub.notebook)
+    got, most = sum(g.points for g in grades), sum(g.max for g in grades)
+    summary = nbformat.v4.new_markdown_cell(
+        f"<h2>{html.escape(sub.student)} · {html.escape(sub.notebook)}: {got:g}/{most:g} points</h2>"
+        f"<p>Graded from {html.escape(sub.path.name)} in {seconds:.0f} s. Hidden tests are the cells after "
+        f"each exercise that the blank notebook does not have.</p>" + _table(grades))
+    shown = nb if nb is not None else nbformat.v4.new_notebook()
+    if nb is not None:
+        nbformat.write(nb, folder / f"{stem}.ipynb")
+    shown.cells.insert(0, summary)
+    try:
+        page = HTMLExporter().from_notebook_node(shown)[0]
+    except Exception as err:  # an output nbconvert cannot render: the scores still count
+        note = f"<p>not rendered: {html.escape(repr(err))}</p>"
+        page = _page(f"{sub.student} · {sub.notebook}", _table(grades) + note)
+    (folder / f"{stem}.html").write_text(page, encoding="utf-8")
+    result = {"submission": str(sub.path), "seconds": round(seconds, 1), "grades": [asdict(g) for g in grades]}
+    (folder / f"{stem}.grade.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+
+
+def _replace(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)  # readers (and other jobs writing the same report) never see half a file
+
+
+def write_report(out: str | Path) -> list[Grade]:
+    """grades.csv, index.html and a page per student, from every *.grade.json under `out`."""
+    out = Path(out)
+    rows = [Grade(**g) for f in sorted(out.glob("*/*.grade.json"))
+            for g in json.loads(f.read_text(encoding="utf-8"))["grades"]]
+    rows.sort(key=lambda r: (r.student, r.notebook))  # stable: exercises keep the notebook's order
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    writer.writerows([r.student, r.notebook, r.exercise, f"{r.points:g}", f"{r.max:g}", r.status, r.message]
+                     for r in rows)
+    _replace(out / "grades.csv", table.getvalue())
+    totals = {}
+    for r in rows:
+        got, most = totals.get(r.student, (0, 0))
+        totals[r.student] = (got + r.points, most + r.max)
+    summary = "".join(f"<tr><td><a href='{_slug(s)}/index.html'>{html.escape(s)}</a></td><td>{g:g}/{m:g}</td></tr>"
+                      for s, (g, m) in totals.items())
+    legend = "".join(f"<li><b>{s}</b>: {html.escape(meaning)}</li>" for s, meaning in STATUSES.items())
+    _replace(out / "index.html", _page("Grades", (
+        f"<p><a href='grades.csv'>grades.csv</a></p><table><tr><th>student</th><th>points</th></tr>{summary}</table>"
+        f"<h2>Every exercise</h2>{_table(rows, lambda r: f'{_slug(r.student)}/{_slug(r.notebook)}.html')}"
+        f"<ul>{legend}</ul>")))
+    for student, (got, most) in totals.items():
+        mine = [r for r in rows if r.student == student]
+        _replace(out / _slug(student) / "index.html", _page(f"{student}: {got:g}/{most:g} points", (
+            "<p><a href='../index.html'>all students</a></p>" + _table(mine, lambda r: f"{_slug(r.notebook)}.html"))))
+    return rows
