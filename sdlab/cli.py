@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data-workers", type=int, default=None,
                        help="processes rendering batches ahead (default: 0 on a CPU, more beside a GPU)")
     train.add_argument("--eval-every", type=int, default=None, help="log held-out adherence every N UNet steps")
-    train.add_argument("--mixed-precision", default="bf16", choices=["no", "bf16", "fp16"])
+    train.add_argument("--mixed-precision", default="bf16", choices=["no", "bf16"])
     train.add_argument("--minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
     train.add_argument("--export", default=None, help="save the EMA pipeline to this folder when done")
     train.set_defaults(func=_train_tiny)

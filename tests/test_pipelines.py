@@ -36,7 +36,7 @@ def test_cpu_choice_and_fp16_on_cpu_is_a_teaching_error():
 
 
 def test_unknown_preset_lists_what_exists(tmp_path):
-    with pytest.raises(SdlabInputError, match="sdlab-tiny, tiny-random, sd15, sd-turbo"):
+    with pytest.raises(SdlabInputError, match="sdlab-tiny, tiny-random, sd15-random, sd15, sd-turbo"):
         load_pipeline("no-such-model")
     with pytest.raises(SdlabInputError, match="model_index.json"):
         load_pipeline(str(tmp_path))

@@ -88,7 +88,11 @@ class Trainer:
         self.cfg = config
         self.out = Path(config.out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.acc = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
+        if config.mixed_precision not in ("no", "bf16"):
+            raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {config.mixed_precision!r}")
+        # precision is set by `autocast` below, not in accelerate's process-wide state, so other
+        # training in the same process (a fine-tune, a notebook) keeps its own
+        self.acc = Accelerator(cpu=not torch.cuda.is_available())
         torch.manual_seed(config.seed)
         self.tokenizer = load_clip_tokenizer()
         self.scheduler = build_scheduler()
@@ -156,6 +160,10 @@ class Trainer:
         with open(self.out / "train.log", "a") as f:
             f.write(json.dumps(values) + "\n")
 
+    def autocast(self):
+        """bfloat16 autocast for the forward passes when `mixed_precision="bf16"`."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.mixed_precision == "bf16")
+
     # -- data -----------------------------------------------------------------------------
     def batches(self, start: int, phase: str):
         """(images, captions, masks) for step `start`, `start + 1`, … (rendered ahead by workers)."""
@@ -177,7 +185,7 @@ class Trainer:
             weight = 1 + (cfg.object_weight - 1) * masks[:, None].float()
             for group in self.vae_opt.param_groups:
                 group["lr"] = _lr_at(self.vae_step, cfg.vae_steps, cfg.vae_lr, cfg.warmup_steps)
-            with self.acc.autocast():
+            with self.autocast():
                 posterior = vae.encode(images).latent_dist
                 recon = vae.decode(posterior.mode()).sample.float()  # decoder learns from the mean
                 err = recon - images
@@ -255,7 +263,7 @@ class Trainer:
             a = alphas[t].sqrt()[:, None, None, None]
             s = (1 - alphas[t]).sqrt()[:, None, None, None]
             noisy, target = a * latents + s * noise, a * noise - s * latents  # v-prediction target
-            with self.acc.autocast():
+            with self.autocast():
                 text = self.encode_text(captions, text_encoder)
                 pred = unet(noisy, t, text).sample
                 loss = F.mse_loss(pred.float(), target)
