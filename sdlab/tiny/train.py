@@ -79,6 +79,27 @@ class _StepsFrom(torch.utils.data.Sampler):
             step += 1
 
 
+class _StepsToDeadline:
+    """How many steps fit before a deadline, measured: times the steps after the first 20
+    (allocation, workers starting) for 300 steps or a tenth of the time left, whichever ends first."""
+
+    def __init__(self, step: int, deadline: float):
+        self.first, self.started, self.deadline = step + 20, None, deadline
+        self.window = (deadline - time.time()) / 10
+        self.rate = 0.0
+
+    def fit(self, step: int) -> int | None:
+        """The total step count once measured (the 2 % margin keeps the last steps in time), else None."""
+        now = time.time()
+        if self.started is None:
+            self.started = now if step == self.first else None
+            return None
+        if step < self.first + 300 and now - self.started <= self.window:
+            return None
+        self.rate = (step - self.first) / (now - self.started)
+        return step + max(1, int(self.rate * (self.deadline - now) * 0.98))
+
+
 class Trainer:
     """Holds the models, optimizers and progress; `run()` trains what is left and resumes."""
 
@@ -225,12 +246,6 @@ class Trainer:
         t[high] = torch.randint(int(steps * 0.7), steps, (int(high.sum()),), generator=generator)
         return t
 
-    def _fit_schedule(self, started: float, first_step: int, deadline: float) -> None:
-        """Set the number of UNet steps so the LR schedule ends at the deadline (measured speed)."""
-        rate = (self.unet_step - first_step) / (time.time() - started)
-        self.cfg.unet_steps = self.unet_step + max(1, int(rate * (deadline - time.time()) * 0.98))
-        self.log(phase="schedule", step=self.unet_step, unet_steps=self.cfg.unet_steps, steps_per_s=rate)
-
     def train_unet(self, deadline: float, fit_to_deadline: bool = False) -> None:
         cfg = self.cfg
         vae = self.acc.unwrap_model(self.vae).eval().requires_grad_(False)
@@ -240,17 +255,12 @@ class Trainer:
         alphas = self.scheduler.alphas_cumprod.to(self.device)
         bar = tqdm(total=cfg.unet_steps, initial=self.unet_step, desc="UNet", disable=None)
         data = self.batches(self.unet_step, "unet")
-        # fitting the schedule: time steps after the first 20 (allocation, workers starting), for
-        # 300 steps or a tenth of the time left, whichever comes first
-        timing_from, window = (self.unet_step + 20, None), (deadline - time.time()) / 10
+        fitter = _StepsToDeadline(self.unet_step, deadline) if fit_to_deadline else None
         while self.unet_step < cfg.unet_steps and time.time() < deadline:
-            if fit_to_deadline and self.unet_step == timing_from[0]:
-                timing_from = (self.unet_step, time.time())
-            elif fit_to_deadline and timing_from[1] and (self.unet_step == timing_from[0] + 300 or (
-                    self.unet_step > timing_from[0] and time.time() - timing_from[1] > window)):
-                self._fit_schedule(timing_from[1], timing_from[0], deadline)
-                fit_to_deadline = False
-                bar.total = cfg.unet_steps
+            if fitter and (total := fitter.fit(self.unet_step)):
+                cfg.unet_steps = bar.total = total
+                self.log(phase="schedule", step=self.unet_step, unet_steps=total, steps_per_s=fitter.rate)
+                fitter = None
             images, captions, _ = next(data)
             drop = torch.rand(len(captions), generator=generator) < cfg.caption_dropout
             captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
