@@ -80,7 +80,8 @@ def run(model: str = "sdlab-tiny", images: int = 8, steps: int | None = None, pr
         flop_limit: float | None = None, fast: bool = False, size: int | None = None) -> Iterator[str]:
     """Measure, yielding the report's lines as they come (the caller prints them).
 
-    fast: also time the guidance sweep with `speed_up` (channels_last, then torch.compile).
+    fast: also time the sweep and the batch with `speed_up`: channels_last and fused QKV, then
+    torch.compile of the UNet (its compile time printed apart).
     size: image height and width (default: the model's; smaller makes SD 1.5's work CPU-sized).
     """
     pipe = load_pipeline(model, device=device, dtype=dtype, progress=False)
