@@ -111,12 +111,14 @@ def run(model: str = "sdlab-tiny", images: int = 8, steps: int | None = None, pr
     def sweep():
         return guidance_sweep(pipe, prompt, GUIDANCE_VALUES, seed=seed, **hw)
 
+    def batch():
+        return generate(pipe, prompt, seed=seed, num_images_per_prompt=images, **hw)
+
     timings = {}
     timings["loop"] = _timed(f"loop, one image per call, {fp32} (course's way)", images, dev, lambda: [
         generate(course, prompt, seed=seed + i, **hw) for i in range(images)])
     yield row(timings["loop"])
-    timings["batch"] = _timed(f"one batch of {images}, {sd}", images, dev, lambda: generate(
-        pipe, prompt, seed=seed, num_images_per_prompt=images, **hw))
+    timings["batch"] = _timed(f"one batch of {images}, {sd}", images, dev, batch)
     yield row(timings["batch"])
     n = len(GUIDANCE_VALUES)
     timings["g_loop"] = _timed(f"{n} guidance values, one call each, {fp32}", n, dev, lambda: [
@@ -129,9 +131,6 @@ def run(model: str = "sdlab-tiny", images: int = 8, steps: int | None = None, pr
     timings["sweep"] = _timed(f"guidance sweep, one batched loop, {sd}", n, dev, sweep)
     yield row(timings["sweep"])
     if fast:
-        def batch():
-            return generate(pipe, prompt, seed=seed, num_images_per_prompt=images, **hw)
-
         speed_up(pipe, channels_last=True, fuse_qkv=True)
         sweep(), batch()
         timings["sweep_cl"] = _timed("sweep + channels_last + fused QKV", n, dev, sweep)
@@ -139,11 +138,11 @@ def run(model: str = "sdlab-tiny", images: int = 8, steps: int | None = None, pr
         timings["batch_cl"] = _timed(f"batch of {images} + channels_last + fused QKV", images, dev, batch)
         yield row(timings["batch_cl"])
         speed_up(pipe, channels_last=False, compile=True)
-        for name, count, fn in (("sweep", n, sweep), (f"batch of {images}", images, batch)):
+        for key, name, count, fn in (("sweep_compiled", "sweep", n, sweep),
+                                     ("batch_compiled", f"batch of {images}", images, batch)):
             start = time.perf_counter()
             fn()  # compiles for this batch shape
             yield f"  (torch.compile for the {name}'s shape took {time.perf_counter() - start:.0f} s)"
-            key = "sweep_compiled" if fn is sweep else "batch_compiled"
             timings[key] = _timed(f"{name} + all of the above + torch.compile", count, dev, fn)
             yield row(timings[key])
     if dev.type != "cuda":

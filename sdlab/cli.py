@@ -54,11 +54,9 @@ def _train_tiny(args) -> None:
     if fit and not args.minutes:
         raise SdlabInputError("--unet-steps auto fits the UNet's schedule to --minutes: give --minutes too")
     workers = args.data_workers if args.data_workers is not None else _default_data_workers()
-    cfg = TrainConfig(out_dir=args.out, vae_steps=args.vae_steps, unet_steps=0 if fit else int(args.unet_steps),
-                      batch_size=args.batch_size, mixed_precision=args.mixed_precision, data_workers=workers,
-                      vae_from=args.vae_from)
-    if fit:
-        cfg.unet_steps = 10**9  # until the speed is measured
+    cfg = TrainConfig(out_dir=args.out, vae_steps=args.vae_steps, batch_size=args.batch_size,
+                      unet_steps=10**9 if fit else args.unet_steps,  # auto: set once the speed is measured
+                      mixed_precision=args.mixed_precision, data_workers=workers, vae_from=args.vae_from)
     if args.unet_lr:
         cfg.unet_lr = args.unet_lr
     if args.eval_every:

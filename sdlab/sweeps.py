@@ -118,11 +118,10 @@ def _chunks(values: list, size: int) -> list[list]:
     return [values[i:i + size] for i in range(0, len(values), size)]
 
 
-def _seed_batch(pipe, prompt, seeds, kwargs, max_batch: int | None = None):
+def _seed_batch(pipe, prompt, seeds, kwargs):
     """Batched calls (as few as fit): the same prompt and settings, one image per seed."""
     text = kwargs.pop("prompt", prompt)
-    size = max_batch or images_per_call(pipe, kwargs.get("height") or default_size(pipe),
-                                        kwargs.get("width") or default_size(pipe))
+    size = images_per_call(pipe, kwargs.get("height") or default_size(pipe), kwargs.get("width") or default_size(pipe))
     return [item for chunk in _chunks(list(seeds), size)
             for item in generate(pipe, [text] * len(chunk), seed=chunk, **kwargs)]
 

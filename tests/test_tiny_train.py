@@ -55,6 +55,8 @@ def test_bad_training_options_say_what_to_change(tmp_path, capsys):
     assert "give a number of steps or 'auto'" in capsys.readouterr().err
     assert main(["train-tiny", "--out", str(tmp_path), "--unet-steps", "auto"]) != 0
     assert "--minutes" in capsys.readouterr().err
+    assert main(["train-tiny", "--out", str(tmp_path / "run"), "--vae-from", str(tmp_path)]) != 0
+    assert "has no vae/ folder" in capsys.readouterr().err
     with pytest.raises(ValueError, match="same TinyConfig"):
         Trainer(TrainConfig(out_dir=str(tmp_path), vae_from=str(MODEL),
                             model=TrainConfig().model.__class__(vae_channels=(8, 16, 32))))

@@ -8,6 +8,7 @@ one. `sdlab train-tiny --out runs/sdlab-tiny` is the whole recipe.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import math
 import time
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..errors import SdlabInputError
 from ..tokenizer import load_clip_tokenizer
 from .captions import batch_tensors
 from .config import TrainConfig
@@ -66,19 +68,6 @@ class _Batches(torch.utils.data.Dataset):
         return images, captions, masks
 
 
-class _StepsFrom(torch.utils.data.Sampler):
-    """Step numbers from `start` on (the batches still to train, in order)."""
-
-    def __init__(self, start: int):
-        self.start = start
-
-    def __iter__(self):
-        step = self.start
-        while True:
-            yield step
-            step += 1
-
-
 class _StepsToDeadline:
     """How many steps fit before a deadline, measured: times the steps after the first 20
     (allocation, workers starting) for 300 steps or a tenth of the time left, whichever ends first."""
@@ -110,7 +99,7 @@ class Trainer:
         self.out = Path(config.out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         if config.mixed_precision not in ("no", "bf16"):
-            raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {config.mixed_precision!r}")
+            raise SdlabInputError(f"mixed_precision must be 'no' or 'bf16', got {config.mixed_precision!r}")
         # precision is set by `autocast` below, not in accelerate's process-wide state, so other
         # training in the same process (a fine-tune, a notebook) keeps its own
         self.acc = Accelerator(cpu=not torch.cuda.is_available())
@@ -157,9 +146,12 @@ class Trainer:
         """Start from the VAE of an exported pipeline (phase 1 done): retrain only what comes after."""
         from diffusers import AutoencoderKL
 
+        if not (Path(folder) / "vae" / "config.json").is_file():
+            raise SdlabInputError(f"{folder} has no vae/ folder; give a diffusers pipeline folder such as "
+                                  f"models/sdlab-tiny")
         trained = AutoencoderKL.from_pretrained(folder, subfolder="vae")
         if list(trained.config.block_out_channels) != list(self.vae.config.block_out_channels):
-            raise ValueError(f"the VAE in {folder} has channels {trained.config.block_out_channels}, this model "
+            raise SdlabInputError(f"the VAE in {folder} has channels {trained.config.block_out_channels}, this model "
                              f"{self.vae.config.block_out_channels}: give a folder made with the same TinyConfig")
         self.vae.load_state_dict(trained.state_dict())
         self.vae.register_to_config(scaling_factor=trained.config.scaling_factor)
@@ -190,7 +182,7 @@ class Trainer:
         """(images, captions, masks) for step `start`, `start + 1`, … (rendered ahead by workers)."""
         workers = self.cfg.data_workers
         loader = torch.utils.data.DataLoader(
-            _Batches(self.cfg, phase), batch_size=None, sampler=_StepsFrom(start), num_workers=workers,
+            _Batches(self.cfg, phase), batch_size=None, sampler=itertools.count(start), num_workers=workers,
             prefetch_factor=4 if workers else None, persistent_workers=False, pin_memory=torch.cuda.is_available())
         for images, captions, masks in loader:
             yield images.to(self.device, non_blocking=True), list(captions), masks.to(self.device)
