@@ -81,7 +81,8 @@ def run(model: str = "sdlab-tiny", images: int = 8, steps: int | None = None, pr
     """Measure, yielding the report's lines as they come (the caller prints them).
 
     fast: also time the sweep and the batch with `speed_up`: channels_last and fused QKV, then
-    torch.compile of the UNet (its compile time printed apart).
+    torch.compile of the UNet (its compile time printed apart), and on a GPU CUDA graphs
+    (torch.compile's "reduce-overhead").
     size: image height and width (default: the model's; smaller makes SD 1.5's work CPU-sized).
     """
     pipe = load_pipeline(model, device=device, dtype=dtype, progress=False)
@@ -145,6 +146,15 @@ def run(model: str = "sdlab-tiny", images: int = 8, steps: int | None = None, pr
             yield f"  (torch.compile for the {name}'s shape took {time.perf_counter() - start:.0f} s)"
             timings[key] = _timed(f"{name} + all of the above + torch.compile", count, dev, fn)
             yield row(timings[key])
+        if dev.type == "cuda":  # CUDA graphs: one replay per UNet call instead of hundreds of launches
+            speed_up(pipe, channels_last=False, compile="reduce-overhead")
+            for key, name, count, fn in (("sweep_graphs", "sweep", n, sweep),
+                                         ("batch_graphs", f"batch of {images}", images, batch)):
+                start = time.perf_counter()
+                fn(), fn()  # compiles, then records the graph
+                yield f"  (compiling with CUDA graphs for the {name}'s shape took {time.perf_counter() - start:.0f} s)"
+                timings[key] = _timed(f"{name} + channels_last, QKV, CUDA graphs", count, dev, fn)
+                yield row(timings[key])
     if dev.type != "cuda":
         yield f"peak memory (process RSS): {peak_memory_mb():.0f} MB"
     best_sweep = min((t for k, t in timings.items() if k.startswith("sweep")), key=lambda t: t.seconds)

@@ -56,11 +56,14 @@ def _train_tiny(args) -> None:
     workers = args.data_workers if args.data_workers is not None else _default_data_workers()
     cfg = TrainConfig(out_dir=args.out, vae_steps=args.vae_steps, batch_size=args.batch_size,
                       unet_steps=10**9 if fit else args.unet_steps,  # auto: set once the speed is measured
-                      mixed_precision=args.mixed_precision, data_workers=workers, vae_from=args.vae_from)
+                      mixed_precision=args.mixed_precision, data_workers=workers, vae_from=args.vae_from,
+                      init_from=args.init_from)
     if args.unet_lr:
         cfg.unet_lr = args.unet_lr
     if args.eval_every:
         cfg.eval_every = args.eval_every
+    if args.high_noise_share is not None:
+        cfg.high_noise_share = args.high_noise_share
     trainer = Trainer(cfg)
     trainer.run(minutes=args.minutes, fit_to_deadline=fit)
     if args.export:
@@ -259,6 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     train.add_argument("--unet-lr", type=float, default=None, help=f"peak LR (default {TrainConfig.unet_lr})")
     train.add_argument("--vae-from", default=None, help="keep the trained VAE of this model folder (skips phase 1)")
+    train.add_argument("--init-from", default=None,
+                       help="fine-tune this model folder: keep its VAE, train on its UNet and text encoder")
+    train.add_argument("--high-noise-share", type=float, default=None,
+                       help=f"extra share of samples at high noise, where layout is decided "
+                            f"(default {TrainConfig.high_noise_share})")
     train.add_argument("--data-workers", type=int, default=None,
                        help="processes rendering batches ahead (default: 0 on a CPU, more beside a GPU)")
     train.add_argument("--eval-every", type=int, default=None, help="log held-out adherence every N UNet steps")

@@ -100,7 +100,7 @@ def _resolve_source(model: str) -> tuple[str, object]:
 def load_pipeline(model: str = "sdlab-tiny", *, device: str = "auto", dtype: str | torch.dtype = "auto",
                   scheduler: str | None = None, safety_checker: bool | None = None,
                   progress: bool | None = None, channels_last: bool = False, fuse_qkv: bool = False,
-                  compile: bool = False):
+                  compile: bool | str = False):
     """Load a text-to-image pipeline, ready on the chosen device.
 
     model: a preset (`sdlab-tiny`, `tiny-random`, `sd15`, `sd-turbo`), a diffusers folder or a hub id.
@@ -132,7 +132,11 @@ def load_pipeline(model: str = "sdlab-tiny", *, device: str = "auto", dtype: str
     return pipe
 
 
-def speed_up(pipe, *, channels_last: bool = True, fuse_qkv: bool = False, compile: bool = False):
+#: `torch.compile` modes `speed_up` accepts (True is "default").
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def speed_up(pipe, *, channels_last: bool = True, fuse_qkv: bool = False, compile: bool | str = False):
     """Opt-in speed-ups for GPUs (the same images, within float rounding):
 
     channels_last: UNet and VAE convolutions in NHWC, the layout tensor cores read best.
@@ -141,16 +145,22 @@ def speed_up(pipe, *, channels_last: bool = True, fuse_qkv: bool = False, compil
     compile: `torch.compile` the UNet; the first call compiles (46 s for SD 1.5 on an H200, again
     for each new batch shape), so it pays off in long sweeps. (Inductor's coordinate-descent
     tuning, which diffusers' guide also suggests, made compiling take over 3 minutes.)
+    A mode name compiles with that `torch.compile` mode: "reduce-overhead" replays each UNet call
+    as a CUDA graph (no per-kernel launch cost; on a CPU it is the default mode).
     Attention already runs PyTorch's scaled_dot_product_attention (flash or memory-efficient
     kernels) in diffusers.
     """
+    mode = "default" if compile is True else compile or None
+    if mode not in (None, *COMPILE_MODES):
+        raise SdlabInputError(f"compile={compile!r} is not a torch.compile mode; give True or one of {COMPILE_MODES}")
     if channels_last:
         pipe.unet.to(memory_format=torch.channels_last)
         pipe.vae.to(memory_format=torch.channels_last)
     if fuse_qkv and hasattr(pipe, "fuse_qkv_projections"):
         pipe.fuse_qkv_projections(unet=True, vae=False)
-    if compile and not hasattr(pipe.unet, "_orig_mod"):
-        pipe.unet = torch.compile(pipe.unet)
+    if mode and getattr(pipe, "sdlab_compile_mode", None) != mode:
+        pipe.unet = torch.compile(getattr(pipe.unet, "_orig_mod", pipe.unet), mode=mode)
+        pipe.sdlab_compile_mode = mode
     pipe.sdlab_speed_ups = (channels_last, fuse_qkv, compile)
     return pipe
 

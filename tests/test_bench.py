@@ -2,9 +2,11 @@
 import re
 
 import numpy as np
+import pytest
 import torch
 
 from sdlab.cli import main
+from sdlab.errors import SdlabInputError
 from sdlab.pipelines import load_pipeline, speed_up
 from sdlab.sweeps import guidance_sweep
 from sdlab.testing import build_sd15_random_pipeline
@@ -36,9 +38,11 @@ def test_sd15_random_has_stable_diffusion_1_5s_architecture():
 def test_speed_ups_keep_the_images(tiny_pipe):
     pipe = load_pipeline("tiny-random")
     before = guidance_sweep(pipe, "a red circle", [1, 7.5], seed=3).images
-    speed_up(pipe, channels_last=True, fuse_qkv=True, compile=True)
+    with pytest.raises(SdlabInputError, match="not a torch.compile mode"):
+        speed_up(pipe, compile="fastest")
+    speed_up(pipe, channels_last=True, fuse_qkv=True, compile="reduce-overhead")  # CUDA graphs need a GPU
     assert pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
-    assert hasattr(pipe.unet, "_orig_mod")  # compiled
+    assert hasattr(pipe.unet, "_orig_mod") and pipe.sdlab_compile_mode == "reduce-overhead"  # compiled
     after = guidance_sweep(pipe, "a red circle", [1, 7.5], seed=3).images
     for a, b in zip(before, after):
         assert np.abs(np.asarray(a, int) - np.asarray(b, int)).max() <= 2

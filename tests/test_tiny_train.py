@@ -6,6 +6,9 @@ import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline
 
 from sdlab.cli import main
+from sdlab.errors import SdlabInputError
+from sdlab.tiny.config import TinyConfig
+from sdlab.tiny.model import build_unet, widen_conv_in
 from sdlab.tiny.train import TrainConfig, Trainer, _Batches
 
 from test_tiny_model import MODEL
@@ -60,3 +63,37 @@ def test_bad_training_options_say_what_to_change(tmp_path, capsys):
     with pytest.raises(ValueError, match="same TinyConfig"):
         Trainer(TrainConfig(out_dir=str(tmp_path), vae_from=str(MODEL),
                             model=TrainConfig().model.__class__(vae_channels=(8, 16, 32))))
+
+
+def test_widening_conv_in_keeps_the_unet_the_same():
+    small = dict(unet_channels=(8, 16, 32), attention_heads=2, text_width=16)
+    narrow = build_unet(TinyConfig(unet_conv_in_kernel=3, **small)).eval()
+    wide = build_unet(TinyConfig(unet_conv_in_kernel=17, **small)).eval()
+    wide.load_state_dict(widen_conv_in(narrow.state_dict(), 17))
+    x, t, text = torch.randn(2, 4, 16, 16), torch.tensor([999, 10]), torch.randn(2, 77, 16)
+    with torch.no_grad():
+        assert torch.allclose(wide(x, t, text).sample, narrow(x, t, text).sample, atol=1e-6)
+    with pytest.raises(ValueError, match="cannot widen"):
+        widen_conv_in(narrow.state_dict(), 4)
+
+
+def test_init_from_starts_every_model_from_the_folder_and_a_resume_keeps_its_own(tmp_path):
+    shipped = StableDiffusionPipeline.from_pretrained(MODEL)
+    kernel = shipped.unet.config.conv_in_kernel
+    config = TrainConfig(out_dir=str(tmp_path), init_from=str(MODEL), batch_size=2, unet_steps=1,
+                         model=TinyConfig(unet_conv_in_kernel=kernel))
+    trainer = Trainer(config)
+    for ours, theirs in ((trainer.unet, shipped.unet), (trainer.unet_ema.module, shipped.unet),
+                         (trainer.text_encoder, shipped.text_encoder), (trainer.vae, shipped.vae)):
+        assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), theirs.state_dict().values()))
+    assert trainer.vae_step == config.vae_steps  # phase 1 is skipped: the VAE is trained
+    trainer.run()
+    resumed = Trainer(config)  # the checkpoint wins over the folder
+    assert resumed.unet_step == 1
+    assert not all(torch.equal(a, b) for a, b in zip(resumed.unet.state_dict().values(),
+                                                        shipped.unet.state_dict().values()))
+
+
+def test_init_from_a_model_of_other_sizes_says_so(tmp_path):
+    with pytest.raises(SdlabInputError, match="other sizes than this TinyConfig"):
+        Trainer(TrainConfig(out_dir=str(tmp_path), init_from=str(MODEL), model=TinyConfig(text_width=32)))

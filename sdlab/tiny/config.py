@@ -17,6 +17,10 @@ class TinyConfig:
     latent_channels: int = 4
     unet_channels: tuple[int, ...] = (32, 64, 128)
     unet_layers_per_block: int = 1
+    #: The UNet's first convolution. Wider than the latents (16), so that its zero padding gives
+    #: every latent cell a different view: the UNet's only sense of where it is in the image,
+    #: which "top left" needs (with 3x3, position stayed at chance).
+    unet_conv_in_kernel: int = 17
     attention_heads: int = 4
     text_width: int = 64
     text_layers: int = 3
@@ -50,6 +54,7 @@ class TrainConfig:
     eval_every: int = 2000  # measure held-out adherence with the EMA weights this often
     data_workers: int = 0  # processes rendering batches ahead (0: render in the training process)
     vae_from: str | None = None  # a diffusers folder whose trained VAE to keep (skips phase 1)
+    init_from: str | None = None  # a diffusers folder to start all three models from (a fine-tune)
     seed: int = 0
     mixed_precision: str = "bf16"  # "no" for full float32
     model: TinyConfig = field(default_factory=TinyConfig)

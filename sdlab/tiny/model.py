@@ -6,6 +6,9 @@ Differences from SD 1.5, each for a reason:
 * a cosine noise schedule whose last step is (almost) pure noise, with v-prediction and
   "trailing" timesteps, so sampling starts from noise the model has really seen — the image's
   colours and layout then come from the prompt, not from leftovers in the noise;
+* the UNet's first convolution is 17x17, wider than the 16x16 latents: convolutions do not know
+  where they are, and its zero padding is what tells each cell its place (with SD's 3x3, the
+  words "top left" had no effect at all);
 * the text also enters the UNet's timestep embedding (`addition_embed_type="text"`), a global
   path that makes colours and background follow the prompt quickly.
 """
@@ -40,6 +43,7 @@ def build_unet(cfg: TinyConfig) -> UNet2DConditionModel:
     return UNet2DConditionModel(
         sample_size=cfg.image_size // factor, in_channels=cfg.latent_channels, out_channels=cfg.latent_channels,
         block_out_channels=cfg.unet_channels, layers_per_block=cfg.unet_layers_per_block,
+        conv_in_kernel=cfg.unet_conv_in_kernel,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=cfg.text_width, attention_head_dim=cfg.attention_heads, norm_num_groups=8,
@@ -61,3 +65,13 @@ def build_scheduler() -> DDIMScheduler:
 
 def count_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def widen_conv_in(state: dict, kernel: int) -> dict:
+    """A UNet state dict whose `conv_in` kernel is zero-padded (centred) to `kernel` x `kernel`:
+    the same function as before, with new outer taps to learn."""
+    weight = state["conv_in.weight"]
+    pad = (kernel - weight.shape[-1]) // 2
+    if pad < 0 or weight.shape[-1] + 2 * pad != kernel:
+        raise ValueError(f"cannot widen a {weight.shape[-1]}x{weight.shape[-1]} conv_in to {kernel}x{kernel}")
+    return state | {"conv_in.weight": torch.nn.functional.pad(weight, (pad,) * 4)}

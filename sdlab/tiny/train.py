@@ -23,7 +23,7 @@ from ..errors import SdlabInputError
 from ..tokenizer import load_clip_tokenizer
 from .captions import batch_tensors
 from .config import TrainConfig
-from .model import build_scheduler, build_text_encoder, build_unet, build_vae
+from .model import build_scheduler, build_text_encoder, build_unet, build_vae, widen_conv_in
 from .world import object_mask
 
 
@@ -114,6 +114,8 @@ class Trainer:
                                           lr=config.unet_lr, weight_decay=0.01)
         self.vae_step = 0
         self.unet_step = 0
+        if config.init_from and not self.checkpoint_path.exists():  # a resumed run has its own weights
+            self._start_from(config.init_from)
         self.unet_ema = _EMA(self.unet, config.ema_decay)
         self.text_ema = _EMA(self.text_encoder, config.ema_decay)
         self._load_checkpoint()
@@ -156,6 +158,22 @@ class Trainer:
         self.vae.load_state_dict(trained.state_dict())
         self.vae.register_to_config(scaling_factor=trained.config.scaling_factor)
         self.vae_step = self.cfg.vae_steps
+
+    def _start_from(self, folder: str) -> None:
+        """Fine-tune an exported pipeline: its VAE is kept, its UNet and text encoder train on (a
+        narrower `conv_in` is widened with zero taps, so training starts from the same model)."""
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        self._keep_trained_vae(folder)
+        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet").state_dict()
+        text = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder").state_dict()
+        try:
+            self.unet.load_state_dict(widen_conv_in(unet, self.cfg.model.unet_conv_in_kernel))
+            self.text_encoder.load_state_dict(text)
+        except (RuntimeError, ValueError) as error:
+            raise SdlabInputError(f"the model in {folder} has other sizes than this TinyConfig: give a folder made "
+                                  f"with the same sizes ({str(error).splitlines()[0]})") from None
 
     def save_checkpoint(self) -> None:
         unwrap = self.acc.unwrap_model
