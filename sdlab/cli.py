@@ -64,6 +64,8 @@ def _train_tiny(args) -> None:
         cfg.eval_every = args.eval_every
     if args.high_noise_share is not None:
         cfg.high_noise_share = args.high_noise_share
+    if args.high_noise_from is not None:
+        cfg.high_noise_from = args.high_noise_from
     trainer = Trainer(cfg)
     trainer.run(minutes=args.minutes, fit_to_deadline=fit)
     if args.export:
@@ -267,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--high-noise-share", type=float, default=None,
                        help=f"extra share of samples at high noise, where layout is decided "
                             f"(default {TrainConfig.high_noise_share})")
+    train.add_argument("--high-noise-from", type=float, default=None,
+                       help=f"those samples' timesteps start at this fraction of the schedule "
+                            f"(default {TrainConfig.high_noise_from}; the layout is set above 0.9)")
     train.add_argument("--data-workers", type=int, default=None,
                        help="processes rendering batches ahead (default: 0 on a CPU, more beside a GPU)")
     train.add_argument("--eval-every", type=int, default=None, help="log held-out adherence every N UNet steps")

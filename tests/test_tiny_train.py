@@ -97,3 +97,11 @@ def test_init_from_starts_every_model_from_the_folder_and_a_resume_keeps_its_own
 def test_init_from_a_model_of_other_sizes_says_so(tmp_path):
     with pytest.raises(SdlabInputError, match="other sizes than this TinyConfig"):
         Trainer(TrainConfig(out_dir=str(tmp_path), init_from=str(MODEL), model=TinyConfig(text_width=32)))
+
+
+def test_high_noise_samples_come_from_the_top_of_the_schedule(tmp_path):
+    trainer = Trainer(TrainConfig(out_dir=str(tmp_path), high_noise_share=1.0, high_noise_from=0.9))
+    t = trainer.sample_timesteps(2000, torch.Generator().manual_seed(0))
+    assert t.min() >= 900 and t.max() == 999
+    trainer.cfg.high_noise_share = 0.0
+    assert trainer.sample_timesteps(2000, torch.Generator().manual_seed(0)).min() < 100  # all of it

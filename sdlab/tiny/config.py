@@ -49,6 +49,7 @@ class TrainConfig:
     object_weight: float = 10.0  # VAE loss weight on object pixels (small shapes must survive)
     kl_weight: float = 1e-6
     high_noise_share: float = 0.3  # extra samples at high noise, where layout and position are decided
+    high_noise_from: float = 0.7  # ... drawn from the timesteps above this fraction of the schedule
     ema_decay: float = 0.999
     checkpoint_every: int = 500
     eval_every: int = 2000  # measure held-out adherence with the EMA weights this often

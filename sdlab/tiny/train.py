@@ -253,7 +253,7 @@ class Trainer:
         steps = self.scheduler.config.num_train_timesteps
         t = torch.randint(0, steps, (n,), generator=generator)
         high = torch.rand(n, generator=generator) < self.cfg.high_noise_share
-        t[high] = torch.randint(int(steps * 0.7), steps, (int(high.sum()),), generator=generator)
+        t[high] = torch.randint(int(steps * self.cfg.high_noise_from), steps, (int(high.sum()),), generator=generator)
         return t
 
     def train_unet(self, deadline: float, fit_to_deadline: bool = False) -> None:
