@@ -14,6 +14,8 @@ Differences from SD 1.5, each for a reason:
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
@@ -67,11 +69,23 @@ def count_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def widen_conv_in(state: dict, kernel: int) -> dict:
-    """A UNet state dict whose `conv_in` kernel is zero-padded (centred) to `kernel` x `kernel`:
-    the same function as before, with new outer taps to learn."""
+def widen_conv_in(state: dict, kernel: int, seed: int = 0) -> dict:
+    """A UNet state dict whose `conv_in` kernel is widened to `kernel` x `kernel`: the old kernel in
+    the centre, the new outer taps small and random (PyTorch's initial scale for a kernel that size).
+
+    Not zeros: on pure noise the outer taps tell a cell where it is only through the variance they
+    add at the borders, which grows with their square, so from zero their gradient is nil and they
+    never learn (a fine-tune from zero taps left position at chance after 3,000 steps).
+    """
     weight = state["conv_in.weight"]
-    pad = (kernel - weight.shape[-1]) // 2
-    if pad < 0 or weight.shape[-1] + 2 * pad != kernel:
-        raise ValueError(f"cannot widen a {weight.shape[-1]}x{weight.shape[-1]} conv_in to {kernel}x{kernel}")
-    return state | {"conv_in.weight": torch.nn.functional.pad(weight, (pad,) * 4)}
+    out_channels, in_channels, size = weight.shape[0], weight.shape[1], weight.shape[-1]
+    pad = (kernel - size) // 2
+    if pad < 0 or size + 2 * pad != kernel:
+        raise ValueError(f"cannot widen a {size}x{size} conv_in to {kernel}x{kernel}")
+    if pad == 0:
+        return state
+    bound = 1 / math.sqrt(in_channels * kernel * kernel)
+    generator = torch.Generator().manual_seed(seed)
+    wide = (torch.rand(out_channels, in_channels, kernel, kernel, generator=generator) * 2 - 1) * bound
+    wide[..., pad:pad + size, pad:pad + size] = weight
+    return state | {"conv_in.weight": wide.to(weight.dtype)}

@@ -161,7 +161,7 @@ class Trainer:
 
     def _start_from(self, folder: str) -> None:
         """Fine-tune an exported pipeline: its VAE is kept, its UNet and text encoder train on (a
-        narrower `conv_in` is widened with zero taps, so training starts from the same model)."""
+        narrower `conv_in` is widened, see `widen_conv_in`)."""
         from diffusers import UNet2DConditionModel
         from transformers import CLIPTextModel
 
@@ -169,7 +169,7 @@ class Trainer:
         unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet").state_dict()
         text = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder").state_dict()
         try:
-            self.unet.load_state_dict(widen_conv_in(unet, self.cfg.model.unet_conv_in_kernel))
+            self.unet.load_state_dict(widen_conv_in(unet, self.cfg.model.unet_conv_in_kernel, self.cfg.seed))
             self.text_encoder.load_state_dict(text)
         except (RuntimeError, ValueError) as error:
             raise SdlabInputError(f"the model in {folder} has other sizes than this TinyConfig: give a folder made "
