@@ -48,6 +48,7 @@ def _regenerate(args) -> None:
 
 
 def _train_tiny(args) -> None:
+    from .tiny.config import TinyConfig
     from .tiny.train import TrainConfig, Trainer, export_pipeline
 
     fit = args.unet_steps == "auto"
@@ -57,7 +58,7 @@ def _train_tiny(args) -> None:
     cfg = TrainConfig(out_dir=args.out, vae_steps=args.vae_steps, batch_size=args.batch_size,
                       unet_steps=10**9 if fit else args.unet_steps,  # auto: set once the speed is measured
                       mixed_precision=args.mixed_precision, data_workers=workers, vae_from=args.vae_from,
-                      init_from=args.init_from)
+                      init_from=args.init_from, model=TinyConfig(unet_conv_in_kernel=args.conv_in_kernel))
     if args.unet_lr:
         cfg.unet_lr = args.unet_lr
     if args.eval_every:
@@ -229,7 +230,7 @@ def _list(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .tiny.config import TrainConfig
+    from .tiny.config import TinyConfig, TrainConfig
 
     parser = argparse.ArgumentParser(prog="sdlab", description="Stable Diffusion course kit")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -264,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     train.add_argument("--unet-lr", type=float, default=None, help=f"peak LR (default {TrainConfig.unet_lr})")
     train.add_argument("--vae-from", default=None, help="keep the trained VAE of this model folder (skips phase 1)")
+    train.add_argument("--conv-in-kernel", type=int, default=TinyConfig.unet_conv_in_kernel,
+                       help="size of the UNet's first convolution (v1 and v2 of sdlab-tiny: 3)")
     train.add_argument("--init-from", default=None,
                        help="fine-tune this model folder: keep its VAE, train on its UNet and text encoder")
     train.add_argument("--high-noise-share", type=float, default=None,

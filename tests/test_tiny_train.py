@@ -18,7 +18,7 @@ def _log(folder):
     return [json.loads(line) for line in (folder / "train.log").read_text().splitlines()]
 
 
-def test_unet_phase_on_the_shipped_vae_checkpoints_resumes_and_exports(tmp_path):
+def test_unet_phase_on_the_shipped_vae_checkpoints_resumes_and_exports(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["train-tiny", "--out", str(out), "--vae-from", str(MODEL), "--batch-size", "2", "--data-workers", "1"]
     main(args + ["--unet-steps", "2"])
@@ -29,6 +29,8 @@ def test_unet_phase_on_the_shipped_vae_checkpoints_resumes_and_exports(tmp_path)
     assert [e["phase"] for e in _log(out)][0] == "vae_eval"  # the gate is measured before the UNet trains
     main(args + ["--unet-steps", "3", "--export", str(tmp_path / "model")])  # resumes: one more step
     assert torch.load(out / "checkpoint.pt", weights_only=False)["unet_step"] == 3
+    assert main(args + ["--unet-steps", "4", "--conv-in-kernel", "3"]) != 0  # not this checkpoint's sizes
+    assert "made with other model sizes" in capsys.readouterr().err
     pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "model")
     pipe.set_progress_bar_config(disable=True)
     image = pipe("a red circle", num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images[0]

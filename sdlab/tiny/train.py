@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from ..errors import SdlabInputError
 from ..tokenizer import load_clip_tokenizer
 from .captions import batch_tensors
-from .config import TrainConfig
+from .config import TinyConfig, TrainConfig
 from .model import build_scheduler, build_text_encoder, build_unet, build_vae, widen_conv_in
 from .world import object_mask
 
@@ -136,6 +136,11 @@ class Trainer:
         if not self.checkpoint_path.exists():
             return
         state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        saved = state.get("config", {}).get("model")
+        # checkpoints from before `unet_conv_in_kernel` existed had SD's 3x3
+        if saved and TinyConfig.from_dict({"unet_conv_in_kernel": 3} | saved) != self.cfg.model:
+            raise SdlabInputError(f"{self.checkpoint_path} was made with other model sizes ({saved}): resume "
+                                  f"with the same options (e.g. --conv-in-kernel) or train into another --out")
         for name in ("vae", "unet", "text_encoder", "vae_opt", "unet_opt"):
             getattr(self, name).load_state_dict(state[name])
         self.unet_ema.module.load_state_dict(state["unet_ema"])
