@@ -60,6 +60,10 @@ def test_bad_training_options_say_what_to_change(tmp_path, capsys):
     assert "give a number of steps or 'auto'" in capsys.readouterr().err
     assert main(["train-tiny", "--out", str(tmp_path), "--unet-steps", "auto"]) != 0
     assert "--minutes" in capsys.readouterr().err
+    assert main(["train-tiny", "--out", str(tmp_path), "--conv-in-kernel", "4"]) != 0
+    assert "must be odd" in capsys.readouterr().err
+    assert main(["train-tiny", "--out", str(tmp_path), "--high-noise-from", "1"]) != 0
+    assert "high_noise_from in [0, 1)" in capsys.readouterr().err
     assert main(["train-tiny", "--out", str(tmp_path / "run"), "--vae-from", str(tmp_path)]) != 0
     assert "has no vae/ folder" in capsys.readouterr().err
     with pytest.raises(ValueError, match="same TinyConfig"):
