@@ -266,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--unet-lr", type=float, default=None, help=f"peak LR (default {TrainConfig.unet_lr})")
     train.add_argument("--vae-from", default=None, help="keep the trained VAE of this model folder (skips phase 1)")
     train.add_argument("--conv-in-kernel", type=int, default=TinyConfig.unet_conv_in_kernel,
-                       help="size of the UNet's first convolution (v1 and v2 of sdlab-tiny: 3)")
+                       help=f"size of the UNet's first convolution (default {TinyConfig.unet_conv_in_kernel}; "
+                            f"v1 and v2 of sdlab-tiny: 3)")
     train.add_argument("--init-from", default=None,
                        help="fine-tune this model folder: keep its VAE, train on its UNet and text encoder")
     train.add_argument("--high-noise-share", type=float, default=None,
