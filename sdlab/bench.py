@@ -116,6 +116,18 @@ def run(model: str = "sdlab-tiny", images: int = 8, steps: int | None = None, pr
         return generate(pipe, prompt, seed=seed, num_images_per_prompt=images, **hw)
 
     timings = {}
+
+    def compiled_rows(mode, key: str, what: str, label: str, calls: int):
+        """Compile the UNet with `mode`, then time the sweep and the batch (compile time apart)."""
+        speed_up(pipe, channels_last=False, compile=mode)
+        for kind, name, count, fn in (("sweep", "sweep", n, sweep), ("batch", f"batch of {images}", images, batch)):
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()  # compiles for this batch shape
+            yield f"  ({what} for the {name}'s shape took {time.perf_counter() - start:.0f} s)"
+            timings[f"{kind}_{key}"] = _timed(f"{name} + {label}", count, dev, fn)
+            yield row(timings[f"{kind}_{key}"])
+
     timings["loop"] = _timed(f"loop, one image per call, {fp32} (course's way)", images, dev, lambda: [
         generate(course, prompt, seed=seed + i, **hw) for i in range(images)])
     yield row(timings["loop"])
@@ -138,23 +150,10 @@ def run(model: str = "sdlab-tiny", images: int = 8, steps: int | None = None, pr
         yield row(timings["sweep_cl"])
         timings["batch_cl"] = _timed(f"batch of {images} + channels_last + fused QKV", images, dev, batch)
         yield row(timings["batch_cl"])
-        speed_up(pipe, channels_last=False, compile=True)
-        for key, name, count, fn in (("sweep_compiled", "sweep", n, sweep),
-                                     ("batch_compiled", f"batch of {images}", images, batch)):
-            start = time.perf_counter()
-            fn()  # compiles for this batch shape
-            yield f"  (torch.compile for the {name}'s shape took {time.perf_counter() - start:.0f} s)"
-            timings[key] = _timed(f"{name} + all of the above + torch.compile", count, dev, fn)
-            yield row(timings[key])
+        yield from compiled_rows(True, "compiled", "torch.compile", "all of the above + torch.compile", calls=1)
         if dev.type == "cuda":  # CUDA graphs: one replay per UNet call instead of hundreds of launches
-            speed_up(pipe, channels_last=False, compile="reduce-overhead")
-            for key, name, count, fn in (("sweep_graphs", "sweep", n, sweep),
-                                         ("batch_graphs", f"batch of {images}", images, batch)):
-                start = time.perf_counter()
-                fn(), fn()  # compiles, then records the graph
-                yield f"  (compiling with CUDA graphs for the {name}'s shape took {time.perf_counter() - start:.0f} s)"
-                timings[key] = _timed(f"{name} + channels_last, QKV, CUDA graphs", count, dev, fn)
-                yield row(timings[key])
+            yield from compiled_rows("reduce-overhead", "graphs", "compiling with CUDA graphs",
+                                     "channels_last, QKV, CUDA graphs", calls=2)  # compiles, then records
     if dev.type != "cuda":
         yield f"peak memory (process RSS): {peak_memory_mb():.0f} MB"
     best_sweep = min((t for k, t in timings.items() if k.startswith("sweep")), key=lambda t: t.seconds)

@@ -161,7 +161,6 @@ def speed_up(pipe, *, channels_last: bool = True, fuse_qkv: bool = False, compil
     if mode and getattr(pipe, "sdlab_compile_mode", None) != mode:
         pipe.unet = torch.compile(getattr(pipe.unet, "_orig_mod", pipe.unet), mode=mode)
         pipe.sdlab_compile_mode = mode
-    pipe.sdlab_speed_ups = (channels_last, fuse_qkv, compile)
     return pipe
 
 
