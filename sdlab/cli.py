@@ -58,15 +58,12 @@ def _train_tiny(args) -> None:
     cfg = TrainConfig(out_dir=args.out, vae_steps=args.vae_steps, batch_size=args.batch_size,
                       unet_steps=10**9 if fit else args.unet_steps,  # auto: set once the speed is measured
                       mixed_precision=args.mixed_precision, data_workers=workers, vae_from=args.vae_from,
-                      init_from=args.init_from, model=TinyConfig(unet_conv_in_kernel=args.conv_in_kernel))
+                      init_from=args.init_from, model=TinyConfig(unet_conv_in_kernel=args.conv_in_kernel),
+                      high_noise_share=args.high_noise_share, high_noise_from=args.high_noise_from)
     if args.unet_lr:
         cfg.unet_lr = args.unet_lr
     if args.eval_every:
         cfg.eval_every = args.eval_every
-    if args.high_noise_share is not None:
-        cfg.high_noise_share = args.high_noise_share
-    if args.high_noise_from is not None:
-        cfg.high_noise_from = args.high_noise_from
     trainer = Trainer(cfg)
     trainer.run(minutes=args.minutes, fit_to_deadline=fit)
     if args.export:
@@ -270,10 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
                             f"v1 and v2 of sdlab-tiny: 3)")
     train.add_argument("--init-from", default=None,
                        help="fine-tune this model folder: keep its VAE, train on its UNet and text encoder")
-    train.add_argument("--high-noise-share", type=float, default=None,
+    train.add_argument("--high-noise-share", type=float, default=TrainConfig.high_noise_share,
                        help=f"extra share of samples at high noise, where layout is decided "
                             f"(default {TrainConfig.high_noise_share})")
-    train.add_argument("--high-noise-from", type=float, default=None,
+    train.add_argument("--high-noise-from", type=float, default=TrainConfig.high_noise_from,
                        help=f"those samples' timesteps start at this fraction of the schedule "
                             f"(default {TrainConfig.high_noise_from}; the layout is set above 0.9)")
     train.add_argument("--data-workers", type=int, default=None,
