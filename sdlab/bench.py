@@ -81,8 +81,8 @@ def run(model: str = "sdlab-tiny", images: int = 8, steps: int | None = None, pr
     """Measure, yielding the report's lines as they come (the caller prints them).
 
     fast: also time the sweep and the batch with `speed_up`: channels_last and fused QKV, then
-    torch.compile of the UNet (its compile time printed apart), and on a GPU CUDA graphs
-    (torch.compile's "reduce-overhead").
+    torch.compile of the UNet (its compile time printed apart): on a GPU with CUDA graphs
+    (torch.compile's "reduce-overhead", which also fuses kernels; the default mode if graphs fail).
     size: image height and width (default: the model's; smaller makes SD 1.5's work CPU-sized).
     """
     pipe = load_pipeline(model, device=device, dtype=dtype, progress=False)
@@ -150,10 +150,16 @@ def run(model: str = "sdlab-tiny", images: int = 8, steps: int | None = None, pr
         yield row(timings["sweep_cl"])
         timings["batch_cl"] = _timed(f"batch of {images} + channels_last + fused QKV", images, dev, batch)
         yield row(timings["batch_cl"])
-        yield from compiled_rows(True, "compiled", "torch.compile", "all of the above + torch.compile", calls=1)
         if dev.type == "cuda":  # CUDA graphs: one replay per UNet call instead of hundreds of launches
-            yield from compiled_rows("reduce-overhead", "graphs", "compiling with CUDA graphs",
-                                     "channels_last, QKV, CUDA graphs", calls=2)  # compiles, then records
+            try:
+                yield from compiled_rows("reduce-overhead", "graphs", "compiling with CUDA graphs",
+                                         "all of the above + torch.compile with CUDA graphs", calls=2)
+                compiled = True
+            except Exception as err:  # noqa: BLE001 - a report line, then torch.compile's default mode
+                yield f"  (CUDA graphs failed: {type(err).__name__}: {str(err).splitlines()[0][:200]})"
+                compiled = False
+        if dev.type != "cuda" or not compiled:
+            yield from compiled_rows(True, "compiled", "torch.compile", "all of the above + torch.compile", calls=1)
     if dev.type != "cuda":
         yield f"peak memory (process RSS): {peak_memory_mb():.0f} MB"
     best_sweep = min((t for k, t in timings.items() if k.startswith("sweep")), key=lambda t: t.seconds)

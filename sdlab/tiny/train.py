@@ -103,6 +103,8 @@ class Trainer:
         if not (0 <= config.high_noise_share <= 1 and 0 <= config.high_noise_from < 1):
             raise SdlabInputError(f"high_noise_share must be in [0, 1] and high_noise_from in [0, 1), got "
                                   f"{config.high_noise_share} and {config.high_noise_from}")
+        if config.steps_per_batch < 1:
+            raise SdlabInputError(f"steps_per_batch must be 1 or more, got {config.steps_per_batch}")
         kernel = config.model.unet_conv_in_kernel
         if kernel < 1 or kernel % 2 == 0:
             raise SdlabInputError(f"the conv_in kernel must be odd (3, 17, ...) to keep the latent size, got {kernel}")
@@ -275,20 +277,23 @@ class Trainer:
         generator = torch.Generator().manual_seed(cfg.seed + self.unet_step)
         alphas = self.scheduler.alphas_cumprod.to(self.device)
         bar = tqdm(total=cfg.unet_steps, initial=self.unet_step, desc="UNet", disable=None)
-        data = self.batches(self.unet_step, "unet")
+        reuse = cfg.steps_per_batch
+        data = self.batches(self.unet_step // reuse, "unet")  # batch n serves steps n*reuse ... n*reuse+reuse-1
         fitter = _StepsToDeadline(self.unet_step, deadline) if fit_to_deadline else None
+        latents = None
         while self.unet_step < cfg.unet_steps and time.time() < deadline:
             if fitter and (total := fitter.fit(self.unet_step)):
                 cfg.unet_steps = bar.total = total
                 self.log(phase="schedule", step=self.unet_step, unet_steps=total, steps_per_s=fitter.rate)
                 fitter = None
-            images, captions, _ = next(data)
-            drop = torch.rand(len(captions), generator=generator) < cfg.caption_dropout
-            captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+            if latents is None or self.unet_step % reuse == 0:
+                images, rendered_captions, _ = next(data)
+                with torch.no_grad():
+                    latents = vae.encode(images).latent_dist.mode() * scaling
+            drop = torch.rand(len(rendered_captions), generator=generator) < cfg.caption_dropout
+            captions = ["" if d else c for c, d in zip(rendered_captions, drop.tolist())]
             for group in self.unet_opt.param_groups:
                 group["lr"] = _lr_at(self.unet_step, cfg.unet_steps, cfg.unet_lr, cfg.warmup_steps)
-            with torch.no_grad():
-                latents = vae.encode(images).latent_dist.mode() * scaling
             noise = torch.randn(latents.shape, generator=generator).to(self.device)
             t = self.sample_timesteps(len(captions), generator).to(self.device)
             a = alphas[t].sqrt()[:, None, None, None]
