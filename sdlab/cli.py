@@ -59,8 +59,7 @@ def _train_tiny(args) -> None:
                       unet_steps=10**9 if fit else args.unet_steps,  # auto: set once the speed is measured
                       mixed_precision=args.mixed_precision, data_workers=workers, vae_from=args.vae_from,
                       init_from=args.init_from, model=TinyConfig(unet_conv_in_kernel=args.conv_in_kernel),
-                      high_noise_share=args.high_noise_share, high_noise_from=args.high_noise_from,
-                      steps_per_batch=args.steps_per_batch)
+                      high_noise_share=args.high_noise_share, high_noise_from=args.high_noise_from)
     if args.unet_lr:
         cfg.unet_lr = args.unet_lr
     if args.eval_every:
@@ -276,9 +275,6 @@ def build_parser() -> argparse.ArgumentParser:
                             f"(default {TrainConfig.high_noise_from}; the layout is set above 0.9)")
     train.add_argument("--data-workers", type=int, default=None,
                        help="processes rendering batches ahead (default: 0 on a CPU, more beside a GPU)")
-    train.add_argument("--steps-per-batch", type=int, default=TrainConfig.steps_per_batch,
-                       help="UNet steps on each rendered batch, with new noise and timesteps each time "
-                            "(more than 1 when rendering, not the GPU, sets the pace)")
     train.add_argument("--eval-every", type=int, default=None, help="log held-out adherence every N UNet steps")
     train.add_argument("--mixed-precision", default="bf16", choices=["no", "bf16"])
     train.add_argument("--minutes", type=float, default=None, help="stop (with a checkpoint) after this long")

@@ -5,12 +5,16 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from datetime import date, datetime, timezone
 from pathlib import Path
 
 from PIL import Image
 
 from ..errors import SdlabInputError, check
+
+if TYPE_CHECKING:  # sdlab.generation imports torch; records are read without it
+    from ..generation import GenerationParams
 
 IMAGES = "images"  # the store's folder of image files
 MAX_COMMENT_CHARS = 2000
@@ -36,7 +40,7 @@ class StoredImage:
     """A stored generation: its parameters, its file, and its ratings so far."""
 
     id: int
-    params: "GenerationParams"  # noqa: F821 (sdlab.generation, imported lazily: no torch needed here)
+    params: GenerationParams
     path: Path
     created_at: str
     user: str

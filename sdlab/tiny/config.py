@@ -54,9 +54,6 @@ class TrainConfig:
     checkpoint_every: int = 500
     eval_every: int = 2000  # measure held-out adherence with the EMA weights this often
     data_workers: int = 0  # processes rendering batches ahead (0: render in the training process)
-    #: UNet steps on each rendered batch, each with new noise, timesteps and caption dropout: more
-    #: than 1 where rendering the images, not the accelerator, sets the pace (a GPU)
-    steps_per_batch: int = 1
     vae_from: str | None = None  # a diffusers folder whose trained VAE to keep (skips phase 1)
     init_from: str | None = None  # a diffusers folder to start all three models from (a fine-tune)
     seed: int = 0

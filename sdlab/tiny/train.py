@@ -49,12 +49,19 @@ class _EMA:
         torch._foreach_lerp_(ema_params, [p.detach() for p in module.parameters()], 1 - decay)
 
 
+def _token_ids(tokenizer, captions: list[str]) -> torch.Tensor:
+    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
+
+
 class _Batches(torch.utils.data.Dataset):
-    """Training batch number `step` (images, captions, object masks): the same for a given step
-    whichever process renders it, so rendering in worker processes changes no result."""
+    """Training batch number `step`: images, then the captions' token ids (UNet phase) or object
+    masks (VAE phase). The same for a given step whichever process renders it, so rendering and
+    tokenizing in worker processes changes no result and keeps that work off the training loop."""
 
     def __init__(self, config: TrainConfig, phase: str):
         self.cfg, self.phase = config, phase
+        self.tokenizer = None  # loaded where it is used: in the worker
 
     def __len__(self) -> int:
         return 10**12
@@ -63,9 +70,10 @@ class _Batches(torch.utils.data.Dataset):
         cfg = self.cfg
         seed = (cfg.seed * 1_000_003 + step) * (2 if self.phase == "vae" else 3)
         images, captions, scenes = batch_tensors(cfg.batch_size, seed=seed, size=cfg.model.image_size)
-        masks = torch.stack([torch.from_numpy(object_mask(s, cfg.model.image_size)) for s in scenes]) \
-            if self.phase == "vae" else torch.empty(0)
-        return images, captions, masks
+        if self.phase == "vae":
+            return images, torch.stack([torch.from_numpy(object_mask(s, cfg.model.image_size)) for s in scenes])
+        self.tokenizer = self.tokenizer or load_clip_tokenizer()
+        return images, _token_ids(self.tokenizer, captions)
 
 
 class _StepsToDeadline:
@@ -103,8 +111,6 @@ class Trainer:
         if not (0 <= config.high_noise_share <= 1 and 0 <= config.high_noise_from < 1):
             raise SdlabInputError(f"high_noise_share must be in [0, 1] and high_noise_from in [0, 1), got "
                                   f"{config.high_noise_share} and {config.high_noise_from}")
-        if config.steps_per_batch < 1:
-            raise SdlabInputError(f"steps_per_batch must be 1 or more, got {config.steps_per_batch}")
         kernel = config.model.unet_conv_in_kernel
         if kernel < 1 or kernel % 2 == 0:
             raise SdlabInputError(f"the conv_in kernel must be odd (3, 17, ...) to keep the latent size, got {kernel}")
@@ -117,9 +123,10 @@ class Trainer:
         self.vae = build_vae(config.model)
         self.unet = build_unet(config.model)
         self.text_encoder = build_text_encoder(config.model)
-        self.vae_opt = torch.optim.AdamW(self.vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
+        # fused: one kernel for all ~400 small weight tensors (the tiny model's steps are launch-bound)
+        self.vae_opt = torch.optim.AdamW(self.vae.parameters(), lr=config.vae_lr, weight_decay=0.0, fused=True)
         self.unet_opt = torch.optim.AdamW(list(self.unet.parameters()) + list(self.text_encoder.parameters()),
-                                          lr=config.unet_lr, weight_decay=0.01)
+                                          lr=config.unet_lr, weight_decay=0.01, fused=True)
         self.vae_step = 0
         self.unet_step = 0
         if config.init_from and not self.checkpoint_path.exists():  # a resumed run has its own weights
@@ -210,13 +217,13 @@ class Trainer:
 
     # -- data -----------------------------------------------------------------------------
     def batches(self, start: int, phase: str):
-        """(images, captions, masks) for step `start`, `start + 1`, … (rendered ahead by workers)."""
+        """`_Batches` for step `start`, `start + 1`, … on the device (rendered ahead by workers)."""
         workers = self.cfg.data_workers
         loader = torch.utils.data.DataLoader(
             _Batches(self.cfg, phase), batch_size=None, sampler=itertools.count(start), num_workers=workers,
             prefetch_factor=4 if workers else None, persistent_workers=False, pin_memory=torch.cuda.is_available())
-        for images, captions, masks in loader:
-            yield images.to(self.device, non_blocking=True), list(captions), masks.to(self.device)
+        for images, other in loader:
+            yield images.to(self.device, non_blocking=True), other.to(self.device, non_blocking=True)
 
     # -- phase 1: the VAE -----------------------------------------------------------------
     def train_vae(self, deadline: float) -> None:
@@ -225,7 +232,7 @@ class Trainer:
         bar = tqdm(total=cfg.vae_steps, initial=self.vae_step, desc="VAE", disable=None)
         data = self.batches(self.vae_step, "vae")
         while self.vae_step < cfg.vae_steps and time.time() < deadline:
-            images, _, masks = next(data)
+            images, masks = next(data)
             weight = 1 + (cfg.object_weight - 1) * masks[:, None].float()
             for group in self.vae_opt.param_groups:
                 group["lr"] = _lr_at(self.vae_step, cfg.vae_steps, cfg.vae_lr, cfg.warmup_steps)
@@ -240,8 +247,8 @@ class Trainer:
             self.vae_opt.zero_grad(set_to_none=True)
             self.vae_step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
             if self.vae_step % 50 == 0:
+                bar.set_postfix(loss=f"{loss.item():.4f}")
                 self.log(phase="vae", step=self.vae_step, loss=loss.item(), time=time.time())
             if self.vae_step % cfg.checkpoint_every == 0 or self.vae_step == cfg.vae_steps:
                 self._set_scaling_factor()
@@ -252,16 +259,11 @@ class Trainer:
     def _set_scaling_factor(self) -> None:
         """Scale latents to unit variance, as SD's 0.18215 does for its VAE."""
         vae = self.acc.unwrap_model(self.vae)
-        images, _, _ = _Batches(self.cfg, "vae")[10**9]
+        images, _ = _Batches(self.cfg, "vae")[10**9]
         std = vae.encode(images.to(self.device)).latent_dist.mode().float().std().item()
         vae.register_to_config(scaling_factor=1.0 / std)
 
     # -- phase 2: UNet and text encoder ---------------------------------------------------
-    def encode_text(self, captions: list[str], encoder) -> torch.Tensor:
-        ids = self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids.to(self.device)
-        return encoder(ids)[0]
-
     def sample_timesteps(self, n: int, generator: torch.Generator) -> torch.Tensor:
         steps = self.scheduler.config.num_train_timesteps
         t = torch.randint(0, steps, (n,), generator=generator)
@@ -276,31 +278,29 @@ class Trainer:
         unet, text_encoder = self.unet.train(), self.text_encoder.train()
         generator = torch.Generator().manual_seed(cfg.seed + self.unet_step)
         alphas = self.scheduler.alphas_cumprod.to(self.device)
+        empty_ids = _token_ids(self.tokenizer, [""]).to(self.device)  # a dropped caption: what "no prompt" is
         bar = tqdm(total=cfg.unet_steps, initial=self.unet_step, desc="UNet", disable=None)
-        reuse = cfg.steps_per_batch
-        data = self.batches(self.unet_step // reuse, "unet")  # batch n serves steps n*reuse ... n*reuse+reuse-1
+        data = self.batches(self.unet_step, "unet")
         fitter = _StepsToDeadline(self.unet_step, deadline) if fit_to_deadline else None
-        latents = None
         while self.unet_step < cfg.unet_steps and time.time() < deadline:
             if fitter and (total := fitter.fit(self.unet_step)):
                 cfg.unet_steps = bar.total = total
                 self.log(phase="schedule", step=self.unet_step, unet_steps=total, steps_per_s=fitter.rate)
                 fitter = None
-            if latents is None or self.unet_step % reuse == 0:
-                images, rendered_captions, _ = next(data)
-                with torch.no_grad():
-                    latents = vae.encode(images).latent_dist.mode() * scaling
-            drop = torch.rand(len(rendered_captions), generator=generator) < cfg.caption_dropout
-            captions = ["" if d else c for c, d in zip(rendered_captions, drop.tolist())]
+            images, ids = next(data)
+            drop = torch.rand(len(ids), generator=generator) < cfg.caption_dropout
+            ids = torch.where(drop.to(self.device)[:, None], empty_ids, ids)
             for group in self.unet_opt.param_groups:
                 group["lr"] = _lr_at(self.unet_step, cfg.unet_steps, cfg.unet_lr, cfg.warmup_steps)
+            with torch.no_grad():
+                latents = vae.encode(images).latent_dist.mode() * scaling
             noise = torch.randn(latents.shape, generator=generator).to(self.device)
-            t = self.sample_timesteps(len(captions), generator).to(self.device)
+            t = self.sample_timesteps(len(ids), generator).to(self.device)
             a = alphas[t].sqrt()[:, None, None, None]
             s = (1 - alphas[t]).sqrt()[:, None, None, None]
             noisy, target = a * latents + s * noise, a * noise - s * latents  # v-prediction target
             with self.autocast():
-                text = self.encode_text(captions, text_encoder)
+                text = text_encoder(ids)[0]
                 pred = unet(noisy, t, text).sample
                 loss = F.mse_loss(pred.float(), target)
             self.acc.backward(loss)
@@ -311,8 +311,8 @@ class Trainer:
             self.text_ema.update(self.acc.unwrap_model(text_encoder), self.unet_step)
             self.unet_step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            if self.unet_step % 50 == 0:
+            if self.unet_step % 50 == 0:  # reading the loss waits for the GPU: not every step
+                bar.set_postfix(loss=f"{loss.item():.4f}")
                 self.log(phase="unet", step=self.unet_step, loss=loss.item(), time=time.time())
             if self.unet_step % cfg.checkpoint_every == 0 or self.unet_step == cfg.unet_steps:
                 self.save_checkpoint()
