@@ -59,7 +59,8 @@ def _train_tiny(args) -> None:
                       unet_steps=10**9 if fit else args.unet_steps,  # auto: set once the speed is measured
                       mixed_precision=args.mixed_precision, data_workers=workers, vae_from=args.vae_from,
                       init_from=args.init_from, model=TinyConfig(unet_conv_in_kernel=args.conv_in_kernel),
-                      high_noise_share=args.high_noise_share, high_noise_from=args.high_noise_from)
+                      high_noise_share=args.high_noise_share, high_noise_from=args.high_noise_from,
+                      compile=args.compile)
     if args.unet_lr:
         cfg.unet_lr = args.unet_lr
     if args.eval_every:
@@ -275,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
                             f"(default {TrainConfig.high_noise_from}; the layout is set above 0.9)")
     train.add_argument("--data-workers", type=int, default=None,
                        help="processes rendering batches ahead (default: 0 on a CPU, more beside a GPU)")
+    train.add_argument("--compile", action="store_true",
+                       help="torch.compile the UNet and text encoder for training: fused kernels for a GPU, where "
+                            "the tiny model's step is bound by kernel launches (compiling takes a minute or so)")
     train.add_argument("--eval-every", type=int, default=None, help="log held-out adherence every N UNet steps")
     train.add_argument("--mixed-precision", default="bf16", choices=["no", "bf16"])
     train.add_argument("--minutes", type=float, default=None, help="stop (with a checkpoint) after this long")

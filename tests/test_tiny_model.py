@@ -54,13 +54,15 @@ def test_seeds_matter(tiny_model):
 def test_adherence_on_held_out_prompts_and_guidance_matters(tiny_model):
     scenes = held_out_scenes(24, seed=3)
     guided = measure_adherence(tiny_model, scenes, guidance_scale=5.0, num_inference_steps=20)
-    unguided = measure_adherence(tiny_model, scenes, guidance_scale=1.0, num_inference_steps=20)
+    over_guided = measure_adherence(tiny_model, scenes, guidance_scale=20.0, num_inference_steps=20)
     # floors below what the shipped model measures on these prompts (see its model card)
     assert guided.scores["colour"] >= 0.9, guided.line()
     assert guided.scores["background"] >= 0.9, guided.line()
-    assert guided.scores["shape"] >= 0.75, guided.line()
-    # guidance matters: shapes follow the prompt far more often with it (71 % → 92 % here)
-    assert guided.scores["shape"] >= unguided.scores["shape"] + 0.1, (guided.line(), unguided.line())
+    assert guided.scores["shape"] >= 0.8, guided.line()
+    assert guided.scores["position"] >= 0.8, guided.line()  # the words place the object
+    # guidance matters: too much of it over-guides, and far fewer images get every attribute
+    # right (79 % at guidance 5, 50 % at 20 here; size and colour go first)
+    assert over_guided.scores["all"] <= guided.scores["all"] - 0.15, (guided.line(), over_guided.line())
 
 
 def test_preset_resolves_from_an_installed_wheel(tmp_path):

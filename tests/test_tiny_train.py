@@ -116,3 +116,22 @@ def test_high_noise_samples_come_from_the_top_of_the_schedule(tmp_path):
     assert t.min() >= 900 and t.max() == 999
     trainer.cfg.high_noise_share = 0.0
     assert trainer.sample_timesteps(2000, torch.Generator().manual_seed(0)).min() < 100  # all of it
+
+
+def test_compiled_training_trains_the_plain_modules_and_resumes_without_compiling(tmp_path):
+    from torch._dynamo.utils import counters
+
+    small = TinyConfig(unet_channels=(8, 16, 32), attention_heads=2, text_width=16, text_layers=1, text_heads=2)
+    config = TrainConfig(out_dir=str(tmp_path), batch_size=2, vae_steps=0, unet_steps=2, compile=True, model=small)
+    trainer = Trainer(config)
+    before = {k: v.clone() for k, v in trainer.unet.state_dict().items()}
+    graphs = counters["stats"]["unique_graphs"]
+    trainer.run()
+    assert counters["stats"]["unique_graphs"] > graphs  # the passes were compiled
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["unet"]
+    assert saved.keys() == before.keys()  # plain names, no torch.compile wrapper in them
+    assert any(not torch.equal(saved[k], v) for k, v in before.items())  # the compiled steps trained these weights
+    config.compile, config.unet_steps = False, 3
+    resumed = Trainer(config)
+    resumed.run()
+    assert resumed.unet_step == 3

@@ -54,6 +54,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     eval_every: int = 2000  # measure held-out adherence with the EMA weights this often
     data_workers: int = 0  # processes rendering batches ahead (0: render in the training process)
+    compile: bool = False  # torch.compile the UNet and text encoder's training passes (fewer, fused kernels)
     vae_from: str | None = None  # a diffusers folder whose trained VAE to keep (skips phase 1)
     init_from: str | None = None  # a diffusers folder to start all three models from (a fine-tune)
     seed: int = 0

@@ -265,18 +265,23 @@ class Trainer:
 
     # -- phase 2: UNet and text encoder ---------------------------------------------------
     def sample_timesteps(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        steps = self.scheduler.config.num_train_timesteps
-        t = torch.randint(0, steps, (n,), generator=generator)
-        high = torch.rand(n, generator=generator) < self.cfg.high_noise_share
-        t[high] = torch.randint(int(steps * self.cfg.high_noise_from), steps, (int(high.sum()),), generator=generator)
-        return t
+        """n timesteps on the generator's device, drawn there without waiting for it (no
+        data-dependent sizes): uniform, or from the top of the schedule for `high_noise_share`."""
+        steps, device = self.scheduler.config.num_train_timesteps, generator.device
+        t = torch.randint(0, steps, (n,), generator=generator, device=device)
+        top = torch.randint(int(steps * self.cfg.high_noise_from), steps, (n,), generator=generator, device=device)
+        return torch.where(torch.rand(n, generator=generator, device=device) < self.cfg.high_noise_share, top, t)
 
     def train_unet(self, deadline: float, fit_to_deadline: bool = False) -> None:
         cfg = self.cfg
         vae = self.acc.unwrap_model(self.vae).eval().requires_grad_(False)
         scaling = vae.config.scaling_factor
         unet, text_encoder = self.unet.train(), self.text_encoder.train()
-        generator = torch.Generator().manual_seed(cfg.seed + self.unet_step)
+        # compiled calls share the modules' weights; checkpoints and the EMA see the plain modules
+        unet_call, text_call = (torch.compile(unet), torch.compile(text_encoder)) if cfg.compile \
+            else (unet, text_encoder)
+        # random numbers drawn on the device: copying them there each step would make the CPU wait for the GPU
+        generator = torch.Generator(self.device).manual_seed(cfg.seed + self.unet_step)
         alphas = self.scheduler.alphas_cumprod.to(self.device)
         empty_ids = _token_ids(self.tokenizer, [""]).to(self.device)  # a dropped caption: what "no prompt" is
         bar = tqdm(total=cfg.unet_steps, initial=self.unet_step, desc="UNet", disable=None)
@@ -288,20 +293,20 @@ class Trainer:
                 self.log(phase="schedule", step=self.unet_step, unet_steps=total, steps_per_s=fitter.rate)
                 fitter = None
             images, ids = next(data)
-            drop = torch.rand(len(ids), generator=generator) < cfg.caption_dropout
-            ids = torch.where(drop.to(self.device)[:, None], empty_ids, ids)
+            drop = torch.rand(len(ids), generator=generator, device=self.device) < cfg.caption_dropout
+            ids = torch.where(drop[:, None], empty_ids, ids)
             for group in self.unet_opt.param_groups:
                 group["lr"] = _lr_at(self.unet_step, cfg.unet_steps, cfg.unet_lr, cfg.warmup_steps)
             with torch.no_grad():
                 latents = vae.encode(images).latent_dist.mode() * scaling
-            noise = torch.randn(latents.shape, generator=generator).to(self.device)
-            t = self.sample_timesteps(len(ids), generator).to(self.device)
+            noise = torch.randn(latents.shape, generator=generator, device=self.device)
+            t = self.sample_timesteps(len(ids), generator)
             a = alphas[t].sqrt()[:, None, None, None]
             s = (1 - alphas[t]).sqrt()[:, None, None, None]
             noisy, target = a * latents + s * noise, a * noise - s * latents  # v-prediction target
             with self.autocast():
-                text = text_encoder(ids)[0]
-                pred = unet(noisy, t, text).sample
+                text = text_call(ids)[0]
+                pred = unet_call(noisy, t, text).sample
                 loss = F.mse_loss(pred.float(), target)
             self.acc.backward(loss)
             self.acc.clip_grad_norm_(list(unet.parameters()) + list(text_encoder.parameters()), 1.0)
@@ -337,7 +342,8 @@ class Trainer:
         unet = copy.deepcopy(self.unet_ema.module if ema else unwrap(self.unet)).float().cpu().eval()
         text = copy.deepcopy(self.text_ema.module if ema else unwrap(self.text_encoder)).float().cpu().eval()
         vae = copy.deepcopy(unwrap(self.vae)).float().cpu().eval()
-        pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=self.tokenizer, unet=unet,
+        # a fresh tokenizer: the training one keeps the padding it last used, and saving would store it
+        pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=load_clip_tokenizer(), unet=unet,
                                        scheduler=build_scheduler(), safety_checker=None, feature_extractor=None,
                                        requires_safety_checker=False)
         pipe.set_progress_bar_config(disable=True)
