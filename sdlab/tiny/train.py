@@ -72,7 +72,8 @@ class _Batches(torch.utils.data.Dataset):
         images, captions, scenes = batch_tensors(cfg.batch_size, seed=seed, size=cfg.model.image_size)
         if self.phase == "vae":
             return images, torch.stack([torch.from_numpy(object_mask(s, cfg.model.image_size)) for s in scenes])
-        self.tokenizer = self.tokenizer or load_clip_tokenizer()
+        if self.tokenizer is None:
+            self.tokenizer = load_clip_tokenizer()
         return images, _token_ids(self.tokenizer, captions)
 
 
