@@ -6,22 +6,31 @@ against sdlab's batched calls, on the same images, measured in the same run.
 
 On a GPU, "auto" precision is float16, so sdlab's rows run in half precision while the course's
 way stays in float32 (what the original notebooks do); rows for each step in between show what
-batching, half precision, channels_last and torch.compile each give.
+batching, half precision, channels_last, the attention kernel and torch.compile each give.
+`--profile` adds where the time of one batch goes: convolutions, attention, matrix products,
+norms and the rest, each with its share of the work and the rate it runs at.
 """
 from __future__ import annotations
 
 import resource
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
 from .generation import generate, model_defaults
-from .pipelines import load_pipeline, speed_up
+from .pipelines import load_pipeline
+from .speed import speed_up
 from .sweeps import guidance_sweep
 
 GUIDANCE_VALUES = [2, 5, 8, 11, 14, 17, 20]  # the course's guidance 2–21 sweep
+KINDS = ("convolution", "attention", "matmul", "norm")  # the work a diffusion model's time goes to
+#: the torch ops behind each kind, as the profiler names them (the outermost one counts)
+_PROFILED_OPS = {"aten::convolution": "convolution", "aten::scaled_dot_product_attention": "attention",
+                 "aten::linear": "matmul", "aten::matmul": "matmul", "aten::bmm": "matmul",
+                 "aten::baddbmm": "matmul", "aten::group_norm": "norm", "aten::layer_norm": "norm"}
 
 
 @dataclass
@@ -51,17 +60,30 @@ def _timed(name: str, images: int, device: torch.device, fn) -> Timing:
     return Timing(name, time.perf_counter() - start, images, peak_memory_mb(device))
 
 
-def unet_flops_per_image_step(pipe, height: int, width: int) -> int:
-    """FLOPs of one UNet evaluation for one image with guidance (2 rows: prompt and empty)."""
+def _flop_kind(op_name: str) -> str:
+    if "convolution" in op_name:
+        return "convolution"
+    return "attention" if "attention" in op_name else "matmul"  # mm, addmm, bmm, baddbmm
+
+
+def _cpu_flash_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def count_flops(fn) -> Counter:
+    """FLOPs of everything `fn()` runs, by kind (convolution, attention, matmul), with torch's
+    FlopCounterMode. (torch does not count its CPU flash-attention kernel itself; this does.)"""
     from torch.utils.flop_counter import FlopCounterMode
 
-    f = pipe.vae_scale_factor
-    unet = getattr(pipe.unet, "_orig_mod", pipe.unet)  # count the plain module, not a compiled one
-    x = torch.zeros(2, unet.config.in_channels, height // f, width // f, device=pipe.device, dtype=unet.dtype)
-    text = torch.zeros(2, 77, pipe.text_encoder.config.hidden_size, device=pipe.device, dtype=unet.dtype)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        unet(x, torch.tensor([500], device=pipe.device), encoder_hidden_states=text)
-    return counter.get_total_flops()
+    cpu_flash = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_attention_flops}
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=cpu_flash) as counter:
+        fn()
+    flops = Counter()
+    for op, count in counter.get_flop_counts()["Global"].items():
+        flops[_flop_kind(str(op))] += count
+    return flops
 
 
 def peak_memory_mb(device: torch.device | None = None) -> float:
@@ -75,15 +97,78 @@ def _dtype_name(pipe) -> str:
     return str(pipe.unet.dtype).replace("torch.", "")
 
 
+def _share(part: float, whole: float) -> str:
+    return f"{part / whole:.0%}" if whole else "-"
+
+
+def _time_by_kind(prof, on_gpu: bool) -> tuple[Counter, float]:
+    """Seconds by kind (each outermost op of a kind, with all it ran) and the total: on a GPU the
+    kernels' time, on a CPU the time of the ops."""
+    from torch.autograd import DeviceType
+
+    spent = Counter()
+    for event in prof.events():
+        kind, parent = _PROFILED_OPS.get(event.name), event.cpu_parent
+        while kind and parent is not None:
+            kind = None if parent.name in _PROFILED_OPS else kind
+            parent = parent.cpu_parent
+        if kind:
+            spent[kind] += (event.device_time_total if on_gpu else event.cpu_time_total) / 1e6
+    if on_gpu:  # all kernels, as torch's profiler table sums them
+        total = sum(e.self_device_time_total for e in prof.events()
+                    if e.device_type != DeviceType.CPU and not e.is_user_annotation) / 1e6
+    else:
+        total = sum(e.cpu_time_total for e in prof.events() if e.cpu_parent is None) / 1e6
+    return spent, total
+
+
+def profile(name: str, fn, device: torch.device, top: int = 6) -> Iterator[str]:
+    """Where the time of one `fn()` goes, by kind of work, with each kind's FLOPs and rate; then
+    the `top` kernels (on a GPU; torch ops on a CPU) that took the most time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    on_gpu = device.type == "cuda"
+    flops = count_flops(fn)
+    fn()  # warm, after counting
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
+    _sync(device)
+    start = time.perf_counter()
+    with torch_profile(activities=activities) as prof:
+        fn()
+        _sync(device)
+    wall = time.perf_counter() - start
+    spent, total = _time_by_kind(prof, on_gpu)
+    spent["other"] = max(total - sum(spent.values()), 0.0)
+    clock = "GPU kernel time" if on_gpu else "CPU time of torch's ops"
+    yield f"where {name} spends its {clock}: {total:.3f} s, {_share(total, wall)} of {wall:.3f} s wall (profiled)"
+    yield f"  {'kind':14} {'s':>8} {'time':>6} {'work':>6} {'TFLOP/s':>9}"
+    for kind in (*KINDS, "other"):
+        rate = f"{flops[kind] / spent[kind] / 1e12:9.3f}" if flops[kind] and spent[kind] else f"{'-':>9}"
+        yield (f"  {kind:14} {spent[kind]:8.3f} {_share(spent[kind], total):>6} "
+               f"{_share(flops[kind], sum(flops.values())):>6} {rate}")
+    rows = [r for r in prof.key_averages() if (r.device_type != torch.autograd.DeviceType.CPU) == on_gpu
+            and not getattr(r, "is_user_annotation", False)]
+    rows.sort(key=lambda r: r.self_device_time_total if on_gpu else r.self_cpu_time_total, reverse=True)
+    yield f"  the {top} {'kernels' if on_gpu else 'ops'} that took longest:"
+    for r in rows[:top]:
+        seconds = (r.self_device_time_total if on_gpu else r.self_cpu_time_total) / 1e6
+        yield f"    {_share(seconds, total):>4} {r.count:6}×  {r.key[:90]}"
+
+
 def run(model: str = "sdlab-tiny", images: int = 8, steps: int | None = None, prompt: str = "a small red circle "
         "on a blue background", seed: int = 0, device: str = "auto", dtype: str = "auto",
-        flop_limit: float | None = None, fast: bool = False, size: int | None = None) -> Iterator[str]:
+        flop_limit: float | None = None, fast: bool = False, size: int | None = None,
+        attention: list[str] | None = None, compile_mode: str | None = None,
+        profile_batch: bool = False) -> Iterator[str]:
     """Measure, yielding the report's lines as they come (the caller prints them).
 
-    fast: also time the sweep and the batch with `speed_up`: channels_last and fused QKV, then
-    torch.compile of the UNet (its compile time printed apart): on a GPU with CUDA graphs
-    (torch.compile's "reduce-overhead", which also fuses kernels; the default mode if graphs fail).
+    fast: also time the sweep and the batch with `speed_up`: channels_last and fused QKV, then each
+    of the `attention` kernels (default: cuDNN's on a GPU, none on a CPU), then torch.compile of
+    the UNet with the fastest (its compile time printed apart) in `compile_mode`: by default on a
+    GPU CUDA graphs ("reduce-overhead", which also fuses kernels), falling back to the default mode.
     size: image height and width (default: the model's; smaller makes SD 1.5's work CPU-sized).
+    profile_batch: also profile one batch call (before compiling, which hides the ops).
     """
     pipe = load_pipeline(model, device=device, dtype=dtype, progress=False)
     dev = pipe.device
@@ -93,15 +178,17 @@ def run(model: str = "sdlab-tiny", images: int = 8, steps: int | None = None, pr
     steps = steps or model_defaults(pipe)[0]
     size = size or pipe.unet.config.sample_size * pipe.vae_scale_factor
     hw = dict(height=size, width=size, num_inference_steps=steps)
-    flops = unet_flops_per_image_step(pipe, size, size) * steps
+    work = count_flops(lambda: generate(pipe, prompt, seed=seed, **hw))
+    flops = sum(work.values())
     yield (f"model {model} · {size}×{size} · {steps} steps · {pipe.scheduler.__class__.__name__} · "
            f"{pipe.sdlab_device} · torch {torch.__version__}")
-    yield f"UNet work: {flops / 1e9:.1f} GFLOP per image (with guidance)"
-    yield f"{'':50} {'s total':>8} {'s/image':>8} {'images/s':>9} {'TFLOP/s':>8} {'peak MB':>8}"
+    yield (f"work: {flops / 1e9:.1f} GFLOP per image (text encoder, UNet × {steps} steps with guidance, VAE "
+           f"decode): " + ", ".join(f"{kind} {_share(work[kind], flops)}" for kind in KINDS[:3]))
+    yield f"{'':56} {'s total':>8} {'s/image':>8} {'images/s':>9} {'TFLOP/s':>8} {'peak MB':>8}"
 
     def row(t: Timing) -> str:
         achieved = flops * t.images / t.seconds / 1e12
-        return (f"{t.name:50} {t.seconds:8.2f} {t.per_image:8.3f} {t.images / t.seconds:9.2f} {achieved:8.3f} "
+        return (f"{t.name:56} {t.seconds:8.2f} {t.per_image:8.3f} {t.images / t.seconds:9.2f} {achieved:8.3f} "
                 f"{t.peak_mb:8.0f}")
 
     for p in {id(course): course, id(pipe): pipe}.values():  # warm-up: first calls allocate and tune
@@ -116,6 +203,13 @@ def run(model: str = "sdlab-tiny", images: int = 8, steps: int | None = None, pr
         return generate(pipe, prompt, seed=seed, num_images_per_prompt=images, **hw)
 
     timings = {}
+
+    def both_rows(key: str, label: str):
+        """Time the sweep and the batch as the pipeline now stands (after a warm-up call of each)."""
+        sweep(), batch()
+        for kind, name, count, fn in (("sweep", "sweep", n, sweep), ("batch", f"batch of {images}", images, batch)):
+            timings[f"{kind}_{key}"] = _timed(f"{name} + {label}", count, dev, fn)
+            yield row(timings[f"{kind}_{key}"])
 
     def compiled_rows(mode, key: str, what: str, label: str, calls: int):
         """Compile the UNet with `mode`, then time the sweep and the batch (compile time apart)."""
@@ -145,21 +239,28 @@ def run(model: str = "sdlab-tiny", images: int = 8, steps: int | None = None, pr
     yield row(timings["sweep"])
     if fast:
         speed_up(pipe, channels_last=True, fuse_qkv=True)
-        sweep(), batch()
-        timings["sweep_cl"] = _timed("sweep + channels_last + fused QKV", n, dev, sweep)
-        yield row(timings["sweep_cl"])
-        timings["batch_cl"] = _timed(f"batch of {images} + channels_last + fused QKV", images, dev, batch)
-        yield row(timings["batch_cl"])
+        yield from both_rows("cl", "channels_last + fused QKV")
+        kernels = ["cudnn"] if attention is None and dev.type == "cuda" else attention or []
+        for kernel in kernels:
+            speed_up(pipe, channels_last=False, attention=kernel)
+            yield from both_rows(kernel, f"… + {kernel} attention")
+        fastest = min(["cl", *kernels], key=lambda key: timings[f"sweep_{key}"].seconds)
+        speed_up(pipe, channels_last=False, attention="default" if fastest == "cl" else fastest)
+    if profile_batch:
+        yield from profile(f"one batch of {images}", batch, dev)
+    if fast:
+        if pipe.sdlab_attention != "default":
+            yield f"  (compiling with {pipe.sdlab_attention} attention, the faster for the sweep)"
+        mode = compile_mode or ("reduce-overhead" if dev.type == "cuda" else "default")
         compiled = False
-        if dev.type == "cuda":  # CUDA graphs: one replay per UNet call instead of hundreds of launches
+        if mode != "default":  # e.g. CUDA graphs: one replay per UNet call instead of hundreds of launches
             try:
-                yield from compiled_rows("reduce-overhead", "graphs", "compiling with CUDA graphs",
-                                         "all of the above + torch.compile with CUDA graphs", calls=2)
+                yield from compiled_rows(mode, mode, f"compiling in mode {mode}", f"… + compiled ({mode})", calls=2)
                 compiled = True
             except Exception as err:  # noqa: BLE001 - a report line, then torch.compile's default mode
-                yield f"  (CUDA graphs failed: {type(err).__name__}: {str(err).splitlines()[0][:200]})"
+                yield f"  (compiling in mode {mode} failed: {type(err).__name__}: {str(err).splitlines()[0][:200]})"
         if not compiled:
-            yield from compiled_rows(True, "compiled", "torch.compile", "all of the above + torch.compile", calls=1)
+            yield from compiled_rows(True, "compiled", "compiling", "… + compiled", calls=1)
     if dev.type != "cuda":
         yield f"peak memory (process RSS): {peak_memory_mb():.0f} MB"
     best_sweep = min((t for k, t in timings.items() if k.startswith("sweep")), key=lambda t: t.seconds)

@@ -17,6 +17,7 @@ from .device import pick_device
 from .errors import SdlabInputError
 from .presets import PRESETS, find_preset, tiny_model_dir
 from .schedulers import set_scheduler
+from .speed import speed_up
 
 logger = logging.getLogger(__name__)
 HUB_HOST = "huggingface.co"
@@ -100,14 +101,14 @@ def _resolve_source(model: str) -> tuple[str, object]:
 def load_pipeline(model: str = "sdlab-tiny", *, device: str = "auto", dtype: str | torch.dtype = "auto",
                   scheduler: str | None = None, safety_checker: bool | None = None,
                   progress: bool | None = None, channels_last: bool = False, fuse_qkv: bool = False,
-                  compile: bool | str = False):
+                  attention: str | None = None, compile: bool | str = False):
     """Load a text-to-image pipeline, ready on the chosen device.
 
     model: a preset (`sdlab-tiny`, `tiny-random`, `sd15`, `sd-turbo`), a diffusers folder or a hub id.
     device/dtype: "auto" picks cuda → mps → cpu and float16 on GPUs (see `sdlab.device`).
     scheduler: a name from `sdlab.schedulers.scheduler_names()`; None keeps the model's or the preset's.
     safety_checker: None keeps the model's own (on for real SD models, off for the tiny ones).
-    channels_last, fuse_qkv, compile: GPU speed-ups, off by default (see `speed_up`).
+    channels_last, fuse_qkv, attention, compile: GPU speed-ups, off by default (see `speed_up`).
     """
     # 1. Check inputs: device, dtype and where the model comes from
     choice = pick_device(device, dtype)
@@ -126,42 +127,9 @@ def load_pipeline(model: str = "sdlab-tiny", *, device: str = "auto", dtype: str
     pipe.set_progress_bar_config(disable=not _progress_enabled(progress), leave=False)
     pipe.sdlab_model_name = preset.name if preset else str(model)
     pipe.sdlab_device = choice
-    if channels_last or fuse_qkv or compile:
-        speed_up(pipe, channels_last=channels_last, fuse_qkv=fuse_qkv, compile=compile)
+    if channels_last or fuse_qkv or attention or compile:
+        speed_up(pipe, channels_last=channels_last, fuse_qkv=fuse_qkv, attention=attention, compile=compile)
     logger.info("loaded %s on %s", pipe.sdlab_model_name, choice)
-    return pipe
-
-
-#: `torch.compile` modes `speed_up` accepts (True is "default").
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-
-def speed_up(pipe, *, channels_last: bool = True, fuse_qkv: bool = False, compile: bool | str = False):
-    """Opt-in speed-ups for GPUs (the same images, within float rounding):
-
-    channels_last: UNet and VAE convolutions in NHWC, the layout tensor cores read best.
-    fuse_qkv: one matrix product for attention's query, key and value (diffusers'
-    `fuse_qkv_projections`) instead of three.
-    compile: `torch.compile` the UNet; the first call compiles (46 s for SD 1.5 on an H200, again
-    for each new batch shape), so it pays off in long sweeps. (Inductor's coordinate-descent
-    tuning, which diffusers' guide also suggests, made compiling take over 3 minutes.)
-    A mode name compiles with that `torch.compile` mode: "reduce-overhead" replays each UNet call
-    as a CUDA graph (no per-kernel launch cost; on a CPU it is the default mode). For SD 1.5's
-    sweep on an H200 it matched the default mode: its kernels, not their launches, set the pace.
-    Attention already runs PyTorch's scaled_dot_product_attention (flash or memory-efficient
-    kernels) in diffusers.
-    """
-    mode = "default" if compile is True else compile or None
-    if mode not in (None, *COMPILE_MODES):
-        raise SdlabInputError(f"compile={compile!r} is not a torch.compile mode; give True or one of {COMPILE_MODES}")
-    if channels_last:
-        pipe.unet.to(memory_format=torch.channels_last)
-        pipe.vae.to(memory_format=torch.channels_last)
-    if fuse_qkv and hasattr(pipe, "fuse_qkv_projections"):
-        pipe.fuse_qkv_projections(unet=True, vae=False)
-    if mode and getattr(pipe, "sdlab_compile_mode", None) != mode:
-        pipe.unet = torch.compile(getattr(pipe.unet, "_orig_mod", pipe.unet), mode=mode)
-        pipe.sdlab_compile_mode = mode
     return pipe
 
 

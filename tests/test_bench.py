@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from sdlab.bench import count_flops
 from sdlab.cli import main
 from sdlab.errors import SdlabInputError
 from sdlab.pipelines import load_pipeline, speed_up
@@ -12,11 +13,21 @@ from sdlab.sweeps import guidance_sweep
 from sdlab.testing import build_sd15_random_pipeline
 
 
+ROW = re.compile(r"(\S.*?)\s+(\d+\.\d+)\s+(\d+\.\d+)\s+(\d+\.\d+)\s+(\d+\.\d+)\s+(\d+)")
+
+
+def _rows(lines: list[str]) -> dict[str, list[str]]:
+    """The timed rows of a report: name → [s total, s/image, images/s, TFLOP/s, peak MB]."""
+    return {m[1]: list(m.groups()[1:]) for m in map(ROW.fullmatch, lines) if m}
+
+
 def test_bench_prints_each_way_side_by_side_and_the_ratios(capsys):
     assert main(["bench", "--quick", "--model", "tiny-random", "--flop-limit", "3.3e11"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("model tiny-random · 64×64 · 2 steps · PNDMScheduler · cpu")
-    rows = {line[:50].strip(): line[50:].split() for line in lines if re.search(r"\d+\.\d+\s+\d+$", line)}
+    assert re.fullmatch(r"work: \d+\.\d GFLOP per image \(text encoder, UNet × 2 steps with guidance, VAE decode\): "
+                        r"convolution \d+%, attention \d+%, matmul \d+%", lines[1])
+    rows = _rows(lines)
     assert set(rows) == {"loop, one image per call, float32 (course's way)", "one batch of 8, float32",
                          "7 guidance values, one call each, float32", "guidance sweep, one batched loop, float32"}
     for seconds, per_image, per_second, tflops, peak in rows.values():
@@ -46,3 +57,55 @@ def test_speed_ups_keep_the_images(tiny_pipe):
     after = guidance_sweep(pipe, "a red circle", [1, 7.5], seed=3).images
     for a, b in zip(before, after):
         assert np.abs(np.asarray(a, int) - np.asarray(b, int)).max() <= 2
+
+
+def test_bench_fast_times_attention_kernels_and_compiling_and_profiles_a_batch(capsys):
+    assert main(["bench", "--model", "tiny-random", "--images", "2", "--fast", "--attention", "math",
+                 "--compile-mode", "default", "--profile"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert {"sweep + channels_last + fused QKV", "batch of 2 + … + math attention", "sweep + … + compiled",
+            "batch of 2 + … + compiled"} <= set(_rows(lines))
+    start = lines.index(next(line for line in lines if line.startswith("where one batch of 2 spends")))
+    table = {line.split()[0]: line.split()[1:] for line in lines[start + 2:start + 7]}
+    assert list(table) == ["convolution", "attention", "matmul", "norm", "other"]
+    time_shares = [int(t.rstrip("%")) for _, t, _, _ in table.values()]
+    work_shares = [int(w.rstrip("%")) for _, _, w, _ in table.values()]
+    assert 97 <= sum(time_shares) <= 103 and 97 <= sum(work_shares) <= 103
+    assert all(float(table[kind][0]) > 0 for kind in ("convolution", "attention", "matmul", "norm"))
+    assert float(table["attention"][3]) > 0 and table["norm"][3] == "-"  # a rate where FLOPs are counted
+    assert lines[start + 7] == "  the 6 ops that took longest:" and "aten::" in lines[start + 8]
+
+
+def test_flops_are_counted_by_kind_including_cpus_flash_attention():
+    q = torch.randn(2, 4, 64, 40)  # batch, heads, tokens, head size
+    conv = torch.nn.Conv2d(8, 16, 3, padding=1)
+    flops = count_flops(lambda: (torch.nn.functional.scaled_dot_product_attention(q, q, q), conv(torch.randn(1, 8, 10, 10))))
+    assert flops["attention"] == 4 * 2 * 4 * 64 * 64 * 40  # QKᵀ and the weighted sum of V, 2 FLOPs a multiply-add
+    assert flops["convolution"] == 2 * 16 * 10 * 10 * 8 * 3 * 3 and flops["matmul"] == 0
+
+
+def _unet_attention_ops(pipe) -> set[str]:
+    from torch.profiler import profile
+
+    unet = pipe.unet
+    x, text = torch.zeros(2, 4, 8, 8), torch.zeros(2, 77, unet.config.cross_attention_dim)
+    with torch.no_grad(), profile() as prof:
+        unet(x, torch.tensor([500]), encoder_hidden_states=text)
+    return {e.key for e in prof.key_averages() if e.key.startswith("aten::_scaled_dot_product")}
+
+
+def test_speed_up_chooses_the_attention_kernel_and_keeps_it_through_fusing():
+    pipe = load_pipeline("tiny-random")
+    before = guidance_sweep(pipe, "a red circle", [1, 7.5], seed=3).images
+    assert _unet_attention_ops(pipe) == {"aten::_scaled_dot_product_flash_attention_for_cpu"}  # torch's choice
+    with pytest.raises(SdlabInputError, match="not one of torch's attention kernels"):
+        speed_up(pipe, attention="fastest")
+    speed_up(pipe, channels_last=False, attention="math")
+    assert _unet_attention_ops(pipe) == {"aten::_scaled_dot_product_attention_math"}
+    speed_up(pipe, channels_last=False, fuse_qkv=True)  # fusing replaces the processors; the choice stays
+    assert _unet_attention_ops(pipe) == {"aten::_scaled_dot_product_attention_math"}
+    after = guidance_sweep(pipe, "a red circle", [1, 7.5], seed=3).images
+    for a, b in zip(before, after):
+        assert np.abs(np.asarray(a, int) - np.asarray(b, int)).max() <= 2
+    speed_up(pipe, channels_last=False, attention="default")
+    assert _unet_attention_ops(pipe) == {"aten::_scaled_dot_product_flash_attention_for_cpu"}
