@@ -17,6 +17,7 @@ _EXPORTS = {
     "load_pipeline": "pipelines",
     "img2img_pipeline": "pipelines",
     "inpaint_pipeline": "pipelines",
+    "speed_up": "speed",
     "pick_device": "device",
     "generate": "generation",
     "Generation": "generation",

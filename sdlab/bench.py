@@ -202,23 +202,17 @@ def run(model: str = "sdlab-tiny", images: int = 8, steps: int | None = None, pr
     def batch():
         return generate(pipe, prompt, seed=seed, num_images_per_prompt=images, **hw)
 
-    timings = {}
+    timings, n = {}, len(GUIDANCE_VALUES)
 
-    def both_rows(key: str, label: str):
-        """Time the sweep and the batch as the pipeline now stands (after a warm-up call of each)."""
-        sweep(), batch()
-        for kind, name, count, fn in (("sweep", "sweep", n, sweep), ("batch", f"batch of {images}", images, batch)):
-            timings[f"{kind}_{key}"] = _timed(f"{name} + {label}", count, dev, fn)
-            yield row(timings[f"{kind}_{key}"])
-
-    def compiled_rows(mode, key: str, what: str, label: str, calls: int):
-        """Compile the UNet with `mode`, then time the sweep and the batch (compile time apart)."""
-        speed_up(pipe, channels_last=False, compile=mode)
+    def both_rows(key: str, label: str, compiling: str | None = None, warm_calls: int = 1):
+        """Time the sweep and the batch as the pipeline now stands, each after `warm_calls` untimed
+        calls (which compile for its batch shape, their time printed apart, when `compiling`)."""
         for kind, name, count, fn in (("sweep", "sweep", n, sweep), ("batch", f"batch of {images}", images, batch)):
             start = time.perf_counter()
-            for _ in range(calls):
-                fn()  # compiles for this batch shape
-            yield f"  ({what} for the {name}'s shape took {time.perf_counter() - start:.0f} s)"
+            for _ in range(warm_calls):
+                fn()
+            if compiling:
+                yield f"  ({compiling} for the {name}'s shape took {time.perf_counter() - start:.0f} s)"
             timings[f"{kind}_{key}"] = _timed(f"{name} + {label}", count, dev, fn)
             yield row(timings[f"{kind}_{key}"])
 
@@ -227,7 +221,6 @@ def run(model: str = "sdlab-tiny", images: int = 8, steps: int | None = None, pr
     yield row(timings["loop"])
     timings["batch"] = _timed(f"one batch of {images}, {sd}", images, dev, batch)
     yield row(timings["batch"])
-    n = len(GUIDANCE_VALUES)
     timings["g_loop"] = _timed(f"{n} guidance values, one call each, {fp32}", n, dev, lambda: [
         generate(course, prompt, seed=seed, guidance_scale=g, **hw) for g in GUIDANCE_VALUES])
     yield row(timings["g_loop"])
@@ -255,12 +248,14 @@ def run(model: str = "sdlab-tiny", images: int = 8, steps: int | None = None, pr
         compiled = False
         if mode != "default":  # e.g. CUDA graphs: one replay per UNet call instead of hundreds of launches
             try:
-                yield from compiled_rows(mode, mode, f"compiling in mode {mode}", f"… + compiled ({mode})", calls=2)
+                speed_up(pipe, channels_last=False, compile=mode)
+                yield from both_rows(mode, f"… + compiled ({mode})", f"compiling in mode {mode}", warm_calls=2)
                 compiled = True
             except Exception as err:  # noqa: BLE001 - a report line, then torch.compile's default mode
                 yield f"  (compiling in mode {mode} failed: {type(err).__name__}: {str(err).splitlines()[0][:200]})"
         if not compiled:
-            yield from compiled_rows(True, "compiled", "compiling", "… + compiled", calls=1)
+            speed_up(pipe, channels_last=False, compile=True)
+            yield from both_rows("compiled", "… + compiled", "compiling")
     if dev.type != "cuda":
         yield f"peak memory (process RSS): {peak_memory_mb():.0f} MB"
     best_sweep = min((t for k, t in timings.items() if k.startswith("sweep")), key=lambda t: t.seconds)
