@@ -59,12 +59,24 @@ def test_speed_ups_keep_the_images(tiny_pipe):
         assert np.abs(np.asarray(a, int) - np.asarray(b, int)).max() <= 2
 
 
-def test_bench_fast_times_attention_kernels_and_compiling_and_profiles_a_batch(capsys):
-    assert main(["bench", "--model", "tiny-random", "--images", "2", "--fast", "--attention", "math",
+def test_bench_fast_times_attention_kernels_and_compiling_and_profiles_a_batch(capsys, monkeypatch):
+    from sdlab.speed import PreferredKernelAttnProcessor
+
+    plain_call = PreferredKernelAttnProcessor.__call__
+
+    def efficient_fails(self, *args, **kwargs):  # as a kernel without a plan for a shape would
+        if self.kernel == "efficient":
+            raise RuntimeError("no valid execution plan for this shape")
+        return plain_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(PreferredKernelAttnProcessor, "__call__", efficient_fails)
+    assert main(["bench", "--model", "tiny-random", "--images", "2", "--fast", "--attention", "math", "efficient",
                  "--compile-mode", "default", "--profile"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert {"sweep + channels_last + fused QKV", "batch of 2 + … + math attention", "sweep + … + compiled",
             "batch of 2 + … + compiled"} <= set(_rows(lines))
+    assert "  (efficient attention failed: RuntimeError: no valid execution plan for this shape)" in lines
+    assert not any("efficient attention" in name for name in _rows(lines))  # the bench went on without it
     start = lines.index(next(line for line in lines if line.startswith("where one batch of 2 spends")))
     table = {line.split()[0]: line.split()[1:] for line in lines[start + 2:start + 7]}
     assert list(table) == ["convolution", "attention", "matmul", "norm", "other"]
