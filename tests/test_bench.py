@@ -121,3 +121,5 @@ def test_speed_up_chooses_the_attention_kernel_and_keeps_it_through_fusing():
         assert np.abs(np.asarray(a, int) - np.asarray(b, int)).max() <= 2
     speed_up(pipe, channels_last=False, attention="default")
     assert _unet_attention_ops(pipe) == {"aten::_scaled_dot_product_flash_attention_for_cpu"}
+    assert _unet_attention_ops(load_pipeline("tiny-random", attention="math")) == {
+        "aten::_scaled_dot_product_attention_math"}  # the same choice when loading
