@@ -7,8 +7,7 @@ against sdlab's batched calls, on the same images, measured in the same run.
 On a GPU, "auto" precision is float16, so sdlab's rows run in half precision while the course's
 way stays in float32 (what the original notebooks do); rows for each step in between show what
 batching, half precision, channels_last, the attention kernel and torch.compile each give.
-`--profile` adds where the time of one batch goes: convolutions, attention, matrix products,
-norms and the rest, each with its share of the work and the rate it runs at.
+`--profile` adds where the time of one batch goes (`sdlab.profiling`).
 """
 from __future__ import annotations
 
@@ -16,21 +15,18 @@ import resource
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import torch
 
 from .generation import generate, model_defaults
 from .pipelines import load_pipeline
+from .profiling import KINDS, count_flops, profile, share, synchronize
 from .speed import speed_up
 from .sweeps import guidance_sweep
 
 GUIDANCE_VALUES = [2, 5, 8, 11, 14, 17, 20]  # the course's guidance 2–21 sweep
-KINDS = ("convolution", "attention", "matmul", "norm")  # the work a diffusion model's time goes to
-#: the torch ops behind each kind, as the profiler names them (the outermost one counts)
-_PROFILED_OPS = {"aten::convolution": "convolution", "aten::scaled_dot_product_attention": "attention",
-                 "aten::linear": "matmul", "aten::matmul": "matmul", "aten::bmm": "matmul",
-                 "aten::baddbmm": "matmul", "aten::group_norm": "norm", "aten::layer_norm": "norm"}
 
 
 @dataclass
@@ -45,45 +41,14 @@ class Timing:
         return self.seconds / self.images
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _timed(name: str, images: int, device: torch.device, fn) -> Timing:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
     fn()
-    _sync(device)
+    synchronize(device)
     return Timing(name, time.perf_counter() - start, images, peak_memory_mb(device))
-
-
-def _flop_kind(op_name: str) -> str:
-    if "convolution" in op_name:
-        return "convolution"
-    return "attention" if "attention" in op_name else "matmul"  # mm, addmm, bmm, baddbmm
-
-
-def _cpu_flash_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-    from torch.utils.flop_counter import sdpa_flop_count
-
-    return sdpa_flop_count(query_shape, key_shape, value_shape)
-
-
-def count_flops(fn) -> Counter:
-    """FLOPs of everything `fn()` runs, by kind (convolution, attention, matmul), with torch's
-    FlopCounterMode. (torch does not count its CPU flash-attention kernel itself; this does.)"""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    cpu_flash = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_attention_flops}
-    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=cpu_flash) as counter:
-        fn()
-    flops = Counter()
-    for op, count in counter.get_flop_counts()["Global"].items():
-        flops[_flop_kind(str(op))] += count
-    return flops
 
 
 def peak_memory_mb(device: torch.device | None = None) -> float:
@@ -91,6 +56,17 @@ def peak_memory_mb(device: torch.device | None = None) -> float:
     if device is not None and device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@contextmanager
+def _cudnn_timing():
+    """cuDNN times its convolution algorithms on each new shape and keeps the fastest (torch's
+    `cudnn.benchmark`: a setting for the whole process, so it is put back after)."""
+    before, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 def _dtype_name(pipe) -> str:
@@ -101,78 +77,47 @@ def _first_line(err: Exception) -> str:
     return f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}"
 
 
-def _share(part: float, whole: float) -> str:
-    return f"{part / whole:.0%}" if whole else "-"
+def _profile_or_say(name: str, fn, device: torch.device, flops: Counter) -> Iterator[str]:
+    try:
+        yield from profile(name, fn, device, flops)
+    except Exception as err:  # noqa: BLE001 - the rows that follow do not need it
+        yield f"  (profiling {name} failed: {_first_line(err)})"
 
 
-def _time_by_kind(prof, on_gpu: bool) -> tuple[Counter, float]:
-    """Seconds by kind (each outermost op of a kind, with all it ran) and the total: on a GPU the
-    kernels' time, on a CPU the time of the ops."""
-    from torch.autograd import DeviceType
-
-    spent = Counter()
-    for event in prof.events():
-        kind, parent = _PROFILED_OPS.get(event.name), event.cpu_parent
-        while kind and parent is not None:
-            kind = None if parent.name in _PROFILED_OPS else kind
-            parent = parent.cpu_parent
-        if kind:
-            spent[kind] += (event.device_time_total if on_gpu else event.cpu_time_total) / 1e6
-    if on_gpu:  # all kernels, as torch's profiler table sums them
-        total = sum(e.self_device_time_total for e in prof.events()
-                    if e.device_type != DeviceType.CPU and not getattr(e, "is_user_annotation", False)) / 1e6
-    else:
-        total = sum(e.cpu_time_total for e in prof.events() if e.cpu_parent is None) / 1e6
-    return spent, total
-
-
-def profile(name: str, fn, device: torch.device, top: int = 6) -> Iterator[str]:
-    """Where the time of one `fn()` goes, by kind of work, with each kind's FLOPs and rate; then
-    the `top` kernels (on a GPU; torch ops on a CPU) that took the most time."""
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
-
-    on_gpu = device.type == "cuda"
-    flops = count_flops(fn)
-    fn()  # warm, after counting
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
-    _sync(device)
-    start = time.perf_counter()
-    with torch_profile(activities=activities) as prof:
-        fn()
-        _sync(device)
-    wall = time.perf_counter() - start
-    spent, total = _time_by_kind(prof, on_gpu)
-    spent["other"] = max(total - sum(spent.values()), 0.0)
-    clock = "GPU kernel time" if on_gpu else "CPU time of torch's ops"
-    yield f"where {name} spends its {clock}: {total:.3f} s, {_share(total, wall)} of {wall:.3f} s wall (profiled)"
-    yield f"  {'kind':14} {'s':>8} {'time':>6} {'work':>6} {'TFLOP/s':>9}"
-    for kind in (*KINDS, "other"):
-        rate = f"{flops[kind] / spent[kind] / 1e12:9.3f}" if flops[kind] and spent[kind] else f"{'-':>9}"
-        yield (f"  {kind:14} {spent[kind]:8.3f} {_share(spent[kind], total):>6} "
-               f"{_share(flops[kind], sum(flops.values())):>6} {rate}")
-    rows = [r for r in prof.key_averages() if (r.device_type != torch.autograd.DeviceType.CPU) == on_gpu
-            and not getattr(r, "is_user_annotation", False)]
-    rows.sort(key=lambda r: r.self_device_time_total if on_gpu else r.self_cpu_time_total, reverse=True)
-    yield f"  the {top} {'kernels' if on_gpu else 'ops'} that took longest:"
-    for r in rows[:top]:
-        seconds = (r.self_device_time_total if on_gpu else r.self_cpu_time_total) / 1e6
-        yield f"    {_share(seconds, total):>4} {r.count:6}×  {r.key[:90]}"
+def _compiled_rows(pipe, compile_mode: str | None, device: torch.device, both_rows) -> Iterator[str]:
+    """Compile the UNet in `compile_mode` (by default on a GPU with CUDA graphs, "reduce-overhead",
+    which also fuses kernels; torch.compile's default mode if that fails) and time both rows."""
+    if pipe.sdlab_attention != "default":
+        yield f"  (compiling with {pipe.sdlab_attention} attention, the faster for the sweep)"
+    if torch.backends.cudnn.benchmark:
+        yield "  (compiling with cuDNN timing its convolutions, the faster for the sweep)"
+    mode = compile_mode or ("reduce-overhead" if device.type == "cuda" else "default")
+    if mode != "default":  # e.g. CUDA graphs: one replay per UNet call instead of hundreds of launches
+        try:
+            speed_up(pipe, channels_last=False, compile=mode)
+            yield from both_rows(mode, f"… + compiled ({mode})", f"compiling in mode {mode}", warm_calls=2)
+            return
+        except Exception as err:  # noqa: BLE001 - a report line, then torch.compile's default mode
+            yield f"  (compiling in mode {mode} failed: {_first_line(err)})"
+    speed_up(pipe, channels_last=False, compile=True)
+    yield from both_rows("compiled", "… + compiled", "compiling")
 
 
 def run(model: str = "sdlab-tiny", images: int = 8, steps: int | None = None, prompt: str = "a small red circle "
         "on a blue background", seed: int = 0, device: str = "auto", dtype: str = "auto",
         flop_limit: float | None = None, fast: bool = False, size: int | None = None,
-        attention: list[str] | None = None, compile_mode: str | None = None,
-        profile_batch: bool = False) -> Iterator[str]:
+        attention: list[str] | None = None, tune_convolutions: bool | None = None,
+        compile_mode: str | None = None, profile_batch: bool = False) -> Iterator[str]:
     """Measure, yielding the report's lines as they come (the caller prints them).
 
     fast: also time the sweep and the batch with `speed_up`: channels_last and fused QKV, then each
-    of the `attention` kernels (default: cuDNN's on a GPU, none on a CPU), then torch.compile of
-    the UNet with the fastest (its compile time printed apart) in `compile_mode`: by default on a
-    GPU CUDA graphs ("reduce-overhead", which also fuses kernels), falling back to the default mode.
+    of the `attention` kernels (default: cuDNN's on a GPU, none on a CPU), then with the fastest
+    and, if `tune_convolutions` (default: on a GPU), cuDNN timing its convolution algorithms, then
+    torch.compile of the UNet with what was faster (its compile time printed apart) in
+    `compile_mode`: by default on a GPU CUDA graphs ("reduce-overhead", which also fuses kernels),
+    falling back to the default mode.
     size: image height and width (default: the model's; smaller makes SD 1.5's work CPU-sized).
-    profile_batch: also profile one batch call (before compiling, which hides the ops).
+    profile_batch: also profile one batch call, before compiling and after.
     """
     pipe = load_pipeline(model, device=device, dtype=dtype, progress=False)
     dev = pipe.device
@@ -187,7 +132,7 @@ def run(model: str = "sdlab-tiny", images: int = 8, steps: int | None = None, pr
     yield (f"model {model} · {size}×{size} · {steps} steps · {pipe.scheduler.__class__.__name__} · "
            f"{pipe.sdlab_device} · torch {torch.__version__}")
     yield (f"work: {flops / 1e9:.1f} GFLOP per image (text encoder, UNet × {steps} steps with guidance, VAE "
-           f"decode): " + ", ".join(f"{kind} {_share(work[kind], flops)}" for kind in KINDS[:3]))
+           f"decode): " + ", ".join(f"{kind} {share(work[kind], flops)}" for kind in KINDS[:3]))
     yield f"{'':56} {'s total':>8} {'s/image':>8} {'images/s':>9} {'TFLOP/s':>8} {'peak MB':>8}"
 
     def row(t: Timing) -> str:
@@ -234,39 +179,32 @@ def run(model: str = "sdlab-tiny", images: int = 8, steps: int | None = None, pr
         yield row(timings["g_loop_half"])
     timings["sweep"] = _timed(f"guidance sweep, one batched loop, {sd}", n, dev, sweep)
     yield row(timings["sweep"])
-    if fast:
-        speed_up(pipe, channels_last=True, fuse_qkv=True)
-        yield from both_rows("cl", "channels_last + fused QKV")
-        kernels = ["cudnn"] if attention is None and dev.type == "cuda" else attention or []
-        for kernel in kernels:
-            speed_up(pipe, channels_last=False, attention=kernel)
-            try:
-                yield from both_rows(kernel, f"… + {kernel} attention")
-            except Exception as err:  # noqa: BLE001 - a kernel that fails here is a finding, not the end
-                yield f"  ({kernel} attention failed: {_first_line(err)})"
-        timed = [key for key in ("cl", *kernels) if f"sweep_{key}" in timings and f"batch_{key}" in timings]
-        fastest = min(timed, key=lambda key: timings[f"sweep_{key}"].seconds)
-        speed_up(pipe, channels_last=False, attention="default" if fastest == "cl" else fastest)
-    if profile_batch:
-        try:
-            yield from profile(f"one batch of {images}", batch, dev)
-        except Exception as err:  # noqa: BLE001 - the rows that follow do not need it
-            yield f"  (profiling failed: {_first_line(err)})"
-    if fast:
-        if pipe.sdlab_attention != "default":
-            yield f"  (compiling with {pipe.sdlab_attention} attention, the faster for the sweep)"
-        mode = compile_mode or ("reduce-overhead" if dev.type == "cuda" else "default")
-        compiled = False
-        if mode != "default":  # e.g. CUDA graphs: one replay per UNet call instead of hundreds of launches
-            try:
-                speed_up(pipe, channels_last=False, compile=mode)
-                yield from both_rows(mode, f"… + compiled ({mode})", f"compiling in mode {mode}", warm_calls=2)
-                compiled = True
-            except Exception as err:  # noqa: BLE001 - a report line, then torch.compile's default mode
-                yield f"  (compiling in mode {mode} failed: {_first_line(err)})"
-        if not compiled:
-            speed_up(pipe, channels_last=False, compile=True)
-            yield from both_rows("compiled", "… + compiled", "compiling")
+    batch_work = Counter({kind: count * images for kind, count in work.items()})
+    with ExitStack() as settings:  # torch's process-wide settings that a faster row keeps, put back at the end
+        if fast:
+            speed_up(pipe, channels_last=True, fuse_qkv=True)
+            yield from both_rows("cl", "channels_last + fused QKV")
+            kernels = ["cudnn"] if attention is None and dev.type == "cuda" else attention or []
+            for kernel in kernels:
+                speed_up(pipe, channels_last=False, attention=kernel)
+                try:
+                    yield from both_rows(kernel, f"… + {kernel} attention")
+                except Exception as err:  # noqa: BLE001 - a kernel that fails here is a finding, not the end
+                    yield f"  ({kernel} attention failed: {_first_line(err)})"
+            timed = [key for key in ("cl", *kernels) if f"sweep_{key}" in timings and f"batch_{key}" in timings]
+            fastest = min(timed, key=lambda key: timings[f"sweep_{key}"].seconds)
+            speed_up(pipe, channels_last=False, attention="default" if fastest == "cl" else fastest)
+            if tune_convolutions or (tune_convolutions is None and dev.type == "cuda"):
+                settings.enter_context(_cudnn_timing())
+                yield from both_rows("tuned", "… + cuDNN-timed convolutions")
+                if timings["sweep_tuned"].seconds > timings[f"sweep_{fastest}"].seconds:
+                    settings.close()  # slower: torch's usual choice of algorithms again
+        if profile_batch:
+            yield from _profile_or_say(f"one batch of {images}", batch, dev, batch_work)
+        if fast:
+            yield from _compiled_rows(pipe, compile_mode, dev, both_rows)
+            if profile_batch:
+                yield from _profile_or_say(f"the compiled batch of {images}", batch, dev, batch_work)
     if dev.type != "cuda":
         yield f"peak memory (process RSS): {peak_memory_mb():.0f} MB"
     best_sweep = min((t for k, t in timings.items() if k.startswith("sweep")), key=lambda t: t.seconds)

@@ -211,7 +211,8 @@ def _bench(args) -> None:
     images = 8 if args.quick else args.images
     for line in run(args.model, images=images, steps=args.steps, device=args.device, dtype=args.dtype,
                     flop_limit=args.flop_limit, fast=args.fast, size=args.size, attention=args.attention,
-                    compile_mode=args.compile_mode, profile_batch=args.profile):
+                    tune_convolutions=args.tune_convolutions, compile_mode=args.compile_mode,
+                    profile_batch=args.profile):
         print(line, flush=True)
 
 
@@ -367,10 +368,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also time channels_last, fused QKV, attention kernels and torch.compile (GPUs)")
     bench.add_argument("--attention", nargs="*", choices=[k for k in ATTENTION_KERNELS if k != "default"],
                        default=None, help="with --fast, the attention kernels to time (default: cudnn on a GPU)")
+    bench.add_argument("--tune-convolutions", action=argparse.BooleanOptionalAction, default=None,
+                       help="with --fast, also time cuDNN choosing convolution algorithms by timing them "
+                            "(default: on a GPU)")
     bench.add_argument("--compile-mode", choices=COMPILE_MODES, default=None,
                        help="with --fast, torch.compile's mode (default: reduce-overhead on a GPU, else default)")
     bench.add_argument("--profile", action="store_true",
-                       help="also show where one batch's time goes: convolution, attention, matmul, norm")
+                       help="also show where one batch's time goes (convolution, attention, matmul, norm), "
+                            "before compiling and after")
     bench.add_argument("--size", type=int, default=None, help="image size (default: the model's; 512 for SD 1.5)")
     bench.add_argument("--device", default="auto")
     bench.add_argument("--dtype", default="auto")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from sdlab.bench import count_flops
+from sdlab.profiling import count_flops
 from sdlab.cli import main
 from sdlab.errors import SdlabInputError
 from sdlab.pipelines import load_pipeline, speed_up
@@ -71,10 +71,11 @@ def test_bench_fast_times_attention_kernels_and_compiling_and_profiles_a_batch(c
 
     monkeypatch.setattr(PreferredKernelAttnProcessor, "__call__", efficient_fails)
     assert main(["bench", "--model", "tiny-random", "--images", "2", "--fast", "--attention", "math", "efficient",
-                 "--compile-mode", "default", "--profile"]) == 0
+                 "--tune-convolutions", "--compile-mode", "default", "--profile"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert {"sweep + channels_last + fused QKV", "batch of 2 + … + math attention", "sweep + … + compiled",
-            "batch of 2 + … + compiled"} <= set(_rows(lines))
+    assert {"sweep + channels_last + fused QKV", "batch of 2 + … + math attention",
+            "sweep + … + cuDNN-timed convolutions", "sweep + … + compiled", "batch of 2 + … + compiled"} <= set(_rows(lines))
+    assert not torch.backends.cudnn.benchmark  # the process-wide setting is put back
     assert "  (efficient attention failed: RuntimeError: no valid execution plan for this shape)" in lines
     assert not any("efficient attention" in name for name in _rows(lines))  # the bench went on without it
     start = lines.index(next(line for line in lines if line.startswith("where one batch of 2 spends")))
@@ -86,6 +87,49 @@ def test_bench_fast_times_attention_kernels_and_compiling_and_profiles_a_batch(c
     assert all(float(table[kind][0]) > 0 for kind in ("convolution", "attention", "matmul", "norm"))
     assert float(table["attention"][3]) > 0 and table["norm"][3] == "-"  # a rate where FLOPs are counted
     assert lines[start + 7] == "  the 6 ops that took longest:" and "aten::" in lines[start + 8]
+    compiled = lines.index(next(line for line in lines if line.startswith("where the compiled batch of 2 spends")))
+    assert compiled > lines.index(next(line for line in lines if line.startswith("batch of 2 + … + compiled")))
+    table = {line.split()[0]: line.split()[1:] for line in lines[compiled + 2:compiled + 7]}
+    assert list(table) == ["convolution", "attention", "matmul", "norm", "other"] and float(table["convolution"][0]) > 0
+
+
+def test_profiled_gpu_kernels_go_to_the_kind_of_their_op_or_else_of_their_name():
+    from torch.autograd import DeviceType
+    from torch.autograd.profiler_util import FunctionEvent
+
+    from sdlab.profiling import _kind_by_name, _time_by_kind
+
+    # kernel names as cuDNN, cuBLAS, torch's attention kernels and Triton give them on an H100
+    assert [_kind_by_name(name) for name in (
+        "sm90_xmma_fprop_implicit_gemm_f16f16_f16f32_f32_nhwckrsc_nhwc_tilesize128x128x64_kernel__5x_cudnn",
+        "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3_64x64x64_4x1x1_kernel0_0",
+        "void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128, 64, 4, false, false, cutlass::half_t>>",
+        "fmha_cutlassF_f16_aligned_64x64_rf_sm80(PyTorchMemEffAttention::AttentionKernel<cutlass::half_t>::Params)",
+        "sm90_xmma_gemm_f16f16_f16f32_f32_tn_n_tilesize128x128x64_warpgroupsize1x1x1_kernel__5x_cublas",
+        "nvjet_hsh_128x256_64x4_2x1_v_bz_coopA_TNN", "triton_tem_fused_mm_7", "aten::addmm", "aten::linear",
+        "triton_red_fused_native_group_norm_silu_0", "aten::native_layer_norm",
+        "void at::native::vectorized_elementwise_kernel<4, at::native::silu_kernel>", "Memcpy HtoD (Pageable -> Device)",
+        "## Call CompiledFxGraph fba7owmhzb6k6ijwpavr7mm57dnqlld2puw74pdh7tmugi2w4azm ##")] == [
+        "convolution", "attention", "attention", "attention", "matmul", "matmul", "matmul", "matmul", "matmul",
+        "norm", "norm", None, None, None]
+
+    def event(id, name, start, end, device=DeviceType.CPU, kernels=(), parent=None):
+        e = FunctionEvent(id, name, thread=0, start_us=start, end_us=end, use_device="cuda", device_type=device)
+        for kernel in kernels:
+            e.append_kernel(*kernel)
+        e.cpu_parent = parent
+        return e
+
+    norm_kernel = ("void at::native::RowwiseMomentsCUDAKernel<c10::Half, float>", 0, 30)  # nameless as a kind
+    conv, flash = ("sm90_xmma_fprop_implicit_gemm_f16f16_kernel__5x_cudnn", 0, 100), ("flash_fwd_kernel", 0, 50)
+    group_norm = event(1, "aten::group_norm", 0, 40)
+    cpu = [group_norm, event(2, "cudaLaunchKernel", 1, 2, kernels=[norm_kernel], parent=group_norm),
+           event(3, "cudaGraphLaunch", 50, 51, kernels=[conv, flash])]  # a CUDA graph's kernels: no op of a kind
+    gpu = [event(10 + i, name, 100 * i, 100 * i + us, device=DeviceType.CUDA)
+           for i, (name, _, us) in enumerate([norm_kernel, conv, flash, ("triton_red_fused_native_group_norm_0", 0, 20)])]
+    spent, total = _time_by_kind(type("Profile", (), {"events": lambda self: cpu + gpu})(), on_gpu=True)
+    assert {kind: round(s * 1e6) for kind, s in spent.items() if s} == {"norm": 50, "convolution": 100, "attention": 50}
+    assert round(total * 1e6) == 200  # the last kernel no op launched counts by its name
 
 
 def test_flops_are_counted_by_kind_including_cpus_flash_attention():
