@@ -93,6 +93,23 @@ def test_bench_fast_times_attention_kernels_and_compiling_and_profiles_a_batch(c
     assert list(table) == ["convolution", "attention", "matmul", "norm", "other"] and float(table["convolution"][0]) > 0
 
 
+def test_bench_goes_on_when_cudnn_timed_convolutions_fail(monkeypatch):
+    import sdlab.bench
+
+    plain_sweep = sdlab.bench.guidance_sweep
+
+    def fails_when_timing(*args, **kwargs):  # as cuDNN out of memory for a workspace would
+        if torch.backends.cudnn.benchmark:
+            raise RuntimeError("CUDNN_STATUS_ALLOC_FAILED")
+        return plain_sweep(*args, **kwargs)
+
+    monkeypatch.setattr(sdlab.bench, "guidance_sweep", fails_when_timing)
+    lines = list(sdlab.bench.run("tiny-random", images=2, fast=True, tune_convolutions=True))
+    assert "  (cuDNN-timed convolutions failed: RuntimeError: CUDNN_STATUS_ALLOC_FAILED)" in lines
+    assert "sweep + … + compiled" in _rows(lines) and not torch.backends.cudnn.benchmark  # set back, then compiled
+    assert lines[-1].startswith("batch speedup: ")
+
+
 def test_profiled_gpu_kernels_go_to_the_kind_of_their_op_or_else_of_their_name():
     from torch.autograd import DeviceType
     from torch.autograd.profiler_util import FunctionEvent
