@@ -81,7 +81,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--out", default="outputs")
     args = parser.parse_args(argv)
-    prompts = [line.strip() for line in Path(args.prompts).read_text().splitlines() if line.strip()]
+    # 1. Check inputs, before any process loads a model
+    for flag, value in (("--batch-size", args.batch_size), ("--images-per-prompt", args.images_per_prompt)):
+        if value < 1:
+            parser.error(f"{flag} must be at least 1, got {value}")
+    path = Path(args.prompts)
+    if not path.is_file():
+        parser.error(f"no prompt file at {path}: give a text file with one prompt per line")
+    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not prompts:
+        parser.error(f"{path} holds no prompt: write one prompt per line")
+    # 2. Generate, each process its share, and write the images in order
     jobs = make_jobs(prompts, args.seed, args.images_per_prompt)
     results = generate_distributed(args.model or default_model(), jobs, args.batch_size,
                                    num_inference_steps=args.steps, guidance_scale=args.guidance)

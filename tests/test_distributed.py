@@ -5,9 +5,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from sdlab.distributed import batches, make_jobs
+from sdlab.distributed import batches, main, make_jobs
 from sdlab.metadata import read_params
 
 
@@ -32,6 +33,21 @@ def test_jobs_and_batches_are_fixed():
     jobs = make_jobs(["a", "b"], seed=5, images_per_prompt=2)
     assert [(j.prompt, j.seed) for j in jobs] == [("a", 5), ("a", 6), ("b", 7), ("b", 8)]
     assert [[j.index for j in b] for b in batches(jobs, 3)] == [[0, 1, 2], [3]]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["missing.txt"], "no prompt file at missing.txt: give a text file with one prompt per line"),
+    (["blank.txt"], "blank.txt holds no prompt: write one prompt per line"),
+    (["prompts.txt", "--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+    (["prompts.txt", "-n", "-1"], "--images-per-prompt must be at least 1, got -1")])
+def test_bad_input_is_refused_before_any_model_loads(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)
+    Path("blank.txt").write_text("\n  \n")
+    Path("prompts.txt").write_text("a red circle\n")
+    with pytest.raises(SystemExit) as exit:
+        main(args + ["--model", "tiny-random", "--out", "out"])
+    assert exit.value.code == 2 and capsys.readouterr().err.strip().endswith(f"error: {message}")
+    assert not Path("out").exists()
 
 
 def test_two_processes_equal_one(tmp_path):
