@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .generation import generate, model_defaults
+from .errors import SdlabInputError
+from .generation import MAX_IMAGES, generate, model_defaults
 from .pipelines import load_pipeline
 from .profiling import KINDS, count_flops, profile, share, synchronize
 from .speed import speed_up
@@ -119,13 +120,20 @@ def run(model: str = "sdlab-tiny", images: int = 8, steps: int | None = None, pr
     size: image height and width (default: the model's; smaller makes SD 1.5's work CPU-sized).
     profile_batch: also profile one batch call, before compiling and after.
     """
+    # 1. Check inputs, before loading anything (steps and size are checked as any generation's)
+    if not isinstance(images, int) or not 1 <= images <= MAX_IMAGES:
+        raise SdlabInputError(f"images must be a whole number from 1 to {MAX_IMAGES} (one batch), got {images!r}")
+    if flop_limit is not None and not flop_limit > 0:
+        raise SdlabInputError(f"flop_limit must be the device's FLOP/s, above 0, got {flop_limit!r}; e.g. 3.3e11 "
+                              f"for a 2-core AVX-512 CPU in float32, 9.9e14 for an H100 or H200 in float16")
+    # 2. Load the pipelines: sdlab's, and the course's in float32
     pipe = load_pipeline(model, device=device, dtype=dtype, progress=False)
     dev = pipe.device
     # the course's way runs in float32 whatever sdlab picks; the same seeded weights if rebuilt
     course = pipe if pipe.unet.dtype == torch.float32 else load_pipeline(model, device=device, dtype="float32",
                                                                          progress=False)
-    steps = steps or model_defaults(pipe)[0]
-    size = size or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    steps = model_defaults(pipe)[0] if steps is None else steps
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor if size is None else size
     hw = dict(height=size, width=size, num_inference_steps=steps)
     work = count_flops(lambda: generate(pipe, prompt, seed=seed, **hw))
     flops = sum(work.values())

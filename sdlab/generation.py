@@ -179,10 +179,10 @@ def generate(pipe, prompt: str | list[str], *, negative_prompt: str = "", seed: 
     if image is not None:
         image = _as_rgb(image, "image")
         mask_image = None if mask_image is None else _as_rgb(mask_image, "mask_image")
-        height = height or image.height // SIZE_MULTIPLE * SIZE_MULTIPLE
-        width = width or image.width // SIZE_MULTIPLE * SIZE_MULTIPLE
-    height = height or default_size(pipe)
-    width = width or default_size(pipe)
+        height = image.height // SIZE_MULTIPLE * SIZE_MULTIPLE if height is None else height
+        width = image.width // SIZE_MULTIPLE * SIZE_MULTIPLE if width is None else width
+    height = default_size(pipe) if height is None else height  # None, not 0: 0 is refused below
+    width = default_size(pipe) if width is None else width
     scheduler = resolve_scheduler_name(scheduler) if scheduler is not None else None
     check_generate_inputs(prompts, num_images_per_prompt, num_inference_steps, guidance_scale,
                           height, width, strength, image, mask_image)

@@ -73,8 +73,13 @@ def make_latents(pipe, seed: int, height: int | None = None, width: int | None =
     """
     from diffusers.utils.torch_utils import randn_tensor
 
-    height = height or default_size(pipe)
-    width = width or default_size(pipe)
+    factor = pipe.vae_scale_factor
+    height = default_size(pipe) if height is None else height
+    width = default_size(pipe) if width is None else width
+    for name, value in (("height", height), ("width", width)):
+        if not (isinstance(value, int) and value >= factor and value % factor == 0):
+            raise SdlabInputError(f"{name} must be a whole multiple of {factor} pixels (the VAE's scale), got "
+                                  f"{value!r}; the model's own size is {default_size(pipe)}")
     return randn_tensor(latent_shape(pipe, height, width), generator=make_generator(seed),
                         device=torch.device("cpu"), dtype=dtype or pipe.unet.dtype)
 

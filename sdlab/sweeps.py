@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import torch
 
 from .errors import check
-from .generation import MAX_IMAGES, GeneratedImage, GenerationParams, model_defaults, check_generate_inputs, generate
+from .generation import (MAX_IMAGES, GeneratedImage, GenerationParams, check_generate_inputs, check_size, generate,
+                         model_defaults)
 from .grids import labelled_grid
 from .pipelines import model_name
 from .schedulers import make_scheduler, resolve_scheduler_name, scheduler_name
@@ -121,7 +122,9 @@ def _chunks(values: list, size: int) -> list[list]:
 def _seed_batch(pipe, prompt, seeds, kwargs):
     """Batched calls (as few as fit): the same prompt and settings, one image per seed."""
     text = kwargs.pop("prompt", prompt)
-    size = images_per_call(pipe, kwargs.get("height") or default_size(pipe), kwargs.get("width") or default_size(pipe))
+    height = default_size(pipe) if kwargs.get("height") is None else kwargs["height"]
+    width = default_size(pipe) if kwargs.get("width") is None else kwargs["width"]
+    size = images_per_call(pipe, check_size("height", height), check_size("width", width))  # checked, then sized
     return [item for chunk in _chunks(list(seeds), size)
             for item in generate(pipe, [text] * len(chunk), seed=chunk, **kwargs)]
 
@@ -142,8 +145,9 @@ def guidance_sweep(pipe, prompt: str, guidance_values, seed: int = 0, *, negativ
     # 1. Check inputs
     values = [float(g) for g in guidance_values]
     check(len(values) > 0, "guidance_sweep needs at least one guidance value")
-    steps = num_inference_steps or model_defaults(pipe)[0]
-    height, width = height or default_size(pipe), width or default_size(pipe)
+    steps = model_defaults(pipe)[0] if num_inference_steps is None else num_inference_steps
+    height = default_size(pipe) if height is None else height
+    width = default_size(pipe) if width is None else width
     for g in values:
         check_generate_inputs([prompt], len(values), steps, g, height, width, 1.0, None, None)
     seed = check_seed(seed)

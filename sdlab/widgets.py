@@ -41,7 +41,8 @@ class GenerationControls:
             "prompt": w.Text(prompt, description="prompt", style=style, layout=layout),
             "negative_prompt": w.Text("", description="negative prompt", style=style, layout=layout),
             "seed": w.BoundedIntText(seed, min=0, max=2**32 - 1, description="seed", style=style),
-            "num_inference_steps": w.IntSlider(num_inference_steps or (preset.num_inference_steps if preset else 30),
+            "num_inference_steps": w.IntSlider(num_inference_steps if num_inference_steps is not None else
+                                               (preset.num_inference_steps if preset else 30),
                                                min=1, max=100, description="steps", style=style, layout=layout),
             "guidance_scale": w.FloatSlider(guidance_scale if guidance_scale is not None else
                                             (preset.guidance_scale if preset else 7.5),

@@ -38,6 +38,18 @@ def test_bench_prints_each_way_side_by_side_and_the_ratios(capsys):
     assert abs(float(ratios[1]) - loop / batch) < 0.1 * loop / batch  # the ratio of the times above (rounded)
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--images", "0"], "images must be a whole number from 1 to 64 (one batch), got 0"),
+    (["--images", "65"], "images must be a whole number from 1 to 64 (one batch), got 65"),
+    (["--steps", "0"], "num_inference_steps must be a whole number from 1 to 500, got 0"),  # not the default
+    (["--size", "0"], "height must be between 32 and 2048 pixels, got 0"),
+    (["--flop-limit", "0"], "flop_limit must be the device's FLOP/s, above 0, got 0.0; e.g. 3.3e11")])
+def test_bench_refuses_bad_input_before_timing_anything(capsys, args, message):
+    assert main(["bench", "--model", "tiny-random", *args]) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith(f"sdlab bench: error: {message}") and not _rows(out.splitlines())
+
+
 def test_sd15_random_has_stable_diffusion_1_5s_architecture():
     pipe = build_sd15_random_pipeline(device="meta")  # shapes only: no memory, no time
     count = {name: sum(p.numel() for p in getattr(pipe, name).parameters()) for name in ("unet", "text_encoder", "vae")}

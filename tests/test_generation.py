@@ -93,6 +93,7 @@ def test_long_prompt_warns_what_was_cut(tiny_pipe):
     (dict(width=63), "width must be a multiple of 8"),
     (dict(width=4096), "between 32 and 2048"),
     (dict(height=16), "between 32 and 2048"),
+    (dict(height=0), "height must be between 32 and 2048 pixels, got 0"),  # 0 is not "the default"
     (dict(num_inference_steps=0), "num_inference_steps must be a whole number from 1 to 500, got 0"),
     (dict(num_inference_steps=501), "from 1 to 500"),
     (dict(num_inference_steps=2.5), "whole number"),

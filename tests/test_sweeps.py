@@ -3,6 +3,7 @@ import pytest
 
 from sdlab.errors import SdlabInputError
 from sdlab.generation import generate
+from sdlab.seeds import make_latents
 from sdlab.sweeps import guidance_sweep, label, sweep
 
 
@@ -25,6 +26,20 @@ def test_batched_guidance_sweep_equals_separate_runs(tiny_pipe, scheduler):
 def test_guidance_sweep_bad_value(tiny_pipe):
     with pytest.raises(SdlabInputError, match="guidance_scale must be between 0 and 50, got -1"):
         guidance_sweep(tiny_pipe, "a red circle", [1, -1])
+
+
+@pytest.mark.parametrize("run, message", [
+    (lambda pipe: guidance_sweep(pipe, "a red circle", [1, 7], num_inference_steps=0),
+     "num_inference_steps must be a whole number from 1 to 500, got 0"),
+    (lambda pipe: guidance_sweep(pipe, "a red circle", [1, 7], width=0), "width must be between 32 and 2048 pixels, got 0"),
+    (lambda pipe: sweep(pipe, "a red circle", "seed", [1, 2], height=0), "height must be between 32 and 2048 pixels, got 0"),
+    (lambda pipe: make_latents(pipe, 1, height=0), "height must be a whole multiple of 2 pixels"),  # tiny VAE: 2×
+    (lambda pipe: make_latents(pipe, 1, width=33), r"width must be a whole multiple of 2 pixels \(the VAE's scale\), got 33; "
+                                                   "the model's own size is 64"),
+])
+def test_a_zero_is_refused_not_taken_for_the_default(tiny_pipe, run, message):
+    with pytest.raises(SdlabInputError, match=message):
+        run(tiny_pipe)
 
 
 def test_xy_sweep_layout_and_grid(tiny_pipe):
