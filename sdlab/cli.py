@@ -22,15 +22,29 @@ def _generate(args) -> None:
     from .metadata import save_png
     from .pipelines import load_pipeline
 
+    out = _output_folder(args.out)  # before the work, so no image is made only to be lost
     pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, progress=not args.quiet)
     result = generate(pipe, args.prompt, negative_prompt=args.negative_prompt, seed=args.seed,
                       num_images_per_prompt=args.n, num_inference_steps=args.steps, guidance_scale=args.guidance,
                       height=args.height, width=args.width, scheduler=args.scheduler)
-    out = Path(args.out)
     for item in result:
         path = save_png(item, out / f"{item.params.seed}.png")
         print(path)
     print(f"{len(result)} image(s) in {result.seconds:.2f} s", file=sys.stderr)
+
+
+def _output_folder(path: str) -> Path:
+    """The folder images go to, made if need be; one that cannot be written to is an error."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise SdlabInputError(f"--out {folder} is a file, not a folder: choose another --out")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SdlabInputError(f"cannot make the folder {folder} ({err.strerror or err}): choose another --out") from None
+    if not os.access(folder, os.W_OK):
+        raise SdlabInputError(f"cannot write to {folder}: choose another --out")
+    return folder
 
 
 def _regenerate(args) -> None:
@@ -171,16 +185,15 @@ def _finetune(args) -> None:
 
 
 def _faces(args) -> None:
-    from PIL import Image
-
     from .faces import download_weights, restore_faces
+    from .metadata import open_image
 
     if args.download:
         print(download_weights(args.restorer, args.weights_dir))
         return
     if not args.image or not args.out:
         raise SdlabInputError("give an IMAGE and --out FILE (or --download to fetch the weights)")
-    result = restore_faces(Image.open(args.image), args.restorer, upscale=args.upscale, weight=args.weight,
+    result = restore_faces(open_image(args.image), args.restorer, upscale=args.upscale, weight=args.weight,
                            weights_dir=args.weights_dir, device=args.device, backend=args.backend)
     result.image.save(args.out)
     print(f"{args.out}: {result.summary()}")

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import nbformat
 
+from .errors import SdlabInputError
+
 BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
 BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
 TOKEN_PATTERN = re.compile(r"\bhf_[A-Za-z0-9]{30,}\b")
@@ -69,9 +71,14 @@ def blank_notebook(solution: nbformat.NotebookNode) -> nbformat.NotebookNode:
     return nb
 
 
-def _pairs(solutions: str | Path, notebooks: str | Path):
-    for src in sorted(Path(solutions).glob("[0-9][0-9]_*.ipynb")):
-        yield src, Path(notebooks) / src.name
+def _pairs(solutions: str | Path, notebooks: str | Path) -> list[tuple[Path, Path]]:
+    """(completed notebook, its blank) for each numbered notebook in `solutions`; none is an error,
+    so that a wrong folder is never reported as a course in sync."""
+    sources = sorted(Path(solutions).glob("[0-9][0-9]_*.ipynb"))
+    if not sources:
+        raise SdlabInputError(f"{solutions}/ holds no course notebooks (NN_name.ipynb): run this in the course's "
+                              f"folder, or give the completed notebooks' folder with --solutions")
+    return [(src, Path(notebooks) / src.name) for src in sources]
 
 
 def _text(nb) -> str:
@@ -80,9 +87,10 @@ def _text(nb) -> str:
 
 def build(solutions: str | Path = "solutions", notebooks: str | Path = "notebooks") -> list[Path]:
     """Write the blank notebooks; returns the files written."""
+    pairs = _pairs(solutions, notebooks)
     Path(notebooks).mkdir(parents=True, exist_ok=True)
     written = []
-    for src, dst in _pairs(solutions, notebooks):
+    for src, dst in pairs:
         text = _text(blank_notebook(nbformat.read(src, as_version=4)))
         if not dst.exists() or dst.read_text() != text:
             dst.write_text(text)

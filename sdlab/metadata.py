@@ -94,9 +94,28 @@ def _png_info(result: GeneratedImage) -> PngInfo:
 def save_png(result: GeneratedImage, path: str | Path) -> Path:
     """Save an image with its parameters in the PNG's `parameters` text chunk."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    result.image.save(path, pnginfo=_png_info(result))
+    if path.parent.exists() and not path.parent.is_dir():
+        raise SdlabInputError(f"cannot write {path}: {path.parent} is a file, not a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        result.image.save(path, pnginfo=_png_info(result))
+    except OSError as err:
+        raise SdlabInputError(f"cannot write {path} ({err.strerror or err}): choose a folder you can write to") from None
     return path
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """An image file, opened; a missing file, or one that is no image, is an error that says so."""
+    path = Path(path)
+    if not path.is_file():
+        raise SdlabInputError(f"there is no file {path}" + ("" if path.parent.is_dir() else
+                                                              f" (nor a folder {path.parent})"))
+    try:
+        image = Image.open(path)
+        image.load()
+    except (OSError, Image.DecompressionBombError) as err:  # not an image, truncated, or absurdly large
+        raise SdlabInputError(f"{path} is not an image PIL can read ({err}); give a PNG or a JPEG") from None
+    return image
 
 
 def png_bytes(result: GeneratedImage) -> bytes:
@@ -108,7 +127,7 @@ def png_bytes(result: GeneratedImage) -> bytes:
 
 def read_params(png: str | Path | Image.Image) -> GenerationParams:
     """The parameters stored in a PNG file (or an opened PNG image)."""
-    image = png if isinstance(png, Image.Image) else Image.open(png)
+    image = png if isinstance(png, Image.Image) else open_image(png)
     text = image.info.get(PARAMETERS_KEY)
     if text is None:
         raise SdlabInputError(f"{getattr(image, 'filename', 'this image') or 'this image'} has no "

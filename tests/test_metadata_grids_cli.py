@@ -34,6 +34,13 @@ def test_reads_automatic1111_text():
     assert parse_parameters(format_parameters(p)) == p
 
 
+def test_save_png_where_it_cannot_write_says_so(tiny_pipe, tmp_path):
+    item = generate(tiny_pipe, "a red circle", seed=1, num_inference_steps=1)[0]
+    (tmp_path / "a file").write_text("")
+    with pytest.raises(SdlabInputError, match="cannot write .*a file/x.png: .*a file is a file, not a folder"):
+        save_png(item, tmp_path / "a file" / "x.png")
+
+
 def test_png_without_parameters_is_explained(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
     with pytest.raises(SdlabInputError, match="no 'parameters' text chunk"):
@@ -71,6 +78,25 @@ def test_cli_generate_then_regenerate(tmp_path, capsys):
     assert files == ["42.png", "43.png", "44.png", "45.png"]
     assert main(["regenerate", str(out / "44.png"), "--out", str(tmp_path / "again.png")]) == 0
     assert "identical" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command, message", [
+    (["regenerate", "{tmp}/none.png", "--out", "{tmp}/a.png"], "there is no file {tmp}/none.png"),
+    (["regenerate", "{tmp}/nodir/x.png", "--out", "{tmp}/a.png"], "there is no file {tmp}/nodir/x.png (nor a folder {tmp}/nodir)"),
+    (["regenerate", "{tmp}/notes.png", "--out", "{tmp}/a.png"], "{tmp}/notes.png is not an image PIL can read"),
+    (["faces", "{tmp}/notes.png", "--out", "{tmp}/a.png", "--restorer", "classical"], "{tmp}/notes.png is not an image"),
+    (["generate", "x", "--model", "tiny-random", "--quiet", "--out", "{tmp}/notes.png/out"],
+     "cannot make the folder {tmp}/notes.png/out (Not a directory): choose another --out"),
+    (["generate", "x", "--model", "tiny-random", "--quiet", "--out", "{tmp}/notes.png"],
+     "--out {tmp}/notes.png is a file, not a folder: choose another --out"),
+    (["course", "check", "--solutions", "{tmp}"], "{tmp}/ holds no course notebooks (NN_name.ipynb)"),
+    (["serve", "--model", "not-loaded", "--port", "70000"], "port must be a whole number from 0 to 65535, got 70000"),
+])
+def test_files_and_ports_that_cannot_be_used_are_teaching_errors(tmp_path, capsys, command, message):
+    (tmp_path / "notes.png").write_text("not an image")
+    assert main([part.format(tmp=tmp_path) for part in command]) == 2
+    assert capsys.readouterr().err.startswith(f"sdlab {command[0]}: error: {message.format(tmp=tmp_path)}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.png"]  # nothing written, no folder made
 
 
 def test_cli_bad_arguments_exit_nonzero_without_traceback():

@@ -9,6 +9,7 @@ import papermill
 import pytest
 
 from sdlab import course
+from sdlab.errors import SdlabInputError
 
 ROOT = Path(__file__).resolve().parent.parent
 SOLUTIONS = sorted((ROOT / "solutions").glob("[0-9][0-9]_*.ipynb"))
@@ -47,6 +48,15 @@ def test_check_reports_stale_blanks_outputs_and_tokens(tmp_path):
     nbformat.write(nb, sol / "00_x.ipynb")
     problems = course.check(sol, blank)
     assert any("out of date" in p for p in problems) and any("token" in p for p in problems)
+
+
+def test_a_folder_without_course_notebooks_is_an_error_not_a_course_in_sync(tmp_path):
+    (tmp_path / "solutions").mkdir()
+    (tmp_path / "solutions" / "scratch.ipynb").write_text("{}")  # not numbered: not part of the course
+    for action in (course.check, course.build):
+        with pytest.raises(SdlabInputError, match="solutions/ holds no course notebooks"):
+            action(tmp_path / "solutions", tmp_path / "notebooks")
+    assert not (tmp_path / "notebooks").exists()
 
 
 def _run(path: Path, out: Path, parameters: dict | None = None):

@@ -130,7 +130,14 @@ class Server:
         return f"<sdlab app {state} at {self.url} (REST docs: {self.docs_url}{share})>"
 
 
+def _check_port(port) -> None:
+    if not (isinstance(port, int) and 0 <= port <= 65535):
+        raise SdlabInputError(f"port must be a whole number from 0 to 65535, got {port!r}; 7860 is the usual "
+                              f"one, 0 picks any free one")
+
+
 def _listening_socket(host: str, port: int) -> socket.socket:
+    _check_port(port)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP explicitly: asyncio then turns Nagle's algorithm off on each connection
     # (TCP_NODELAY); with proto 0 every response would wait ~40 ms for a delayed ACK
@@ -175,6 +182,7 @@ def launch(pipe=None, *, host: str = "127.0.0.1", port: int = 0, share: bool = F
     """
     from . import create_app
 
+    _check_port(port)  # before loading a model
     _network_warning(host)
     app = create_app(_pipeline(pipe), max_queue=max_queue, face_restorer=face_restorer, feedback_dir=feedback_dir,
                      models_dir=models_dir)
@@ -199,6 +207,7 @@ def serve(model=None, host: str = "127.0.0.1", port: int = 7860, share: bool = F
     """
     from . import create_app
 
+    _check_port(port)  # before loading a model
     _network_warning(host)
     app = create_app(_pipeline(model), max_queue=max_queue, face_restorer=face_restorer, feedback_dir=feedback_dir,
                      models_dir=models_dir)
