@@ -172,6 +172,8 @@ def generate(pipe, prompt: str | list[str], *, negative_prompt: str = "", seed: 
     variation_seed/variation_strength: slerp each image's noise towards another seed's.
     """
     # 1. Check inputs
+    check(isinstance(prompt, (str, list, tuple)), f"prompt must be a string or a list of strings, got "
+                                                  f"{type(prompt).__name__}")
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     default_steps, default_guidance = model_defaults(pipe)
     num_inference_steps = default_steps if num_inference_steps is None else num_inference_steps

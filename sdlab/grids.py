@@ -17,10 +17,23 @@ def _font(size: int) -> ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 
+def _check_images(images, name: str) -> list[Image.Image]:
+    """PIL images (what generate() and the sweeps return gives its `.image`), at least one."""
+    images = [getattr(im, "image", im) for im in images]
+    check(len(images) > 0, f"{name} needs at least one image")
+    odd = next((i for i, im in enumerate(images) if not isinstance(im, Image.Image)), None)
+    check(odd is None, f"{name} takes images; item {odd} is a {type(images[odd or 0]).__name__}: give PIL images "
+                       f"or what generate() returns")
+    return images
+
+
 def image_grid(images: Sequence[Image.Image], rows: int | None = None, cols: int | None = None,
                gap: int = 2, background: str = "white") -> Image.Image:
     """Paste images (all one size) into a rows × cols grid, filled row by row."""
-    check(len(images) > 0, "image_grid needs at least one image")
+    images = _check_images(images, "image_grid")
+    for name, value in (("rows", rows), ("cols", cols)):
+        check(value is None or (isinstance(value, int) and value > 0), f"{name} must be a whole number above 0 "
+                                                                        f"or None (to fit the images), got {value!r}")
     width, height = images[0].size
     check(all(im.size == (width, height) for im in images),
           f"all images in a grid must have the same size; the first is {width}×{height}, got "
@@ -65,6 +78,7 @@ def labelled_grid(images: Sequence[Image.Image], row_labels: Sequence[str] = (),
     `images` has len(row_labels) × len(col_labels) entries (one row if there are no row labels).
     `cell` scales every image to that width first (small 64 px images become readable).
     """
+    images = _check_images(images, "labelled_grid")
     cols = max(1, len(col_labels)) if col_labels else len(images) // max(1, len(row_labels))
     rows = max(1, len(row_labels))
     check(rows * cols == len(images),
@@ -123,6 +137,6 @@ def show_image(image: Image.Image, scale: int | None = None) -> None:
 def show_images(images: Sequence[Image.Image], rows: int | None = None, cols: int | None = None,
                 scale: int | None = None) -> None:
     """Display images as one grid in a notebook (each enlarged like `show_image` would)."""
-    images = list(images)
+    images = _check_images(images, "show_images")
     scale = display_scale(images[0]) if scale is None else scale
     show_image(image_grid([enlarge(im, scale) for im in images], rows, cols), scale=1)

@@ -127,6 +127,8 @@ def png_bytes(result: GeneratedImage) -> bytes:
 
 def read_params(png: str | Path | Image.Image) -> GenerationParams:
     """The parameters stored in a PNG file (or an opened PNG image)."""
+    if not isinstance(png, (str, Path, Image.Image)):
+        raise SdlabInputError(f"read_params takes a PNG's path or an opened PNG image, got {type(png).__name__}")
     image = png if isinstance(png, Image.Image) else open_image(png)
     text = image.info.get(PARAMETERS_KEY)
     if text is None:

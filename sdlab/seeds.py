@@ -90,6 +90,9 @@ def slerp(t: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     Straight averaging of two Gaussian noises shrinks their length, and the model sees "less
     noise" than it expects; slerp keeps the length, so every in-between is valid noise.
     """
+    if a.shape != b.shape:
+        raise SdlabInputError(f"slerp mixes two noises of one shape, got {tuple(a.shape)} and {tuple(b.shape)}; "
+                              f"make both with make_latents(pipe, seed) at the same height and width")
     a32, b32 = a.float(), b.float()
     dot = (a32 * b32).sum() / (a32.norm() * b32.norm())
     omega = torch.arccos(dot.clamp(-1, 1))

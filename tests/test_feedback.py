@@ -122,6 +122,18 @@ def test_schema_is_versioned_and_a_newer_database_is_refused(tmp_path):
         FeedbackStore(tmp_path)
 
 
+def test_a_file_that_is_no_store_is_refused_and_left_as_it_is(tmp_path):
+    (tmp_path / "notes.txt").write_text("")
+    with pytest.raises(SdlabInputError, match="notes.txt is a file; a feedback store is a folder"):
+        FeedbackStore(tmp_path / "notes.txt")
+    other = b"SQLite is not what this is; " * 40  # e.g. a file copied over the database by mistake
+    (tmp_path / "feedback.sqlite3").write_bytes(other)
+    with pytest.raises(SdlabInputError, match="feedback.sqlite3 is not a feedback store .*left as it is"):
+        FeedbackStore(tmp_path)
+    assert (tmp_path / "feedback.sqlite3").read_bytes() == other  # nothing lost or overwritten
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["feedback.sqlite3", "notes.txt"]
+
+
 WRITER = """
 import sys
 from sdlab.feedback import FeedbackStore

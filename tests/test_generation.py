@@ -113,6 +113,17 @@ def test_bad_input_is_a_teaching_error(tiny_pipe, kwargs, message):
         generate(tiny_pipe, "a red circle", **kwargs)
 
 
+def test_wrong_kinds_of_argument_are_teaching_errors(tiny_pipe):
+    with pytest.raises(SdlabInputError, match="prompt must be a string or a list of strings, got NoneType"):
+        generate(tiny_pipe, None)
+    with pytest.raises(SdlabInputError, match=r"slerp mixes two noises of one shape, got \(1, 4, 32, 32\) and "
+                                              r"\(1, 4, 16, 16\); make both with make_latents"):
+        slerp(0.5, make_latents(tiny_pipe, 1), make_latents(tiny_pipe, 2, height=32, width=32))
+    from sdlab.metadata import read_params
+    with pytest.raises(SdlabInputError, match="read_params takes a PNG's path or an opened PNG image, got NoneType"):
+        read_params(None)
+
+
 @pytest.mark.parametrize("strength", [0, -0.1, 1.5])
 def test_bad_strength(tiny_pipe, strength):
     init = Image.new("RGB", (64, 64), "red")

@@ -8,7 +8,7 @@ from PIL import Image
 from sdlab.cli import main
 from sdlab.errors import SdlabInputError
 from sdlab.generation import generate
-from sdlab.grids import enlarge, image_grid, labelled_grid
+from sdlab.grids import enlarge, image_grid, labelled_grid, show_images
 from sdlab.metadata import format_parameters, parse_parameters, read_params, regenerate, save_png
 
 
@@ -59,6 +59,17 @@ def test_grids():
         labelled_grid(ims[:4], row_labels=["a", "b", "c"], col_labels=["x", "y"])
     with pytest.raises(SdlabInputError, match="same size"):
         image_grid([Image.new("RGB", (10, 10)), Image.new("RGB", (12, 10))])
+    with pytest.raises(SdlabInputError, match="image_grid takes images; item 1 is a str: give PIL images"):
+        image_grid([Image.new("RGB", (10, 10)), "cat.png"])
+    with pytest.raises(SdlabInputError, match="rows must be a whole number above 0 or None"):
+        image_grid([Image.new("RGB", (10, 10))], rows=0)
+    with pytest.raises(SdlabInputError, match="show_images needs at least one image"):
+        show_images([])
+
+
+def test_grids_take_what_generate_returns(tiny_pipe):
+    result = generate(tiny_pipe, "a red circle", seed=1, num_images_per_prompt=2, num_inference_steps=1)
+    assert np.array_equal(np.asarray(image_grid(result)), np.asarray(image_grid(result.images)))
 
 
 def test_enlarge_keeps_pixels_sharp():

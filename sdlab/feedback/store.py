@@ -77,15 +77,24 @@ class FeedbackStore:
 
     def __init__(self, folder: str | Path, *, timeout: float = 60.0):
         self.folder = Path(folder)
+        check(not self.folder.exists() or self.folder.is_dir(),
+              f"{self.folder} is a file; a feedback store is a folder (made if missing): give another path")
         self.folder.mkdir(parents=True, exist_ok=True)
         self.db_path = self.folder / DB_NAME
         self.timeout = timeout
         self._local = threading.local()  # one connection per thread (and per process)
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
-        conn = self._conn()
-        if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-            conn.execute("PRAGMA journal_mode=WAL")  # persistent: set once per database file
+        try:
+            conn = self._conn()
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")  # persistent: set once per database file
+        except sqlite3.DatabaseError as err:
+            if isinstance(err, sqlite3.OperationalError):  # locked, read-only…: says what it is
+                raise
+            self.close()
+            raise SdlabInputError(f"{self.db_path} is not a feedback store ({err}); it is left as it is: move it "
+                                  f"away to start a new store there, or give another folder") from None
         self._migrate()
         self.remove_orphan_files()
 
