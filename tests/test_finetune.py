@@ -56,6 +56,9 @@ def test_zero_liked_images_is_a_clear_message_not_a_crash(tmp_path, tiny_pipe):
         finetune(tiny_pipe, [], models_dir=tmp_path / "models")
     with pytest.raises(SdlabInputError, match="method must be 'lora' or 'full'"):
         start_finetune(tiny_pipe, empty, FinetuneConfig(method="dreambooth"), models_dir=tmp_path / "models")
+    for rate in (-1e-3, 0, 5):  # below 0 would climb the loss; 0 would not move
+        with pytest.raises(SdlabInputError, match=f"learning_rate must be above 0 and at most 1, got {rate}"):
+            start_finetune(tiny_pipe, empty, FinetuneConfig(learning_rate=rate), models_dir=tmp_path / "models")
     assert not (tmp_path / "models").exists()
 
 

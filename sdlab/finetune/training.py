@@ -51,13 +51,18 @@ class FinetuneConfig:
               f"batch_size must be ≥ 1, got {self.batch_size!r}")
         check(isinstance(self.rank, int) and 1 <= self.rank <= 256,
               f"rank must be 1–256, got {self.rank!r}; 4–16 is typical")
+        check(self.learning_rate is None or (isinstance(self.learning_rate, (int, float)) and 0 < self.learning_rate <= 1),
+              f"learning_rate must be above 0 and at most 1, got {self.learning_rate!r}; None picks 1e-3 for LoRA, "
+              f"1e-4 for full")
         check(0 <= self.caption_dropout < 1 and 0 <= self.high_noise_share <= 1,
               "caption_dropout and high_noise_share are shares between 0 and 1")
         return self
 
     @property
     def lr(self) -> float:
-        return self.learning_rate or (1e-3 if self.method == "lora" else 1e-4)
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return 1e-3 if self.method == "lora" else 1e-4
 
 
 # ---- one training step, the recipe of sdlab.tiny.train ------------------------------------
