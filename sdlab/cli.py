@@ -66,6 +66,8 @@ def _train_tiny(args) -> None:
     from .tiny.train import TrainConfig, Trainer, export_pipeline
 
     fit = args.unet_steps == "auto"
+    if args.minutes is not None and not args.minutes > 0:
+        raise SdlabInputError(f"--minutes must be above 0, got {args.minutes:g}")
     if fit and not args.minutes:
         raise SdlabInputError("--unet-steps auto fits the UNet's schedule to --minutes: give --minutes too")
     workers = args.data_workers if args.data_workers is not None else _default_data_workers()

@@ -65,6 +65,12 @@ def test_bad_training_options_say_what_to_change(tmp_path, capsys):
     assert "must be odd" in capsys.readouterr().err
     assert main(["train-tiny", "--out", str(tmp_path), "--high-noise-from", "1"]) != 0
     assert "high_noise_from in [0, 1)" in capsys.readouterr().err
+    for option, value, message in (("--batch-size", "0", "batch_size must be a whole number, 1 or more, got 0"),
+                                   ("--vae-steps", "-1", "vae_steps must be a whole number, 0 or more, got -1"),
+                                   ("--minutes", "-5", "--minutes must be above 0, got -5")):
+        assert main(["train-tiny", "--out", str(tmp_path / "refused"), option, value]) == 2
+        assert capsys.readouterr().err.startswith(f"sdlab train-tiny: error: {message}")
+    assert not (tmp_path / "refused").exists()  # refused before anything is made
     assert main(["train-tiny", "--out", str(tmp_path / "run"), "--vae-from", str(tmp_path)]) != 0
     assert "has no vae/ folder" in capsys.readouterr().err
     with pytest.raises(ValueError, match="same TinyConfig"):

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from ..errors import check
+
 
 @dataclass
 class TinyConfig:
@@ -60,3 +62,27 @@ class TrainConfig:
     seed: int = 0
     mixed_precision: str = "bf16"  # "no" for full float32
     model: TinyConfig = field(default_factory=TinyConfig)
+
+    def checked(self) -> "TrainConfig":
+        """This config, after checking every value (a SdlabInputError names the wrong one)."""
+        for name in ("vae_steps", "unet_steps", "warmup_steps", "data_workers"):
+            value = getattr(self, name)
+            check(isinstance(value, int) and value >= 0, f"{name} must be a whole number, 0 or more, got {value!r}")
+        for name in ("batch_size", "checkpoint_every", "eval_every"):
+            value = getattr(self, name)
+            check(isinstance(value, int) and value >= 1, f"{name} must be a whole number, 1 or more, got {value!r}")
+        for name in ("vae_lr", "unet_lr"):
+            value = getattr(self, name)
+            check(isinstance(value, (int, float)) and 0 < value <= 1, f"{name} must be above 0 and at most 1, "
+                                                                       f"got {value!r}")
+        check(0 <= self.caption_dropout < 1 and 0 <= self.ema_decay < 1,
+              f"caption_dropout and ema_decay must be in [0, 1), got {self.caption_dropout} and {self.ema_decay}")
+        check(self.mixed_precision in ("no", "bf16"), f"mixed_precision must be 'no' or 'bf16', got "
+                                                      f"{self.mixed_precision!r}")
+        check(0 <= self.high_noise_share <= 1 and 0 <= self.high_noise_from < 1,
+              f"high_noise_share must be in [0, 1] and high_noise_from in [0, 1), got {self.high_noise_share} and "
+              f"{self.high_noise_from}")
+        kernel = self.model.unet_conv_in_kernel
+        check(kernel >= 1 and kernel % 2 == 1, f"the conv_in kernel must be odd (3, 17, ...) to keep the latent "
+                                               f"size, got {kernel}")
+        return self

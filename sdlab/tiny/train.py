@@ -104,17 +104,9 @@ class Trainer:
     def __init__(self, config: TrainConfig):
         from accelerate import Accelerator
 
-        self.cfg = config
+        self.cfg = config.checked()  # before anything is made
         self.out = Path(config.out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
-        if config.mixed_precision not in ("no", "bf16"):
-            raise SdlabInputError(f"mixed_precision must be 'no' or 'bf16', got {config.mixed_precision!r}")
-        if not (0 <= config.high_noise_share <= 1 and 0 <= config.high_noise_from < 1):
-            raise SdlabInputError(f"high_noise_share must be in [0, 1] and high_noise_from in [0, 1), got "
-                                  f"{config.high_noise_share} and {config.high_noise_from}")
-        kernel = config.model.unet_conv_in_kernel
-        if kernel < 1 or kernel % 2 == 0:
-            raise SdlabInputError(f"the conv_in kernel must be odd (3, 17, ...) to keep the latent size, got {kernel}")
         # precision is set by `autocast` below, not in accelerate's process-wide state, so other
         # training in the same process (a fine-tune, a notebook) keeps its own
         self.acc = Accelerator(cpu=not torch.cuda.is_available())
