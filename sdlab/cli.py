@@ -110,8 +110,8 @@ def _eval_tiny(args) -> None:
     from .tiny.evaluate import measure_adherence
     from .tiny.world import held_out_scenes
 
+    scenes = held_out_scenes(args.n, seed=args.seed)  # a bad -n is refused before the model loads
     pipe = load_pipeline(args.model, progress=False)
-    scenes = held_out_scenes(args.n, seed=args.seed)
     for guidance in args.guidance:
         for steps in args.steps:
             result = measure_adherence(pipe, scenes, guidance_scale=guidance, num_inference_steps=steps,

@@ -132,6 +132,20 @@ def test_preference_demo_runs_end_to_end(tmp_path, tiny_pipe, liked_store):
     assert statuses and statuses[-1].state == "done"
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(rating_images=0), "rating_images must be a whole number, 1 or more, got 0"),
+    (dict(test_images=-2), "test_images must be a whole number, 1 or more, got -2"),
+    (dict(control_images=-1), "control_images must be a whole number, 0 or more, got -1"),
+    (dict(config=FinetuneConfig(steps=0)), "steps must be 1–100000, got 0")])
+def test_preference_demo_checks_its_numbers_before_making_an_image(tiny_pipe, tmp_path, monkeypatch, kwargs, message):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(SdlabInputError, match=message):
+        preference_demo(tiny_pipe, **kwargs)
+    assert list(tmp_path.iterdir()) == []  # no work folder, no store, no image
+
+
 def test_the_training_step_is_the_tiny_models_own_recipe():
     """noise_scheduler_for + diffusion_loss give sdlab.tiny.train's noisy latents and v-target."""
     from types import SimpleNamespace

@@ -119,6 +119,15 @@ def test_parse_prompt_examples(prompt, expected):
 
 # ---------------------------------------------------------------- split
 
+def test_a_number_of_scenes_below_1_is_refused():
+    from sdlab.errors import SdlabInputError
+
+    for n in (0, -3):
+        with pytest.raises(SdlabInputError, match=f"the number of held_out scenes must be a whole number, 1 or more "
+                                                  f"\\(or None for all\\), got {n}"):
+            world.held_out_scenes(n)
+
+
 def test_held_out_scenes_never_sampled_for_training():
     rng = random.Random(1)
     train = [world.sample_scene(rng) for _ in range(5000)]

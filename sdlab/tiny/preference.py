@@ -113,10 +113,13 @@ def preference_demo(pipe, *, colour: str = "blue", store: FeedbackStore | None =
     from .world import COLOUR_NAMES, held_out_scenes
 
     check(colour in COLOUR_NAMES, f"colour must be one of {', '.join(COLOUR_NAMES)}, got {colour!r}")
+    for name, value, least in (("rating_images", rating_images, 1), ("test_images", test_images, 1),
+                               ("control_images", control_images, 0)):
+        check(isinstance(value, int) and value >= least, f"{name} must be a whole number, {least} or more, got {value!r}")
+    config = (config or DEMO_CONFIG).checked()  # all before the first image is made
     settings = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
     workdir = Path(tempfile.mkdtemp(prefix="sdlab-preference-"))
     store = store or FeedbackStore(workdir / "feedback")
-    config = config or DEMO_CONFIG
     # 1. Ratings
     if version is None and not store.liked(config.min_rating):
         made = generate_batches(pipe, open_colour_prompts(colour), rating_images, seed, **settings)

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from ..errors import SdlabInputError
+
 # --------------------------------------------------------------------------
 # The vocabulary of the world
 # --------------------------------------------------------------------------
@@ -247,6 +249,9 @@ def all_scenes(split: str = "train") -> list[Scene]:
 def _distinct_scenes(split: str, n: int | None, seed: int) -> list[Scene]:
     """`n` distinct scenes of `split`, shuffled by `seed` but balanced so that
     any prefix cycles through every (position, size) pair."""
+    if n is not None and not (isinstance(n, int) and n >= 1):
+        raise SdlabInputError(f"the number of {split} scenes must be a whole number, 1 or more (or None for all), "
+                              f"got {n!r}")
     rng = random.Random(seed)
     groups: dict[tuple[str, str], list[Scene]] = {}
     for scene in all_scenes(split):
@@ -258,7 +263,7 @@ def _distinct_scenes(split: str, n: int | None, seed: int) -> list[Scene]:
     if n is None:
         return ordered
     if n > len(ordered):
-        raise ValueError(f"split {split!r} has only {len(ordered)} distinct scenes, asked for {n}")
+        raise SdlabInputError(f"split {split!r} has only {len(ordered)} distinct scenes, asked for {n}")
     return ordered[:n]
 
 
