@@ -28,13 +28,17 @@ class Passed(str):
         return f"<span style='color:#080'>{self}</span>"
 
 
-def _pixels(image) -> np.ndarray:
+def _image(image) -> Image.Image:
     if hasattr(image, "image"):  # a GeneratedImage
         image = image.image
     if not isinstance(image, Image.Image):
         raise CheckFailed(f"expected a PIL image, got {type(image).__name__}; "
                           f"generate(...) returns results whose .images are PIL images")
-    return np.asarray(image.convert("RGB")).astype(np.int16)
+    return image
+
+
+def _pixels(image) -> np.ndarray:
+    return np.asarray(_image(image).convert("RGB")).astype(np.int16)
 
 
 def images_list(images, count: int | None = None, size: tuple[int, int] | None = None, name: str = "images"):
@@ -108,7 +112,7 @@ def follows_prompt(image, prompt: str, attributes=("colour", "background", "shap
     wanted = {k: v for k, v in parse_prompt(prompt).items() if k in attributes}
     if not wanted:
         raise CheckFailed(f"the prompt {prompt!r} names none of {attributes}; try 'a red circle on a blue background'")
-    seen = read_scene(image if isinstance(image, Image.Image) else image.image).as_dict()
+    seen = read_scene(_image(image)).as_dict()
     wrong = {k: (v, seen.get(k)) for k, v in wanted.items() if seen.get(k) != v}
     if wrong:
         detail = ", ".join(f"{k}: asked {v!r}, got {got!r}" for k, (v, got) in wrong.items())
