@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import SdlabInputError
+from .errors import SdlabInputError, writable_folder
 
 
 def _generate(args) -> None:
@@ -22,7 +22,7 @@ def _generate(args) -> None:
     from .metadata import save_png
     from .pipelines import load_pipeline
 
-    out = _output_folder(args.out)  # before the work, so no image is made only to be lost
+    out = writable_folder(args.out)  # before the work, so no image is made only to be lost
     pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, progress=not args.quiet)
     result = generate(pipe, args.prompt, negative_prompt=args.negative_prompt, seed=args.seed,
                       num_images_per_prompt=args.n, num_inference_steps=args.steps, guidance_scale=args.guidance,
@@ -31,20 +31,6 @@ def _generate(args) -> None:
         path = save_png(item, out / f"{item.params.seed}.png")
         print(path)
     print(f"{len(result)} image(s) in {result.seconds:.2f} s", file=sys.stderr)
-
-
-def _output_folder(path: str) -> Path:
-    """The folder images go to, made if need be; one that cannot be written to is an error."""
-    folder = Path(path)
-    if folder.exists() and not folder.is_dir():
-        raise SdlabInputError(f"--out {folder} is a file, not a folder: choose another --out")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise SdlabInputError(f"cannot make the folder {folder} ({err.strerror or err}): choose another --out") from None
-    if not os.access(folder, os.W_OK):
-        raise SdlabInputError(f"cannot write to {folder}: choose another --out")
-    return folder
 
 
 def _regenerate(args) -> None:

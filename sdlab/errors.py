@@ -11,6 +11,22 @@ def check(condition: bool, message: str) -> None:
         raise SdlabInputError(message)
 
 
+def writable_folder(path, name: str = "--out"):
+    """`path` as a folder, made if missing, checked before any work is written there; the error
+    names the option (`name`) to change."""
+    import os
+    from pathlib import Path
+
+    folder = Path(path)
+    check(not folder.exists() or folder.is_dir(), f"{name} {folder} is a file, not a folder: choose another {name}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SdlabInputError(f"cannot make the folder {folder} ({err.strerror or err}): choose another {name}") from None
+    check(os.access(folder, os.W_OK), f"cannot write to {folder}: choose another {name}")
+    return folder
+
+
 def suggest_multiple(value: int, multiple: int) -> str:
     """'try 496 or 504' for a value that is not a multiple of `multiple`."""
     below = max(multiple, value // multiple * multiple)

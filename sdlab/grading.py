@@ -33,7 +33,7 @@ from pathlib import Path
 
 import nbformat
 
-from .errors import SdlabInputError
+from .errors import SdlabInputError, writable_folder
 from .grading_notebook import (
     ANSI,
     KERNEL,
@@ -148,6 +148,7 @@ def grade(submissions, against: str | Path = "solutions", out: str | Path = "rep
     subs = [s for s in find_submissions(submissions, against) if out.resolve() not in s.path.resolve().parents]
     if not subs and not list(out.glob("*/*.grade.json")):
         raise SdlabInputError(f"no notebooks to grade in {', '.join(map(str, submissions)) or '(none given)'}")
+    writable_folder(out)  # before grading, so no notebook is run only for its grade to be lost
     parameters = {"model": default_model(), **(parameters or {})}
     solutions = {p.stem: p.read_text(encoding="utf-8") for p in against.glob("*.ipynb")}
     for name in {s.notebook for s in subs} & set(solutions):  # a bad solution fails here, before any work

@@ -230,6 +230,17 @@ def test_submissions_are_matched_by_file_or_folder_name(tmp_path):
         grading.find_submissions([tmp_path / "missing"], solutions)
 
 
+def test_a_report_folder_that_cannot_be_written_is_refused_before_grading(tmp_path, monkeypatch):
+    (tmp_path / "alice").mkdir()
+    shutil.copy(ROOT / "notebooks" / "01_loading.ipynb", tmp_path / "alice" / "01_loading.ipynb")
+    (tmp_path / "report.txt").write_text("")
+    graded = []
+    monkeypatch.setattr(grading, "_grade_and_save", lambda *task: graded.append(task))
+    with pytest.raises(SdlabInputError, match="--out .*report.txt is a file, not a folder: choose another --out"):
+        grading.grade(tmp_path / "alice", ROOT / "solutions", tmp_path / "report.txt")
+    assert graded == []  # no notebook ran only for its grade to be lost
+
+
 def test_hidden_tests_go_back_after_their_exercise_and_self_check():
     solution = nbformat.read(ROOT / "solutions" / "01_loading.ipynb", as_version=4)
     tests = grading.hidden_tests(solution)
