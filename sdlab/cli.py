@@ -181,6 +181,7 @@ def _faces(args) -> None:
         return
     if not args.image or not args.out:
         raise SdlabInputError("give an IMAGE and --out FILE (or --download to fetch the weights)")
+    writable_folder(Path(args.out).parent)  # before the work
     result = restore_faces(open_image(args.image), args.restorer, upscale=args.upscale, weight=args.weight,
                            weights_dir=args.weights_dir, device=args.device, backend=args.backend)
     result.image.save(args.out)

@@ -96,6 +96,8 @@ def test_cli_generate_then_regenerate(tmp_path, capsys):
     (["regenerate", "{tmp}/nodir/x.png", "--out", "{tmp}/a.png"], "there is no file {tmp}/nodir/x.png (nor a folder {tmp}/nodir)"),
     (["regenerate", "{tmp}/notes.png", "--out", "{tmp}/a.png"], "{tmp}/notes.png is not an image PIL can read"),
     (["faces", "{tmp}/notes.png", "--out", "{tmp}/a.png", "--restorer", "classical"], "{tmp}/notes.png is not an image"),
+    (["faces", "{tmp}/notes.png", "--out", "{tmp}/notes.png/a.png", "--restorer", "classical"],
+     "--out {tmp}/notes.png is a file, not a folder: choose another --out"),
     (["generate", "x", "--model", "tiny-random", "--quiet", "--out", "{tmp}/notes.png/out"],
      "cannot make the folder {tmp}/notes.png/out (Not a directory): choose another --out"),
     (["generate", "x", "--model", "tiny-random", "--quiet", "--out", "{tmp}/notes.png"],
