@@ -78,11 +78,13 @@ def _first_line(err: Exception) -> str:
     return f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}"
 
 
-def _profile_or_say(name: str, fn, device: torch.device, flops: Counter) -> Iterator[str]:
+def _or_say(what: str, lines: Iterator[str]) -> Iterator[str]:
+    """The report's `lines`; where they fail, a line saying what failed, and the run goes on (an
+    attention kernel or cuDNN's tuning that fails on a GPU is a finding, not the end)."""
     try:
-        yield from profile(name, fn, device, flops)
-    except Exception as err:  # noqa: BLE001 - the rows that follow do not need it
-        yield f"  (profiling {name} failed: {_first_line(err)})"
+        yield from lines
+    except Exception as err:  # noqa: BLE001 - the rows that follow do not need these
+        yield f"  ({what} failed: {_first_line(err)})"
 
 
 def _compiled_rows(pipe, compile_mode: str | None, device: torch.device, both_rows) -> Iterator[str]:
@@ -195,28 +197,24 @@ def run(model: str = "sdlab-tiny", images: int = 8, steps: int | None = None, pr
             kernels = ["cudnn"] if attention is None and dev.type == "cuda" else attention or []
             for kernel in kernels:
                 speed_up(pipe, channels_last=False, attention=kernel)
-                try:
-                    yield from both_rows(kernel, f"… + {kernel} attention")
-                except Exception as err:  # noqa: BLE001 - a kernel that fails here is a finding, not the end
-                    yield f"  ({kernel} attention failed: {_first_line(err)})"
+                yield from _or_say(f"{kernel} attention", both_rows(kernel, f"… + {kernel} attention"))
             timed = [key for key in ("cl", *kernels) if f"sweep_{key}" in timings and f"batch_{key}" in timings]
             fastest = min(timed, key=lambda key: timings[f"sweep_{key}"].seconds)
             speed_up(pipe, channels_last=False, attention="default" if fastest == "cl" else fastest)
             if tune_convolutions or (tune_convolutions is None and dev.type == "cuda"):
                 settings.enter_context(_cudnn_timing())
-                try:
-                    yield from both_rows("tuned", "… + cuDNN-timed convolutions")
-                except Exception as err:  # noqa: BLE001 - a finding, as for an attention kernel
-                    yield f"  (cuDNN-timed convolutions failed: {_first_line(err)})"
+                yield from _or_say("cuDNN-timed convolutions", both_rows("tuned", "… + cuDNN-timed convolutions"))
                 tuned = timings.get("sweep_tuned")
                 if tuned is None or tuned.seconds > timings[f"sweep_{fastest}"].seconds:
                     settings.close()  # failed or slower: torch's usual choice of algorithms again
         if profile_batch:
-            yield from _profile_or_say(f"one batch of {images}", batch, dev, batch_work)
+            name = f"one batch of {images}"
+            yield from _or_say(f"profiling {name}", profile(name, batch, dev, batch_work))
         if fast:
             yield from _compiled_rows(pipe, compile_mode, dev, both_rows)
             if profile_batch:
-                yield from _profile_or_say(f"the compiled batch of {images}", batch, dev, batch_work)
+                name = f"the compiled batch of {images}"
+                yield from _or_say(f"profiling {name}", profile(name, batch, dev, batch_work))
     if dev.type != "cuda":
         yield f"peak memory (process RSS): {peak_memory_mb():.0f} MB"
     best_sweep = min((t for k, t in timings.items() if k.startswith("sweep")), key=lambda t: t.seconds)

@@ -1,4 +1,6 @@
 """The one error type sdlab raises for bad input: a `ValueError` that teaches the fix."""
+import os
+from pathlib import Path
 
 
 class SdlabInputError(ValueError):
@@ -14,15 +16,13 @@ def check(condition: bool, message: str) -> None:
 def writable_folder(path, name: str = "--out"):
     """`path` as a folder, made if missing, checked before any work is written there; the error
     names the option (`name`) to change."""
-    import os
-    from pathlib import Path
-
     folder = Path(path)
     check(not folder.exists() or folder.is_dir(), f"{name} {folder} is a file, not a folder: choose another {name}")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise SdlabInputError(f"cannot make the folder {folder} ({err.strerror or err}): choose another {name}") from None
+        raise SdlabInputError(f"cannot make the folder {folder} ({err.strerror or err}): "
+                              f"choose another {name}") from None
     check(os.access(folder, os.W_OK), f"cannot write to {folder}: choose another {name}")
     return folder
 
