@@ -1,10 +1,56 @@
-"""The one error type sdlab raises for bad input: a `ValueError` that teaches the fix."""
+"""The one error type sdlab raises for bad input, a `ValueError` that teaches the fix, and the
+warnings it gives of a call's input or result."""
 import os
+import threading
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 
 class SdlabInputError(ValueError):
     """Raised before any work when an argument is wrong; the message says what to change."""
+
+
+class SdlabWarning(UserWarning):
+    """What sdlab warns of in one call (a prompt cut short, no face found): shown each time it
+    happens, where Python shows other warnings once per line of code."""
+
+
+def _always_show_sdlab_warnings() -> None:
+    if not any(category is SdlabWarning for _, _, category, _, _ in warnings.filters):
+        warnings.filterwarnings("always", category=SdlabWarning, append=True)  # after the user's own filters
+
+
+_always_show_sdlab_warnings()
+_this_thread = threading.local()
+_installing = threading.Lock()
+
+
+def _show_or_keep(message, category, filename, lineno, file=None, line=None):
+    kept = getattr(_this_thread, "kept", None)
+    if kept is None:
+        _show_or_keep.shown_by(message, category, filename, lineno, file, line)
+    else:
+        kept.append(str(message))
+
+
+@contextmanager
+def warnings_of_this_thread():
+    """The messages of the warnings this thread gives in the block, kept instead of shown.
+
+    `warnings.catch_warnings` swaps what the whole process does with warnings, so in a server
+    one request's block would also keep the warnings of requests running beside it."""
+    with _installing:  # again if a `catch_warnings` block around the import took them away
+        _always_show_sdlab_warnings()
+        if warnings.showwarning is not _show_or_keep:
+            _show_or_keep.shown_by = warnings.showwarning
+            warnings.showwarning = _show_or_keep
+    outer = getattr(_this_thread, "kept", None)
+    _this_thread.kept = kept = []
+    try:
+        yield kept
+    finally:
+        _this_thread.kept = outer
 
 
 def check(condition: bool, message: str) -> None:

@@ -5,6 +5,7 @@ It follows the diffusers pipeline's own order: 1. check inputs, 2. seeds and lat
 """
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -12,7 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 from PIL import Image
 
-from .errors import check, suggest_multiple
+from .errors import SdlabWarning, check, suggest_multiple
 from .pipelines import img2img_pipeline, inpaint_pipeline, model_name
 from .presets import find_preset
 from .schedulers import resolve_scheduler_name, scheduler_name, using_scheduler
@@ -24,7 +25,7 @@ MAX_GUIDANCE = 50.0
 MIN_SIZE, MAX_SIZE, SIZE_MULTIPLE = 32, 2048, 8
 
 
-class PromptTruncatedWarning(UserWarning):
+class PromptTruncatedWarning(SdlabWarning):
     """A prompt was longer than CLIP's 77 tokens, so its end was ignored."""
 
 
@@ -132,6 +133,11 @@ def check_generate_inputs(prompts, num_images_per_prompt, num_inference_steps, g
         return
     check(isinstance(strength, (int, float)) and 0 < strength <= 1,
           f"strength must be in (0, 1], got {strength!r}: 0.3 keeps most of the image, 1.0 replaces it")
+    fewest = next(n for n in range(math.ceil(1 / strength), MAX_STEPS + 2) if int(n * strength) >= 1)
+    check(num_inference_steps >= fewest,  # image to image runs int(steps × strength) of the steps
+          f"strength {strength:g} of {num_inference_steps} steps leaves no step to run (image to image runs "
+          f"int(steps × strength) of them): raise num_inference_steps to {fewest} or more, or strength to "
+          f"{1 / num_inference_steps:.2g} or more")
     if mask_image is not None:
         check(mask_image.size == image.size,
               f"mask_image is {mask_image.size[0]}×{mask_image.size[1]} but image is "

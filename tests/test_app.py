@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 import sdlab
 from sdlab.errors import SdlabInputError
@@ -46,10 +47,14 @@ def live(app):
     server.close()
 
 
-def b64png(image: Image.Image) -> str:
+def b64(image: Image.Image, format: str, **options) -> str:
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format=format, **options)
     return base64.b64encode(buffer.getvalue()).decode()
+
+
+def b64png(image: Image.Image) -> str:
+    return b64(image, "PNG")
 
 
 def decode(b64: str) -> Image.Image:
@@ -143,6 +148,8 @@ def test_img2img_and_inpainting(client):
 TOO_WIDE = Image.new("RGB", (2056, 8))
 NOT_BASE64 = "this is not base64!"
 NOT_AN_IMAGE = base64.b64encode(b"hello, I am a text file").decode()
+BIG_TEXT = PngInfo()
+BIG_TEXT.add_text("comment", "x" * 2**21, zip=True)  # a few KB that inflate past PIL's limit for text
 
 BAD = [  # (endpoint, body, words the message must contain)
     ("/text2img", None, ["body is empty", "prompt"]),
@@ -168,7 +175,10 @@ BAD = [  # (endpoint, body, words the message must contain)
     ("/text2img", {"prompt": PROMPT, "steps": 2, "num_inference_steps": 3}, ["steps is another name"]),
     ("/img2img", {"prompt": PROMPT}, ["image is required"]),
     ("/img2img", {"prompt": PROMPT, "image": NOT_BASE64}, ["image is not valid base64", "b64encode"]),
-    ("/img2img", {"prompt": PROMPT, "image": NOT_AN_IMAGE}, ["image is base64 but not an image", "PNG"]),
+    ("/img2img", {"prompt": PROMPT, "image": NOT_AN_IMAGE}, ["image is base64 but not a PNG, JPEG or WebP file"]),
+    ("/img2img", {"prompt": PROMPT, "image": b64(start_image(), "GIF")}, ["not a PNG, JPEG or WebP file"]),
+    ("/img2img", {"prompt": PROMPT, "image": b64(start_image(), "PNG", pnginfo=BIG_TEXT)},
+     ["image is base64 but not a PNG, JPEG or WebP file"]),  # its text would inflate to 2 MB
     ("/img2img", {"prompt": PROMPT, "image": b64png(TOO_WIDE)}, ["image is 2056×8 pixels", "resize"]),
     ("/img2img", {"prompt": PROMPT, "image": ""}, ["image is empty"]),
     ("/img2img", {"prompt": PROMPT, "image": b64png(start_image()), "strength": 0}, ["strength", "(0, 1]"]),
@@ -176,7 +186,9 @@ BAD = [  # (endpoint, body, words the message must contain)
     ("/inpainting", {"prompt": PROMPT, "image": b64png(start_image()), "mask_image": b64png(half_mask(32))},
      ["mask_image is 32×32 but image is 64×64", "resize the mask"]),
     ("/inpainting", {"prompt": PROMPT, "image": b64png(start_image()), "mask": NOT_AN_IMAGE},
-     ["mask_image is base64 but not an image"]),
+     ["mask_image is base64 but not a PNG, JPEG or WebP file"]),
+    ("/inpainting", {"prompt": PROMPT, "image": b64png(start_image()), "mask": b64png(half_mask()), "steps": 2,
+                     "strength": 0.01}, ["strength 0.01 of 2 steps leaves no step to run", "strength to 0.5"]),
 ]
 
 
@@ -445,3 +457,35 @@ def test_a_too_long_prompt_comes_back_with_a_warning(client):
     long_prompt = " ".join(["a small red circle on a blue background"] * 12)
     out = client.post("/text2img", json={"prompt": long_prompt, "steps": 1}).json()
     assert len(out["images"]) == 1 and "CLIP reads only 77" in out["warnings"][0]
+
+
+def test_each_request_gets_its_own_warnings_each_time(client):
+    import threading
+    import warnings
+
+    from sdlab.errors import warnings_of_this_thread
+    from sdlab.faces import NoFaceFoundWarning
+
+    stop, kept_beside = threading.Event(), []
+
+    def another_request_warns():  # as a face repair beside it does
+        with warnings_of_this_thread() as kept:
+            while not stop.is_set():
+                warnings.warn("no face found in the picture", NoFaceFoundWarning)
+                time.sleep(0.001)
+        kept_beside.extend(kept)
+
+    beside = threading.Thread(target=another_request_warns)
+    beside.start()
+    long_prompt = " ".join(["a small red circle on a blue background"] * 12)
+    try:
+        short = [client.post("/text2img", json={"prompt": PROMPT, "steps": 1}).json() for _ in range(3)]
+        long = [client.post("/text2img", json={"prompt": long_prompt, "steps": 1}).json() for _ in range(2)]
+    finally:
+        stop.set()
+        beside.join()
+    assert [out["warnings"] for out in short] == [[], [], []] and kept_beside
+    assert set(kept_beside) == {"no face found in the picture"}  # none of the requests' warnings
+    assert [len(out["warnings"]) for out in long] == [1, 1]  # the same warning again, not only the first time
+    with pytest.warns(NoFaceFoundWarning):  # outside a request, warnings are shown as usual
+        warnings.warn("no face found in the picture", NoFaceFoundWarning)

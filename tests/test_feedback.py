@@ -90,12 +90,29 @@ def test_search_by_words_rating_model_and_date(store):
     (("1", 5), "image_id must be the whole number that add_generation returned"),
     ((1, 5, "x" * (MAX_COMMENT_CHARS + 1)), f"comment is {MAX_COMMENT_CHARS + 1} characters; the limit is"),
     ((1, 5, "", "u" * 101), "user must be a name of at most 100"),
+    ((2**64, 5), "no image with id 18446744073709551616 in this feedback store"),  # past SQLite's integers
 ])
 def test_malformed_feedback_is_a_teaching_error(store, args, message):
     store.add_generation(fake("a circle", 1))
     with pytest.raises(SdlabInputError, match=message):
         store.add_feedback(*args)
     assert store.feedback() == []
+
+
+def test_seeds_and_ids_past_sqlites_integers(store):
+    biggest = 2**64 - 1  # a seed torch takes, but not a 64-bit signed SQLite integer
+    image_id = store.add_generation(fake("a circle", biggest))
+    assert store.get(image_id).params.seed == biggest  # kept whole, in the parameters
+    with sqlite3.connect(store.db_path) as conn:
+        assert conn.execute("SELECT seed FROM generations").fetchone() == (None,)
+    with pytest.raises(SdlabInputError, match=f"no image with id {2**63}"):
+        store.get(2**63)
+    assert store.feedback(2**70) == []
+    with pytest.raises(SdlabInputError, match=r"offset must be a whole number from 0 to 9223372036854775807"):
+        store.search(offset=2**63)
+    with pytest.raises(SdlabInputError, match="0001-01-01T00:00:00.01:00 is out of the range of dates"):
+        store.search(since="0001-01-01T00:00+01:00")
+    assert [item.id for item in store.search(offset=0, until="9999-12-30")] == [image_id]
 
 
 def test_a_failed_insert_leaves_no_file_and_keeps_shared_files(store, monkeypatch):

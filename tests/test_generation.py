@@ -131,6 +131,16 @@ def test_bad_strength(tiny_pipe, strength):
         generate(tiny_pipe, "x", image=init, strength=strength)
 
 
+@pytest.mark.parametrize("mask", [None, Image.new("L", (64, 64), 255)])
+def test_a_strength_too_small_for_the_steps_is_refused(tiny_pipe, mask):
+    init = Image.new("RGB", (64, 64), "red")
+    with pytest.raises(SdlabInputError, match=r"strength 0.3 of 3 steps leaves no step to run .* raise "
+                                              r"num_inference_steps to 4 or more, or strength to 0.33 or more"):
+        generate(tiny_pipe, "x", image=init, mask_image=mask, strength=0.3, num_inference_steps=3)
+    made = generate(tiny_pipe, "x", image=init, mask_image=mask, strength=0.3, num_inference_steps=4)[0]
+    assert made.image.size == (64, 64)  # one step of the four runs
+
+
 def test_mask_size_must_match(tiny_pipe):
     init = Image.new("RGB", (64, 64), "red")
     with pytest.raises(SdlabInputError, match="mask_image is 32×32 but image is 64×64"):

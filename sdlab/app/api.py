@@ -101,6 +101,9 @@ REQUESTS = {"/text2img": Text2ImgRequest, "/img2img": Img2ImgRequest, "/inpainti
 
 # ---- images in and out --------------------------------------------------------------------
 
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")  # what PIL may open from a request: no other decoder sees its bytes
+
+
 def decode_image(data: str, field: str) -> Image.Image:
     """A PIL image from base64 text, or a SdlabInputError that says what is wrong with it."""
     data = "".join(data.split())
@@ -116,16 +119,19 @@ def decode_image(data: str, field: str) -> Image.Image:
         raise SdlabInputError(f"{field} is not valid base64 ({err}); encode the file's bytes, e.g. "
                               f"base64.b64encode(open('in.png', 'rb').read()).decode()") from None
     try:
-        image = Image.open(io.BytesIO(raw))
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError):
-        raise SdlabInputError(f"{field} is base64 but not an image file ({len(raw)} bytes starting "
-                              f"{raw[:8]!r}); send a PNG, JPEG or WebP file") from None
+        image = Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS)
+    except Image.DecompressionBombError as err:
+        raise SdlabInputError(f"{field} has too many pixels ({err}); the limit is {MAX_SIZE}×{MAX_SIZE}: resize "
+                              f"it first, e.g. image.thumbnail((512, 512))") from None
+    except (UnidentifiedImageError, OSError, ValueError):  # ValueError: e.g. a text chunk too big to inflate
+        raise SdlabInputError(f"{field} is base64 but not a PNG, JPEG or WebP file ({len(raw)} bytes starting "
+                              f"{raw[:8]!r}); send one of those") from None
     check(image.width <= MAX_SIZE and image.height <= MAX_SIZE,
           f"{field} is {image.width}×{image.height} pixels; the limit is {MAX_SIZE}×{MAX_SIZE}: "
           f"resize it first, e.g. image.thumbnail((512, 512))")
     try:
         image.load()
-    except OSError as err:
+    except (OSError, ValueError) as err:
         raise SdlabInputError(f"{field} is a damaged or truncated image file ({err}); save it again") from None
     return image
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import importlib.util
 import threading
-import warnings
 from typing import Callable
 
 import gradio as gr
 from PIL import Image
 
-from ..errors import check
+from ..errors import check, warnings_of_this_thread
 from ..metadata import PARAMETERS_KEY
 from .ui import as_gradio_error
 
@@ -109,10 +108,9 @@ def add_face_repair_panel(restore: Restorer, gallery: gr.Gallery, selected: gr.S
 
 def _shown(fn, *args):
     """fn(*args), its errors and warnings (e.g. "no face found") shown in the browser."""
-    with as_gradio_error(), warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with as_gradio_error(), warnings_of_this_thread() as caught:
         result = fn(*args)
-    for warning in caught:
-        gr.Warning(str(warning.message))
+    for message in caught:
+        gr.Warning(message)
     return result
 

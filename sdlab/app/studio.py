@@ -10,11 +10,11 @@ image made, so that it can be rated (see `sdlab.app.feedback`).
 from __future__ import annotations
 
 import threading
-import warnings
 from contextlib import contextmanager
 
 from PIL import Image
 
+from ..errors import warnings_of_this_thread
 from ..generation import GeneratedImage, Generation, generate
 from ..metadata import PARAMETERS_KEY, format_parameters
 from ..pipelines import model_name
@@ -54,10 +54,9 @@ class Studio:
 
     def generate(self, prompt, **kwargs) -> tuple[Generation, list[str]]:
         """`sdlab.generate(pipe, prompt, **kwargs)` in turn, and the messages of its warnings."""
-        with self.turn() as pipe, warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        with self.turn() as pipe, warnings_of_this_thread() as caught:  # not those of requests beside it
             result = generate(pipe, prompt, **kwargs)
-        return result, [str(w.message) for w in caught]
+        return result, caught
 
     def record(self, result: Generation, user: str = "") -> list[int | None]:
         """Keep a result's images in the feedback store; their image ids (all None without a store)."""

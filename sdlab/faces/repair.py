@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from ..errors import check
+from ..errors import SdlabWarning, check
 from .alignment import FACE_SIZE, align_face, paste_face
 from .detection import Face, detect_faces
 from .images import as_pil, check_size, check_upscale, check_weight, resize_pixels, rgb_pixels, with_alpha
 from .restorers import RESTORERS, load_restorer
 
 
-class NoFaceFoundWarning(UserWarning):
+class NoFaceFoundWarning(SdlabWarning):
     """restore_faces found no face, so the picture comes back unchanged (only resized by upscale)."""
 
 

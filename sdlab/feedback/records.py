@@ -85,7 +85,11 @@ def as_time(value: str | date | datetime) -> str:
     if not isinstance(value, datetime):
         check(isinstance(value, date), f"expected a date, got {value!r}")
         value = datetime(value.year, value.month, value.day)
-    value = value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    try:
+        value = value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    except OverflowError:  # e.g. 0001-01-01T00:00+01:00, an hour before the first time there is
+        raise SdlabInputError(f"{value.isoformat()} is out of the range of dates; give a time between "
+                              f"0001-01-02 and 9999-12-30") from None
     return value.isoformat(timespec="microseconds")
 
 

@@ -27,7 +27,7 @@ MIGRATIONS = [[
         image_sha256 TEXT NOT NULL,
         prompt TEXT NOT NULL,
         negative_prompt TEXT NOT NULL DEFAULT '',
-        seed INTEGER,
+        seed INTEGER,                         -- NULL for seeds past SQLite's 2**63 - 1: params_json has them
         num_inference_steps INTEGER NOT NULL,
         guidance_scale REAL NOT NULL,
         scheduler TEXT NOT NULL,
@@ -59,6 +59,14 @@ MIGRATIONS = [[
     "INSERT INTO prompts(prompts, rowid, prompt) VALUES ('delete', old.id, old.prompt); END",
 ]]
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+SQLITE_INT_MAX = 2**63 - 1  # SQLite's integers are 64-bit, signed
+
+
+def _fits(value) -> bool:
+    """Whether `value` is a whole number ≥ 0 that SQLite can hold (an id, a seed, a count)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= SQLITE_INT_MAX
 
 
 def _fts_query(text: str) -> str:
@@ -187,7 +195,8 @@ class FeedbackStore:
             "INSERT INTO generations (image_path, image_sha256, prompt, negative_prompt, seed, num_inference_steps,"
             " guidance_scale, scheduler, width, height, model, params_json, seconds, user, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (relative, sha, p.prompt, p.negative_prompt, p.seed, p.num_inference_steps, p.guidance_scale,
+            (relative, sha, p.prompt, p.negative_prompt, p.seed if _fits(p.seed) else None, p.num_inference_steps,
+             p.guidance_scale,
              p.scheduler, p.width, p.height, p.model, json.dumps(p.to_dict()), getattr(item, "seconds", None),
              user, now()))
         return cursor.lastrowid
@@ -196,7 +205,8 @@ class FeedbackStore:
         """Rate an image 1–5 (or "up"/"down") with an optional comment; returns the feedback id."""
         image_id, rating, comment, user = check_feedback(image_id, rating, comment, user)
         with self._write() as conn:
-            if conn.execute("SELECT 1 FROM generations WHERE id = ?", (image_id,)).fetchone() is None:
+            if not _fits(image_id) or conn.execute("SELECT 1 FROM generations WHERE id = ?",
+                                                   (image_id,)).fetchone() is None:
                 low, high = conn.execute("SELECT min(id), max(id) FROM generations").fetchone()
                 held = f"it holds image ids {low}–{high}" if low is not None else "it holds no images yet"
                 raise SdlabInputError(f"no image with id {image_id} in this feedback store ({held}); rate an id "
@@ -218,12 +228,15 @@ class FeedbackStore:
 
     def get(self, image_id: int) -> StoredImage:
         """One stored image by its id."""
-        row = self._conn().execute(f"{self._SELECT} WHERE g.id = ? GROUP BY g.id", (image_id,)).fetchone()
+        row = self._conn().execute(f"{self._SELECT} WHERE g.id = ? GROUP BY g.id",
+                                   (image_id,)).fetchone() if _fits(image_id) else None
         check(row is not None, f"no image with id {image_id!r} in this feedback store")
         return self._stored(row)
 
     def feedback(self, image_id: int | None = None) -> list[Feedback]:
         """The ratings of one image (or of all images), oldest first."""
+        if image_id is not None and not _fits(image_id):
+            return []
         where, args = ("WHERE generation_id = ?", (image_id,)) if image_id is not None else ("", ())
         rows = self._conn().execute(f"SELECT * FROM feedback {where} ORDER BY id", args).fetchall()
         return [Feedback(r["id"], r["generation_id"], r["rating"], r["comment"], r["user"], r["created_at"])
@@ -263,7 +276,8 @@ class FeedbackStore:
         orders = {"newest": "g.created_at DESC, g.id DESC", "oldest": "g.created_at, g.id",
                   "rating": "mean_rating DESC NULLS LAST, g.id DESC"}
         check(order in orders, f"order must be one of {', '.join(orders)}, got {order!r}")
-        check(limit is None or (isinstance(limit, int) and limit >= 0), f"limit must be ≥ 0 or None, got {limit!r}")
+        check(limit is None or _fits(limit), f"limit must be a whole number ≥ 0, or None, got {limit!r}")
+        check(_fits(offset), f"offset must be a whole number from 0 to {SQLITE_INT_MAX}, got {offset!r}")
         sql = (self._SELECT + (" WHERE " + " AND ".join(where) if where else "") + " GROUP BY g.id"
                + (" HAVING " + " AND ".join(having) if having else "") + f" ORDER BY {orders[order]}"
                + " LIMIT ? OFFSET ?")
