@@ -208,6 +208,11 @@ def test_bad_input_is_a_422_that_teaches(client, endpoint, body, words):
     assert client.get("/health").json()["queue"]["in_line"] == 0
 
 
+def test_a_json_body_without_its_content_type_is_told_to_send_it(client):
+    response = client.post("/text2img", content=f'{{"prompt": "{PROMPT}"}}', headers={"content-type": "text/plain"})
+    assert response.status_code == 422 and "header Content-Type: application/json" in response.json()["detail"]
+
+
 def test_server_keeps_serving_after_bad_input(client):
     for endpoint, body, _ in BAD[:6]:
         client.post(endpoint, json=body if isinstance(body, dict) else None)
@@ -489,3 +494,13 @@ def test_each_request_gets_its_own_warnings_each_time(client):
     assert [len(out["warnings"]) for out in long] == [1, 1]  # the same warning again, not only the first time
     with pytest.warns(NoFaceFoundWarning):  # outside a request, warnings are shown as usual
         warnings.warn("no face found in the picture", NoFaceFoundWarning)
+
+
+def test_a_chunked_body_is_refused_once_it_passes_the_limit(client):
+    def chunks():  # no content-length: the size shows only while the body is read
+        for _ in range(api.MAX_BODY_BYTES // 2**20 + 8):
+            yield b" " * 2**20
+
+    response = client.post("/img2img", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "the request body is more than that; the limit is 48 MB" in response.text
+    assert client.post("/text2img", json={"prompt": PROMPT, "steps": 1}).status_code == 200

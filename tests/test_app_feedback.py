@@ -124,6 +124,7 @@ BAD_FEEDBACK = [  # (body, status, words the message must contain)
     ({"image_id": "ID", "rating": None}, 422, ["rating", "got None", "whole number from 1"]),
     ({"image_id": "ID", "rating": "great"}, 422, ["rating must be a whole number", "'up'/'down'", "got 'great'"]),
     ({"image_id": "ID"}, 422, ["rating is required", '"rating": 5']),
+    ({"image_id": 10**20, "rating": 5}, 404, [f"no image with image_id {10**20} on this server"]),
     ({"image_id": "ID", "rating": 4, "comment": "x" * (MAX_COMMENT_CHARS + 1)}, 422,
      [f"comment is {MAX_COMMENT_CHARS + 1} characters", f"the limit is {MAX_COMMENT_CHARS}", "fewer words"]),
     ({"image_id": "ID", "rating": 4, "comment": 42}, 422, ["comment", "text in quotes"]),
@@ -181,6 +182,8 @@ def test_gallery_search_and_min_rating(fresh):
                           ({"q": "!!"}, ["no words to look for"]),
                           ({"order": "best"}, ["order must be one of newest, oldest, rating"]),
                           ({"since": "yesterday"}, ["'yesterday' is not a date", "2026-11-25"]),
+                          ({"since": "0001-01-01T00:00+01:00"}, ["out of the range of dates"]),
+                          ({"offset": 10**20}, ["offset must be a whole number from 0 to"]),
                           ({"limit": 1000}, ["limit", "less than or equal to 200"])]:
         response = fresh.get("/gallery", params=params)
         assert response.status_code == 422 and all(w in response.json()["detail"] for w in words), response.text
@@ -195,8 +198,15 @@ def test_the_gallery_url_serves_the_png_with_its_parameters(client):
     png = Image.open(io.BytesIO(response.content))
     assert png.format == "PNG" and png.size == (64, 64)
     assert read_params(png).to_dict() == made["parameters"]
-    missing = client.get("/gallery/999999.png")
-    assert missing.status_code == 404 and "no image with image_id 999999" in missing.json()["detail"]
+    for image_id in (999999, 10**20):  # the second past SQLite's integers
+        missing = client.get(f"/gallery/{image_id}.png")
+        assert missing.status_code == 404 and f"no image with image_id {image_id}" in missing.json()["detail"]
+
+
+def test_a_seed_past_sqlites_integers_is_kept_with_its_image(client):
+    [made] = make(client, seed=2**64 - 1)
+    stored = client.get(f"/gallery/{made['image_id']}.png")
+    assert stored.status_code == 200 and read_params(Image.open(io.BytesIO(stored.content))).seed == 2**64 - 1
 
 
 # ---- fine-tuning --------------------------------------------------------------------------

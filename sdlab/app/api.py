@@ -18,7 +18,7 @@ import binascii
 import io
 from typing import Any, ClassVar
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from PIL import Image, UnidentifiedImageError
@@ -235,20 +235,35 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 
 class BodyLimit:
-    """Answer 413 to a generation request whose body is announced as too large, before reading it."""
+    """Answer 413 to a generation request whose body is larger than `limit`: before reading it
+    where its size is announced, else as soon as what was read passes the limit (a chunked upload)."""
 
     def __init__(self, app, limit: int):
         self.app, self.limit = app, limit
 
+    def _too_large(self, size: int | None) -> str:
+        told = f"is {size / 2**20:.0f} MB" if size else "is more than that"  # None: still coming when refused
+        return (f"the request body {told}; the limit is {self.limit // 2**20} MB: send smaller images (at most "
+                f"{MAX_SIZE}×{MAX_SIZE} pixels)")
+
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["path"] in REQUESTS:
-            size = dict(scope["headers"]).get(b"content-length", b"")
-            if size.isdigit() and int(size) > self.limit:
-                response = JSONResponse(status_code=413, content={
-                    "detail": f"the request body is {int(size) / 2**20:.0f} MB; the limit is {self.limit // 2**20} "
-                              f"MB: send smaller images (at most {MAX_SIZE}×{MAX_SIZE} pixels)"})
-                return await response(scope, receive, send)
-        await self.app(scope, receive, send)
+        if scope["type"] != "http" or scope["path"] not in REQUESTS:
+            return await self.app(scope, receive, send)
+        size = dict(scope["headers"]).get(b"content-length", b"")
+        if size.isdigit() and int(size) > self.limit:
+            return await JSONResponse(status_code=413, content={"detail": self._too_large(int(size))})(
+                scope, receive, send)
+        read = 0
+
+        async def counted_receive():
+            nonlocal read
+            message = await receive()
+            read += len(message.get("body", b""))
+            if read > self.limit:  # FastAPI answers it while reading the body, as any HTTPException
+                raise HTTPException(413, self._too_large(None))
+            return message
+
+        await self.app(scope, counted_receive, send)
 
 
 _TYPE_HINTS = {"int": "a whole number, e.g. 20", "float": "a number, e.g. 7.5", "string": "text in quotes",
@@ -278,6 +293,9 @@ def _explain(error: dict, model) -> str:
     if not field:
         if kind == "missing":
             return f"the request body is empty; send a JSON object, e.g. {example}"
+        if isinstance(error.get("input"), bytes):  # FastAPI reads a body as JSON only when its header says so
+            return (f"the body was not read as JSON: send it with the header Content-Type: application/json "
+                    f"(requests: json=..., curl: -H 'Content-Type: application/json'), e.g. {example}")
         return f"the body must be a JSON object, got {type(error.get('input')).__name__}; e.g. {example}"
     if kind == "missing":
         return f"{field} is required; " + ("send the image as base64 PNG" if field in ("image", "mask_image")
