@@ -1,9 +1,11 @@
 """Blank student notebooks from the completed ones (nbgrader's markers, no nbgrader needed).
 
 In `solutions/`, exercise code sits between `### BEGIN SOLUTION` and `### END SOLUTION`, and
-grading tests between `### BEGIN HIDDEN TESTS` and `### END HIDDEN TESTS`. `build()` writes
-`notebooks/` with the solutions replaced by a hint and `raise NotImplementedError`, hidden
-tests removed and outputs cleared; `check()` says what is out of date.
+grading tests between `### BEGIN HIDDEN TESTS` and `### END HIDDEN TESTS`; as in nbgrader, any
+comment line that contains BEGIN SOLUTION (END SOLUTION, …) is a marker, however many `#` it
+has. `build()` writes `notebooks/` with the solutions replaced by a hint and
+`raise NotImplementedError`, hidden tests removed and outputs cleared; `check()` says what is
+out of date.
 """
 from __future__ import annotations
 
@@ -20,6 +22,21 @@ BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
 TOKEN_PATTERN = re.compile(r"\bhf_[A-Za-z0-9]{30,}\b")
 
 
+def marker(line: str) -> str | None:
+    """The marker a line is (BEGIN_SOLUTION, END_HIDDEN, …), or None: a comment line that
+    contains "BEGIN SOLUTION" is BEGIN_SOLUTION whatever its spelling around it."""
+    stripped = line.strip()
+    if not stripped.startswith("#"):
+        return None
+    return next((m for m in (BEGIN_HIDDEN, END_HIDDEN, BEGIN_SOLUTION, END_SOLUTION) if m.lstrip("# ") in stripped),
+                None)
+
+
+def has_marker(source: str, which: str) -> bool:
+    """Whether a line of `source` is the marker `which` (e.g. BEGIN_HIDDEN)."""
+    return any(marker(line) == which for line in source.splitlines())
+
+
 def exercise_name(cell) -> str:
     return cell.get("metadata", {}).get("sdlab", {}).get("exercise", "exercise")
 
@@ -28,21 +45,24 @@ def blank_source(source: str, name: str = "exercise", hint: str = "") -> str:
     """The student's version of a cell's source: solutions become a hint and a raise."""
     out, lines, skipping = [], source.splitlines(), None
     for line in lines:
-        stripped = line.strip()
-        if stripped == BEGIN_SOLUTION:
+        found = marker(line)
+        if found == BEGIN_SOLUTION and not skipping:
             indent = line[: len(line) - len(line.lstrip())]
             message = f"Exercise '{name}': {hint}" if hint else f"Exercise '{name}': write your code here"
             out += [f"{indent}# YOUR CODE HERE", f"{indent}raise NotImplementedError({message!r})"]
             skipping = END_SOLUTION
-        elif stripped == BEGIN_HIDDEN:
+        elif found == BEGIN_HIDDEN and not skipping:
             skipping = END_HIDDEN
-        elif skipping and stripped == skipping:
+        elif skipping and found == skipping:
             skipping = None
+        elif found in (END_SOLUTION, END_HIDDEN) and not skipping:
+            raise SdlabInputError(f"'{name}': a {found} marker has no {found.replace('END', 'BEGIN')} before it: "
+                                  f"add one, or remove it")
         elif not skipping:
             out.append(line)
     if skipping:
-        raise ValueError(f"'{name}': a {BEGIN_SOLUTION if skipping == END_SOLUTION else BEGIN_HIDDEN} "
-                         f"marker has no matching {skipping}")
+        begin = skipping.replace("END", "BEGIN")
+        raise SdlabInputError(f"'{name}': a {begin} marker has no matching {skipping}: add one after its code")
     return "\n".join(out)
 
 
@@ -51,13 +71,18 @@ def _is_empty(source: str) -> bool:
 
 
 def blank_notebook(solution: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """The blank version of a completed notebook (a new object; the solution is not changed)."""
+    """The blank version of a completed notebook (a new object; the solution is not changed).
+    Raises SdlabInputError for a marker without its pair, or an exercise cell with no solution."""
     nb = copy.deepcopy(solution)
     cells = []
     for cell in nb.cells:
         if cell.cell_type == "code":
             meta = cell.get("metadata", {}).get("sdlab", {})
-            had_hidden = BEGIN_HIDDEN in cell.source
+            if "exercise" in meta and not has_marker(cell.source, BEGIN_SOLUTION):
+                raise SdlabInputError(f"the cell of exercise {meta['exercise']!r} has no {BEGIN_SOLUTION} … "
+                                      f"{END_SOLUTION} region: put the markers around the code students write "
+                                      f"(or remove its exercise metadata)")
+            had_hidden = has_marker(cell.source, BEGIN_HIDDEN)
             cell.source = blank_source(cell.source, exercise_name(cell), meta.get("hint", ""))
             if had_hidden and _is_empty(cell.source):
                 continue  # a cell of hidden tests only: students never see it
@@ -85,15 +110,23 @@ def _text(nb) -> str:
     return nbformat.writes(nb) + "\n"
 
 
+def _blank_text(src: Path) -> str:
+    """The blank notebook of the solution `src`, as written to notebooks/; errors name `src`."""
+    try:
+        return _text(blank_notebook(nbformat.read(src, as_version=4)))
+    except SdlabInputError as err:
+        raise SdlabInputError(f"{src}: {err}") from None
+
+
 def build(solutions: str | Path = "solutions", notebooks: str | Path = "notebooks") -> list[Path]:
-    """Write the blank notebooks; returns the files written."""
-    pairs = _pairs(solutions, notebooks)
+    """Write the blank notebooks; returns the files written. Nothing is written when a solution
+    has a marker problem (SdlabInputError names it)."""
+    texts = [(dst, _blank_text(src)) for src, dst in _pairs(solutions, notebooks)]
     Path(notebooks).mkdir(parents=True, exist_ok=True)
     written = []
-    for src, dst in pairs:
-        text = _text(blank_notebook(nbformat.read(src, as_version=4)))
-        if not dst.exists() or dst.read_text() != text:
-            dst.write_text(text)
+    for dst, text in texts:
+        if not dst.exists() or dst.read_text(encoding="utf-8") != text:
+            dst.write_text(text, encoding="utf-8")
             written.append(dst)
     return written
 
@@ -104,9 +137,14 @@ def check(solutions: str | Path = "solutions", notebooks: str | Path = "notebook
     expected = set()
     for src, dst in _pairs(solutions, notebooks):
         expected.add(dst.name)
+        try:
+            text = _blank_text(src)
+        except SdlabInputError as err:
+            problems.append(str(err))
+            continue
         if not dst.exists():
             problems.append(f"{dst} is missing: run `sdlab course build`")
-        elif dst.read_text() != _text(blank_notebook(nbformat.read(src, as_version=4))):
+        elif dst.read_text(encoding="utf-8") != text:
             problems.append(f"{dst} is out of date with {src}: run `sdlab course build`")
     for stray in sorted(Path(notebooks).glob("*.ipynb")):
         if stray.name not in expected:
@@ -114,6 +152,6 @@ def check(solutions: str | Path = "solutions", notebooks: str | Path = "notebook
         elif any(c.get("outputs") for c in nbformat.read(stray, as_version=4).cells):
             problems.append(f"{stray} has stored outputs: blank notebooks must be cleared")
     for path in sorted(Path(solutions).glob("*.ipynb")) + sorted(Path(notebooks).glob("*.ipynb")):
-        if TOKEN_PATTERN.search(path.read_text()):
+        if TOKEN_PATTERN.search(path.read_text(encoding="utf-8", errors="replace")):
             problems.append(f"{path} contains something that looks like a Hugging Face token: remove it")
     return problems

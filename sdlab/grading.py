@@ -11,7 +11,8 @@ One submission is graded in five steps (`grade_notebook`):
 3. Put each hidden-test cell of the matching solution back where `sdlab course build` took it
    out: after the student's exercise cell and its self-check.
 4. Execute every cell with nbclient in one kernel, going on after errors; a cell that runs past
-   `timeout` seconds is interrupted, and a kernel that does not stop then ends the run.
+   `timeout` seconds is interrupted, and a kernel that does not stop then ends the run. Each
+   cell's outputs are cut to size, and the kernel's temporary files stay in the copy.
 5. Score each exercise: its points when its hidden tests pass, else 0 and the reason.
 
 Each graded submission leaves in `out/<student>/` the executed notebook, its HTML page and its
@@ -49,13 +50,13 @@ from .grading_notebook import (
     score,
     with_hidden_tests,
 )
-from .grading_report import COLUMNS, save_result, write_report
+from .grading_report import COLUMNS, check_report_folders, save_result, write_report
 
 __all__ = [
     "ANSI", "COLUMNS", "KERNEL", "KERNEL_LOG", "STATUSES", "TIMEOUT_ENAME",
     "Grade", "HiddenTest", "Report", "Submission",
-    "execute", "find_submissions", "grade", "grade_notebook", "hidden_tests", "save_result", "score",
-    "with_hidden_tests", "write_report",
+    "check_report_folders", "execute", "find_submissions", "grade", "grade_notebook", "hidden_tests",
+    "save_result", "score", "with_hidden_tests", "write_report",
 ]
 
 
@@ -82,28 +83,31 @@ class Report:
 
 def find_submissions(paths, against: str | Path = "solutions") -> list[Submission]:
     """Notebooks under `paths`, each with its student and notebook: alice/01_loading.ipynb,
-    01_loading/alice.ipynb and alice_01_loading.ipynb all mean alice's 01_loading."""
+    01_loading/alice.ipynb and alice_01_loading.ipynb all mean alice's 01_loading. A name's prefix
+    (alice_) says whose it is only for a file given directly or lying directly in a folder given:
+    in a student's folder every notebook is that student's (lara/Copy of 01_loading.ipynb is lara's)."""
     names = sorted((p.name for p in Path(against).glob("*.ipynb")), key=len, reverse=True)
-    files = []
+    files = []  # (notebook, whether it is in a student's folder)
     for path in map(Path, paths):
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+            files += [(p, p.parent != path) for p in sorted(path.rglob("*.ipynb"))
+                      if ".ipynb_checkpoints" not in p.parts]
         elif path.is_file():
-            files.append(path)
+            files.append((path, False))
         else:
             raise SdlabInputError(f"submission {path} not found: give notebooks or folders of notebooks")
     found, seen = [], {}
-    for f in files:
+    for f, in_folder in files:
         folder = f.resolve().parent.name
         suffix = next((n for n in names if f.name.endswith(n)), None)
         if f.name in names:
             sub = Submission(f, folder, f.stem)
         elif f"{folder}.ipynb" in names:
             sub = Submission(f, f.stem, folder)
-        elif suffix:
+        elif suffix and not in_folder:
             sub = Submission(f, f.name[: -len(suffix)].strip("_-. ") or folder, suffix[: -len(".ipynb")])
         else:
-            sub = Submission(f, folder, f.stem)
+            sub = Submission(f, folder, suffix[: -len(".ipynb")] if suffix else f.stem)
         key = (sub.student, sub.notebook)
         if key in seen:
             raise SdlabInputError(f"two submissions for {sub.student}'s {sub.notebook}: {seen[key]} and {f}; "
@@ -148,6 +152,7 @@ def grade(submissions, against: str | Path = "solutions", out: str | Path = "rep
     subs = [s for s in find_submissions(submissions, against) if out.resolve() not in s.path.resolve().parents]
     if not subs and not list(out.glob("*/*.grade.json")):
         raise SdlabInputError(f"no notebooks to grade in {', '.join(map(str, submissions)) or '(none given)'}")
+    check_report_folders(out, subs)  # two students sharing a report folder would lose a grade
     writable_folder(out)  # before grading, so no notebook is run only for its grade to be lost
     parameters = {"model": default_model(), **(parameters or {})}
     solutions = {p.stem: p.read_text(encoding="utf-8") for p in against.glob("*.ipynb")}

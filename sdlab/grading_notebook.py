@@ -17,8 +17,9 @@ from pathlib import Path
 
 import nbformat
 
-from .course import BEGIN_HIDDEN, END_HIDDEN
+from .course import BEGIN_HIDDEN, END_HIDDEN, has_marker, marker
 from .errors import SdlabInputError
+from .grading_outputs import clip_error, limit_outputs
 
 KERNEL = "python3"
 STATUSES = {  # every status but the first scores 0
@@ -28,7 +29,7 @@ STATUSES = {  # every status but the first scores 0
     "unfinished": "the exercise cell still raises the blank's NotImplementedError",
     "timeout": "the exercise (or its tests) ran past --timeout and was interrupted",
     "not run": "the kernel died or would not stop before the tests ran",
-    "invalid": "the file is not a notebook (not JSON, or not nbformat)",
+    "invalid": "the file is not a notebook (not JSON, or not nbformat), or could not be graded",
     "unmatched": "no solution has this notebook's name",
 }
 TIMEOUT_ENAME = "TimeoutError"
@@ -75,8 +76,8 @@ def _split_hidden(source: str) -> tuple[str, str]:
     """(the visible lines, the lines between the hidden-test markers)."""
     visible, hidden, inside = [], [], False
     for line in source.splitlines():
-        if line.strip() in (BEGIN_HIDDEN, END_HIDDEN):
-            inside = line.strip() == BEGIN_HIDDEN
+        if marker(line) in (BEGIN_HIDDEN, END_HIDDEN):
+            inside = marker(line) == BEGIN_HIDDEN
         else:
             (hidden if inside else visible).append(line)
     return "\n".join(visible), "\n".join(hidden)
@@ -90,7 +91,7 @@ def hidden_tests(solution: nbformat.NotebookNode) -> list[HiddenTest]:
         meta = cell.metadata.get("sdlab", {})
         if "exercise" in meta:
             exercise_at[meta["exercise"]] = i
-        if BEGIN_HIDDEN not in cell.source:
+        if not has_marker(cell.source, BEGIN_HIDDEN):
             continue
         if "grade" not in meta:
             raise SdlabInputError(f"a hidden-test cell has no grade metadata: add "
@@ -101,18 +102,34 @@ def hidden_tests(solution: nbformat.NotebookNode) -> list[HiddenTest]:
     return tests
 
 
+def _sdlab(cell) -> dict:
+    meta = cell.get("metadata", {}).get("sdlab", {})
+    return meta if isinstance(meta, dict) else {}
+
+
 def _exercise(cell) -> str | None:
-    return cell.metadata.get("sdlab", {}).get("exercise") if cell.cell_type == "code" else None
+    return _sdlab(cell).get("exercise") if cell.cell_type == "code" else None
+
+
+def _trusted(cell) -> None:
+    """Drop what a student's cell says about grading: only the solution's hidden tests name the
+    graded exercises and their points. Its exercise name stays, to place the hidden test after it."""
+    exercise = _sdlab(cell).get("exercise")
+    cell.metadata.pop("sdlab", None)
+    if cell.cell_type == "code" and isinstance(exercise, str):
+        cell.metadata["sdlab"] = {"exercise": exercise}
 
 
 def with_hidden_tests(student: nbformat.NotebookNode, tests: list[HiddenTest]) -> nbformat.NotebookNode:
     """The student's notebook, cleared, with each hidden test after its exercise and self-check
-    (at the end when the exercise cell is gone). Hidden tests already in it are removed."""
+    (at the end when the exercise cell is gone). Hidden tests already in it are removed, and so
+    is any grading metadata of its own (a student cannot mark a cell as graded)."""
     cells = []
     for cell in student.cells:
+        _trusted(cell)
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
-            cell.source = _split_hidden(cell.source)[0] if BEGIN_HIDDEN in cell.source else cell.source
+            cell.source = _split_hidden(cell.source)[0] if has_marker(cell.source, BEGIN_HIDDEN) else cell.source
             if not cell.source.strip():
                 continue
         cells.append(cell)
@@ -138,20 +155,31 @@ def _timed_out(outcome) -> bool:
     return bool(outcome) and outcome.get("ename") == TIMEOUT_ENAME and "sdlab grade" in outcome.get("evalue", "")
 
 
-def execute(nb: nbformat.NotebookNode, workdir: Path, timeout: float, env: dict, log=None) -> tuple[dict, str]:
+def execute(nb: nbformat.NotebookNode, workdir: Path, timeout: float, env: dict, log=None,
+            replies: dict | None = None) -> tuple[dict, str]:
     """Run every code cell of `nb` in one kernel, in place, through errors. Returns each cell's
-    execute reply by index, and why the run stopped early ("" when every cell ran). The kernel
-    process's own output goes to `log` (a file), not to the terminal."""
+    execute reply by index (also put in `replies`, if given, as they come, so that they are there
+    should the run fail), and why the run stopped early ("" when every cell ran). The kernel
+    process's own output goes to `log` (a file), not to the terminal; each cell's outputs are
+    kept to size as they arrive (`sdlab.grading_outputs`)."""
     from nbclient import NotebookClient
     from nbclient.exceptions import DeadKernelError
 
-    replies: dict[int, dict] = {}
+    class LimitedClient(NotebookClient):
+        def output(self, outs, msg, display_id, cell_index):
+            out = super().output(outs, msg, display_id, cell_index)
+            if out is not None and not display_id and outs and outs[-1] is out:
+                limit_outputs(outs)  # an output with a display id may be updated later by its index: kept
+            return out
+
+    replies = {} if replies is None else replies
     evalue = f"sdlab grade interrupted the cell after {timeout:g} s"
-    client = NotebookClient(
+    client = LimitedClient(
         nb, kernel_name=KERNEL, timeout=max(1, round(timeout)), allow_errors=True, interrupt_on_timeout=True,
         error_on_timeout={"ename": TIMEOUT_ENAME, "evalue": evalue, "traceback": [f"{TIMEOUT_ENAME}: {evalue}"]},
         shutdown_kernel="immediate", log=KERNEL_LOG, resources={"metadata": {"path": str(workdir)}},
-        on_cell_executed=lambda cell_index, execute_reply, **_: replies.update({cell_index: execute_reply["content"]}))
+        on_cell_executed=lambda cell_index, execute_reply, **_: replies.update(
+            {cell_index: clip_error(execute_reply["content"])}))
 
     def run(index: int, store_history: bool = True) -> None:
         client.execute_cell(nb.cells[index], index, store_history=store_history)
@@ -184,22 +212,20 @@ def _one_line(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _error(reply, source: str = "") -> str:
-    text = f"{reply.get('ename')}: {reply.get('evalue')}" if reply.get("evalue") else str(reply.get("ename"))
-    lines = re.findall(r"Cell In\[\d+\], line (\d+)", ANSI.sub("", "\n".join(reply.get("traceback", []))))
-    code = source.splitlines()
-    if lines and source and 0 < int(lines[-1]) <= len(code):
-        text += f" at `{code[int(lines[-1]) - 1].strip()}`"
-    return _one_line(text)
+def _error(reply) -> str:
+    """What went wrong ("NameError: name 'x' is not defined"), not where: hidden tests stay hidden."""
+    return _one_line(f"{reply.get('ename')}: {reply.get('evalue')}" if reply.get("evalue") else reply.get("ename"))
 
 
 def score(nb: nbformat.NotebookNode, replies: dict, stopped: str, student: str, notebook: str) -> list[Grade]:
-    """One Grade per graded exercise of an executed notebook (STATUSES says what each status means)."""
+    """One Grade per graded exercise of an executed notebook (STATUSES says what each status means).
+    The hidden tests decide: an exercise whose tests passed scores its points even if its cell
+    raised afterwards; the exercise cell's own error only says why tests failed or never ran."""
     grades: dict[str, Grade] = {}
     errors = [i for i, c in enumerate(nb.cells) if replies.get(i, {}).get("status") == "error"
-              and "grade" not in c.metadata.get("sdlab", {})]
+              and "grade" not in _sdlab(c)]
     for h, cell in enumerate(nb.cells):
-        meta = cell.metadata.get("sdlab", {})
+        meta = _sdlab(cell)
         if "grade" not in meta:
             continue
         name, points = meta["grade"], meta.get("points", 1)
@@ -207,7 +233,9 @@ def score(nb: nbformat.NotebookNode, replies: dict, stopped: str, student: str, 
         own = replies.get(e, {}) if e is not None else {}
         test = replies.get(h)
         status, message = "passed", ""
-        if own.get("status") == "error":
+        if test is not None and test.get("status") == "ok":
+            pass  # full points, whatever the exercise cell did after its answer
+        elif own.get("status") == "error":
             status = ("timeout" if _timed_out(own) else "unfinished" if own.get("ename") == "NotImplementedError"
                       and "Exercise '" in own.get("evalue", "") else "error")
             message = _error(own)
@@ -216,9 +244,9 @@ def score(nb: nbformat.NotebookNode, replies: dict, stopped: str, student: str, 
                 message += f"; the first error was in In [{nb.cells[first].execution_count}]: {_error(replies[first])}"
         elif test is None:
             status, message = "not run", stopped or "the hidden tests did not run"
-        elif test.get("status") == "error":
+        else:
             status = "timeout" if _timed_out(test) else "failed"
-            message = _error(test, cell.source)
+            message = f"a hidden test failed: {_error(test)}"
             checks = [i for i in errors if e is not None and e < i < h]
             if checks:
                 message += f"; the self-check said: {_error(replies[checks[0]])}"
@@ -243,17 +271,31 @@ def _parameters_in(solution: nbformat.NotebookNode) -> set[str]:
             for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)}
 
 
+def _invalid(sub: Submission, tests: list[HiddenTest], message: str) -> list[Grade]:
+    """0 points for every exercise, with the reason: this submission could not be graded."""
+    return [Grade(sub.student, sub.notebook, t.exercise, 0, t.points, "invalid", _one_line(message))
+            for t in tests] or [Grade(sub.student, sub.notebook, "", 0, 0, "invalid", _one_line(message))]
+
+
 def grade_notebook(sub: Submission, solution_text: str | None, images: Path | None, timeout: float,
                    parameters: dict, env: dict) -> tuple[list[Grade], nbformat.NotebookNode | None]:
-    """Grade one submission in its own temporary course folder; never raises for what it contains."""
-    from papermill.iorw import load_notebook_node
-    from papermill.parameterize import parameterize_notebook
-
+    """Grade one submission in its own temporary course folder; never raises for what it contains
+    (what cannot be graded is "invalid", with the reason)."""
     if solution_text is None:
         return [Grade(sub.student, sub.notebook, "", 0, 0, "unmatched",
                       f"no solution named {sub.notebook}.ipynb to grade {sub.path.name} against")], None
     solution = nbformat.reads(solution_text, as_version=4)
-    tests = hidden_tests(solution)
+    tests = hidden_tests(solution)  # the solution's own problems are raised (`grade` checks them first)
+    try:
+        return _grade_notebook(sub, solution, tests, images, timeout, parameters, env)
+    except Exception as err:  # whatever the notebook holds, the rest of the class is still graded
+        return _invalid(sub, tests, f"{sub.path.name} could not be graded: {type(err).__name__}: {err}"), None
+
+
+def _grade_notebook(sub, solution, tests, images, timeout, parameters, env):
+    from papermill.iorw import load_notebook_node
+    from papermill.parameterize import parameterize_notebook
+
     try:
         nb = load_notebook_node(str(sub.path))  # papermill's reader: adds the metadata it needs
         wanted = _parameters_in(solution)
@@ -261,22 +303,23 @@ def grade_notebook(sub: Submission, solution_text: str | None, images: Path | No
                                    kernel_name=KERNEL, language="python")
         nb = with_hidden_tests(nb, tests)
     except Exception as err:  # not JSON, not UTF-8, not a notebook
-        return [Grade(sub.student, sub.notebook, t.exercise, 0, t.points, "invalid",
-                      _one_line(f"{sub.path.name} is not a valid notebook: {type(err).__name__}: {err}"))
-                for t in tests], None
-    with tempfile.TemporaryDirectory(prefix="sdlab-grade-") as tmp:
-        workdir = Path(tmp) / "course" / "notebooks"
+        return _invalid(sub, tests, f"{sub.path.name} is not a valid notebook: {type(err).__name__}: {err}"), None
+    with tempfile.TemporaryDirectory(prefix="sdlab-grade-", ignore_cleanup_errors=True) as tmp:
+        workdir, kernel_tmp = Path(tmp) / "course" / "notebooks", Path(tmp) / "tmp"
         workdir.mkdir(parents=True)
+        kernel_tmp.mkdir()
         if images is not None and images.is_dir():
             shutil.copytree(images, workdir.parent / "images")
         shutil.copyfile(sub.path, workdir / f"{sub.notebook}.ipynb")
-        log_path = Path(tmp) / "kernel.log"
+        # the kernel's temporary files go into this folder too, so they go when it does
+        env = {**env, **{key: str(kernel_tmp) for key in ("TMPDIR", "TEMP", "TMP")}}
+        log_path, replies = Path(tmp) / "kernel.log", {}
         try:
             with open(log_path, "w") as log:
-                replies, stopped = execute(nb, workdir, timeout, env, log)
+                stopped = execute(nb, workdir, timeout, env, log, replies)[1]
         except Exception as err:  # the kernel would not start, or nbclient failed: grade what ran
             tail = " ".join(log_path.read_text(errors="replace").splitlines()[-3:])
-            replies, stopped = {}, _one_line(f"grading stopped: {type(err).__name__}: {err} {tail}")
+            stopped = _one_line(f"grading stopped: {type(err).__name__}: {err} {tail}")
         grades = score(nb, replies, stopped, sub.student, sub.notebook)
     for g in grades:
         g.message = g.message.replace(tmp, "<tmp>")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import nbformat
 
+from .errors import SdlabInputError
 from .grading_notebook import STATUSES, Grade, Submission
 
 COLUMNS = ("student", "notebook", "exercise", "points", "max", "status", "message")
@@ -24,6 +25,38 @@ COLUMNS = ("student", "notebook", "exercise", "points", "max", "status", "messag
 
 def _slug(name: str) -> str:
     return re.sub(r"[^\w.-]", "_", name).lstrip(".") or "_"
+
+
+def _owner(path: Path) -> tuple[str, str] | None:
+    """(student, notebook) of a *.grade.json in a report folder (None when it does not say)."""
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+        first = (result.get("grades") or [{}])[0]
+        student, notebook = result.get("student", first.get("student")), result.get("notebook", first.get("notebook"))
+    except (OSError, ValueError, AttributeError, IndexError):
+        return None
+    return (student, notebook) if isinstance(student, str) and isinstance(notebook, str) else None
+
+
+def check_report_folders(out: str | Path, subs: list[Submission]) -> None:
+    """Refuse, before any grading, two students whose report folders would be the same (out/<slug>,
+    "kim lee" and "kim_lee", or "Kim" and "kim" on a disk that ignores case), or two notebooks of
+    one student whose report files would be: one would overwrite the other's grades."""
+    students: dict[str, tuple[str, str]] = {}  # folder → (student, where they come from)
+    notebooks: dict[tuple[str, str], tuple[str, str]] = {}
+    earlier = [(who, f"the grades in {f}") for f in sorted(Path(out).glob("*/*.grade.json")) if (who := _owner(f))]
+    for (student, notebook), where in [((s.student, s.notebook), str(s.path)) for s in subs] + earlier:
+        folder = _slug(student).casefold()
+        other, there = students.setdefault(folder, (student, where))
+        if other != student:
+            raise SdlabInputError(
+                f"students {other!r} ({there}) and {student!r} ({where}) would share the report folder "
+                f"{Path(out) / _slug(student)}: rename one of their submission folders (or use another --out)")
+        other, there = notebooks.setdefault((folder, _slug(notebook).casefold()), (notebook, where))
+        if other != notebook:
+            raise SdlabInputError(
+                f"{student}'s notebooks {other!r} ({there}) and {notebook!r} ({where}) would share the report "
+                f"file {Path(out) / _slug(student) / _slug(notebook)}.ipynb: rename one of them")
 
 
 def _table(rows: list[Grade], href=None) -> str:
@@ -67,7 +100,8 @@ def save_result(out: Path, sub: Submission, grades: list[Grade], nb, seconds: fl
         note = f"<p>not rendered: {html.escape(repr(err))}</p>"
         page = _page(f"{sub.student} · {sub.notebook}", _table(grades) + note)
     (folder / f"{stem}.html").write_text(page, encoding="utf-8")
-    result = {"submission": str(sub.path), "seconds": round(seconds, 1), "grades": [asdict(g) for g in grades]}
+    result = {"submission": str(sub.path), "student": sub.student, "notebook": sub.notebook,
+              "seconds": round(seconds, 1), "grades": [asdict(g) for g in grades]}
     (folder / f"{stem}.grade.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
 
 

@@ -8,12 +8,13 @@ import csv
 import hashlib
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from sdlab import course, grading
+from sdlab import course, grading, grading_outputs
 from sdlab.errors import SdlabInputError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,8 +51,10 @@ def _arithmetic_course(root: Path) -> Path:
         _code(_solution("squares = [i * i for i in range(n)]"), exercise="squares", hint="i * i"),
         _code("assert len(squares) == n, f'squares has {len(squares)} items, n is {n}'"),
         _code(_hidden("assert squares == [i * i for i in range(n)]"), grade="squares", points=2),
-        _code(_solution('greeting = open("../images/hello.txt").read()'), exercise="greeting", hint="read it"),
-        _code(_hidden("assert greeting == 'hello'"), grade="greeting", points=1),
+        # the markers as nbgrader also reads them: any comment line that holds BEGIN SOLUTION, …
+        _code('#BEGIN SOLUTION\ngreeting = open("../images/hello.txt").read()\n# END SOLUTION',
+              exercise="greeting", hint="read it"),
+        _code("## BEGIN HIDDEN TESTS\nassert greeting == 'hello'\n## END HIDDEN TESTS", grade="greeting", points=1),
     ])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     (root / "solutions").mkdir()
@@ -61,9 +64,9 @@ def _arithmetic_course(root: Path) -> Path:
 
 
 def _submit(folder: Path, student: str, source: Path, answers: dict[str, str] | None = None,
-            extra: list[tuple[int, str]] = ()) -> Path:
+            extra: list[tuple[int, str]] = (), cells: list[tuple[int, nbformat.NotebookNode]] = ()) -> Path:
     """folder/student/<source name>: `source` with some exercise cells replaced by `answers`
-    and `extra` cells inserted (position, code)."""
+    and `extra` code cells (position, code) or other `cells` (position, cell) inserted."""
     nb = nbformat.read(source, as_version=4)
     for cell in nb.cells:
         name = cell.metadata.get("sdlab", {}).get("exercise")
@@ -71,6 +74,8 @@ def _submit(folder: Path, student: str, source: Path, answers: dict[str, str] | 
             cell.source = answers[name]
     for position, code in extra:
         nb.cells.insert(position, nbformat.v4.new_code_cell(code))
+    for position, cell in cells:
+        nb.cells.insert(position, cell)
     path = folder / student / source.name
     path.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, path)
@@ -98,6 +103,12 @@ for name in ('00_arith', '00_setup'):
     pathlib.Path(f'../solutions/{name}.ipynb').write_text('{}')"""
 
 
+CHATTY = """doubled = 2 * n
+for i in range(100_000):
+    print(f"line {i}: " + "x" * 40)
+'y' * 1_000_000"""
+
+
 @pytest.fixture(scope="module")
 def arithmetic_class(tmp_path_factory):
     """The arithmetic course and one submission of each kind, graded serially and with 2 jobs."""
@@ -114,6 +125,19 @@ def arithmetic_class(tmp_path_factory):
     _submit(subs, "stuck", solution, {"double": stuck})
     _submit(subs, "vandal", solution, extra=[(2, VANDAL)])
     _submit(subs, "exiting", solution, {"squares": "import os\nos._exit(1)"})
+    # grading metadata of a student's own: a bonus cell, points as text, "sdlab" as a string
+    _submit(subs, "cheat", solution, cells=[
+        (len(nbformat.read(solution, as_version=4).cells), _code("pass", grade="bonus", points=100)),
+        (4, _code("pass", grade="double", points="1")),
+        (0, nbformat.v4.new_markdown_cell("hi", metadata={"sdlab": "grade"}))])
+    # right answers followed by an error, or by sys.exit(0), in the exercise cell: the tests decide
+    _submit(subs, "late", solution, {"double": "doubled = 2 * n\nundefined_debug_name",
+                                     "squares": "squares = [i * i for i in range(n)]\nimport sys\nsys.exit(0)"})
+    _submit(subs, "chatty", solution, {"double": CHATTY})
+    odd = nbformat.v4.new_notebook(cells=[_code("pass")])
+    odd.cells[0].source, odd.cells[0].metadata = 5, []  # JSON, but no notebook: grading it raises
+    (subs / "odd").mkdir()
+    (subs / "odd" / "00_arith.ipynb").write_text(json.dumps(odd))
     (subs / "corrupted").mkdir()
     (subs / "corrupted" / "00_arith.ipynb").write_text('{"cells": [ this is not JSON')
     (subs / "stray").mkdir()
@@ -145,7 +169,9 @@ def test_each_kind_of_submission_gets_its_score_and_reason(arithmetic_class):
     assert grade("raising", "double")[2:] == ("error", "NameError: name 'm' is not defined")
     assert grade("raising", "squares")[2] == grade("raising", "greeting")[2] == "passed"
     status, message = grade("wrong", "squares")[2:]
-    assert status == "failed" and "at `assert squares == [i * i for i in range(n)]`" in message
+    # the message says what failed, not the hidden test's line (the CSV goes to students)
+    assert status == "failed" and message.startswith("a hidden test failed: AssertionError")
+    assert "range(n)" not in message and "assert" not in message
     assert "the self-check said: AssertionError: squares has 3 items, n is 4" in message  # n injected
     assert grade("looping", "double")[2] == "timeout" and f"after {TIMEOUT} s" in grade("looping", "double")[3]
     assert grade("looping", "squares")[2] == "passed"  # the interrupt stopped the loop
@@ -154,14 +180,23 @@ def test_each_kind_of_submission_gets_its_score_and_reason(arithmetic_class):
     assert grade("exiting", "double")[2] == "passed"
     assert grade("exiting", "squares")[2:] == ("not run", "the kernel died in In [6] (did it exit, or run out of memory?)")
     assert rows[("stray", "")]["status"] == "unmatched"
-    assert serial.graded == 11 and sum(r.points for r in serial.rows) == 4 + 1 + 3 + 2 + 3 + 3 + 1
-    assert "graded 11 notebook(s)" in serial.line() and "1 unmatched" in serial.line()
+    # a student's own grading metadata scores nothing and breaks nothing
+    assert {e: grade("cheat", e)[:3] for e in ("double", "squares", "greeting")} == \
+        {"double": (1, 1, "passed"), "squares": (2, 2, "passed"), "greeting": (1, 1, "passed")}
+    assert sorted(e for s, e in rows if s == "cheat") == ["double", "greeting", "squares"]
+    # an error (or sys.exit) after a right answer: the hidden tests passed, so the points count
+    assert [grade("late", e)[:3] for e in ("double", "squares")] == [(1, 1, "passed"), (2, 2, "passed")]
+    assert grade("chatty", "double")[:3] == (1, 1, "passed")
+    assert [grade("odd", e)[2] for e in ("double", "squares", "greeting")] == ["invalid"] * 3
+    assert "not a valid notebook" in grade("odd", "double")[3]
+    assert serial.graded == 15 and sum(r.points for r in serial.rows) == 4 + 1 + 3 + 2 + 3 + 3 + 1 + 4 + 4 + 4
+    assert "graded 15 notebook(s)" in serial.line() and "1 unmatched" in serial.line()
 
 
 def test_parallel_grading_writes_the_same_csv_and_report(arithmetic_class):
     tmp, _, parallel, _ = arithmetic_class
     assert (tmp / "parallel" / "grades.csv").read_text() == (tmp / "serial" / "grades.csv").read_text()
-    assert parallel.graded == 11
+    assert parallel.graded == 15
 
 
 def test_report_pages_and_parameters(arithmetic_class):
@@ -185,6 +220,90 @@ def test_report_pages_and_parameters(arithmetic_class):
     assert again.graded == 0 and (out / "grades.csv").read_text() == (tmp / "parallel" / "grades.csv").read_text()
 
 
+def test_each_cells_outputs_are_cut_to_size(arithmetic_class):
+    tmp, _, _, _ = arithmetic_class
+    out = tmp / "serial"
+    executed = nbformat.read(out / "chatty" / "00_arith.ipynb", as_version=4)
+    cell = next(c for c in executed.cells if c.metadata.get("sdlab", {}).get("exercise") == "double")
+    streams = [o for o in cell.outputs if o.output_type == "stream"]
+    assert [o.name for o in streams] == ["stdout"]  # 5 MB printed: the first 10,000 characters kept, one note
+    text = streams[0].text
+    assert text.startswith("line 0: xxxx") and text.count(grading_outputs.CUT) == 1
+    assert len(text) < grading_outputs.MAX_CHARS + 200 and text.count("\n") <= grading_outputs.MAX_LINES + 2
+    result = next(o for o in cell.outputs if o.output_type == "execute_result").data["text/plain"]
+    assert result.startswith("'yyyy") and grading_outputs.CUT in result
+    assert len(result) < grading_outputs.MAX_CHARS + 100
+    assert (out / "chatty" / "00_arith.ipynb").stat().st_size < 60_000
+    assert (out / "chatty" / "00_arith.html").stat().st_size < (out / "perfect" / "00_arith.html").stat().st_size + 60_000
+
+
+def test_students_whose_report_folders_would_be_one_are_refused(arithmetic_class, tmp_path):
+    tmp, _, _, _ = arithmetic_class
+    solutions = tmp / "course" / "solutions"
+    for student in ("kim lee", "kim_lee"):
+        _submit(tmp_path / "subs", student, solutions / "00_arith.ipynb")
+    with pytest.raises(SdlabInputError, match=r"students 'kim lee' \(.*kim lee/00_arith.ipynb\) and 'kim_lee' "
+                                              r"\(.*\) would share the report folder .*kim_lee: rename one"):
+        grading.grade([tmp_path / "subs"], solutions, tmp_path / "report", progress=False)
+    assert not (tmp_path / "report").exists()  # refused before any grading
+    # a report that already holds the grades of a student in that folder (another run, a cluster job)
+    _submit(tmp_path / "later", "Perfect", solutions / "00_arith.ipynb")
+    before = _fingerprint(tmp / "serial")
+    with pytest.raises(SdlabInputError, match=r"students 'Perfect' .* and 'perfect' \(the grades in .*perfect"):
+        grading.grade([tmp_path / "later"], solutions, tmp / "serial", progress=False)
+    assert _fingerprint(tmp / "serial") == before
+
+
+def test_the_kernels_temporary_files_go_with_its_folder(tmp_path, monkeypatch):
+    solutions = tmp_path / "course" / "solutions"
+    solutions.mkdir(parents=True)
+    nb = nbformat.v4.new_notebook(cells=[
+        _code(_solution("import tempfile\nscratch = tempfile.mkdtemp()\n"
+                        "open(scratch + '/big.bin', 'wb').write(bytes(1000))"), exercise="scratch"),
+        _code("print(scratch)"),
+        _code(_hidden("import os\nassert os.path.getsize(scratch + '/big.bin') == 1000"), grade="scratch"),
+    ])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, solutions / "00_tmp.ipynb")
+    _submit(tmp_path / "subs", "tess", solutions / "00_tmp.ipynb")
+    parent = tmp_path / "tmp"
+    parent.mkdir()
+    monkeypatch.setenv("TMPDIR", str(parent))  # where the kernel's files would go, left to itself
+    monkeypatch.setattr(tempfile, "tempdir", str(parent))  # and the grader's own folders
+    report = grading.grade([tmp_path / "subs"], solutions, tmp_path / "report", timeout=60, progress=False)
+    assert [(r.points, r.status) for r in report.rows] == [(1, "passed")]
+    executed = nbformat.read(tmp_path / "report" / "tess" / "00_tmp.ipynb", as_version=4)
+    scratch = next(c for c in executed.cells if c.source == "print(scratch)").outputs[0].text.strip()
+    assert Path(scratch).parent.parent.parent == parent and Path(scratch).parent.name == "tmp"
+    assert list(parent.iterdir()) == []  # the kernel's folder went with the submission's folder
+
+
+def test_course_markers_are_read_as_nbgrader_reads_them(tmp_path):
+    solutions, blanks = tmp_path / "solutions", tmp_path / "notebooks"
+    solutions.mkdir()
+    nb = nbformat.v4.new_notebook(cells=[
+        _code("x = 1\n# BEGIN SOLUTION\nsecret = 42\n# END SOLUTION", exercise="answer", hint="the answer"),
+        _code("#BEGIN HIDDEN TESTS\nassert secret == 42\n  ##  END HIDDEN TESTS", grade="answer", points=2),
+    ])
+    nbformat.write(nb, solutions / "00_m.ipynb")
+    assert course.build(solutions, blanks) == [blanks / "00_m.ipynb"]
+    blank = nbformat.read(blanks / "00_m.ipynb", as_version=4)
+    assert [c.source for c in blank.cells] == [
+        "x = 1\n# YOUR CODE HERE\nraise NotImplementedError(\"Exercise 'answer': the answer\")"]
+    assert course.check(solutions, blanks) == []
+    assert [(t.exercise, t.points, t.source) for t in grading.hidden_tests(nb)] == [("answer", 2, "assert secret == 42")]
+    # an exercise cell with no solution region: build writes nothing, check says so
+    nb.cells[0].source = "secret = 42"
+    nbformat.write(nb, solutions / "00_m.ipynb")
+    (blanks / "00_m.ipynb").unlink()
+    with pytest.raises(SdlabInputError, match=r"00_m.ipynb: the cell of exercise 'answer' has no ### BEGIN SOLUTION"):
+        course.build(solutions, blanks)
+    assert not (blanks / "00_m.ipynb").exists()
+    assert [p for p in course.check(solutions, blanks) if "exercise 'answer' has no" in p]
+    with pytest.raises(SdlabInputError, match="END SOLUTION marker has no ### BEGIN SOLUTION before it"):
+        course.blank_source("x = 1\n# END SOLUTION")
+
+
 def test_a_vandal_touches_only_its_own_copy(arithmetic_class):
     tmp, serial, _, (repo, course_files) = arithmetic_class
     rows = {r.exercise: r for r in serial.rows if r.student == "vandal"}
@@ -203,13 +322,37 @@ def test_real_notebook_perfect_and_blank(tmp_path):
     subs = tmp_path / "subs"
     _submit(subs, "alice", ROOT / "solutions" / "00_setup.ipynb")
     _submit(subs, "bob", ROOT / "notebooks" / "00_setup.ipynb")
+    solution = ROOT / "solutions" / "00_setup.ipynb"
+    answer = next(c.source for c in nbformat.read(solution, as_version=4).cells
+                  if c.metadata.get("sdlab", {}).get("exercise") == "count_parameters")
+    _submit(subs, "carl", solution, {"count_parameters": answer + "\nundefined_debug_name"})
+    _submit(subs, "dana", ROOT / "notebooks" / "00_setup.ipynb",
+            cells=[(0, _code("pass", grade="bonus", points=100))])
     report = grading.grade([subs], ROOT / "solutions", tmp_path / "report", timeout=300,
                            parameters={"model": "tiny-random"}, progress=False)
     rows = {r.student: r for r in report.rows}
+    assert len(report.rows) == 4 and {r.exercise for r in report.rows} == {"count_parameters"}
     assert (rows["alice"].points, rows["alice"].max, rows["alice"].status) == (1, 1, "passed")
     assert (rows["bob"].points, rows["bob"].max, rows["bob"].status) == (0, 1, "unfinished")
+    assert (rows["carl"].points, rows["carl"].max, rows["carl"].status) == (1, 1, "passed")
+    assert (rows["dana"].points, rows["dana"].max, rows["dana"].status) == (0, 1, "unfinished")
     assert "Exercise 'count_parameters'" in rows["bob"].message
     assert "alice · 00_setup: 1/1 points" in (tmp_path / "report" / "alice" / "00_setup.html").read_text()
+
+
+def test_each_exercise_of_01_loading_is_graded_on_its_own(tmp_path):
+    solution, blank = ROOT / "solutions" / "01_loading.ipynb", ROOT / "notebooks" / "01_loading.ipynb"
+    answers = {c.metadata["sdlab"]["exercise"]: c.source for c in nbformat.read(solution, as_version=4).cells
+               if "exercise" in c.metadata.get("sdlab", {})}
+    for exercise in answers:
+        _submit(tmp_path / "subs", f"only_{exercise}", blank, {exercise: answers[exercise]})
+    report = grading.grade([tmp_path / "subs"], ROOT / "solutions", tmp_path / "report", timeout=300,
+                           parameters={"model": "tiny-random", "num_inference_steps": 2}, progress=False)
+    got = {(r.student, r.exercise): (r.points, r.max, r.status) for r in report.rows}
+    assert got == {("only_loop_of_three", "loop_of_three"): (1, 1, "passed"),
+                   ("only_loop_of_three", "batch_of_three"): (0, 2, "unfinished"),
+                   ("only_batch_of_three", "loop_of_three"): (0, 1, "unfinished"),
+                   ("only_batch_of_three", "batch_of_three"): (2, 2, "passed")}
 
 
 def test_submissions_are_matched_by_file_or_folder_name(tmp_path):
@@ -218,11 +361,18 @@ def test_submissions_are_matched_by_file_or_folder_name(tmp_path):
     for name in ("00_setup", "01_loading"):
         (solutions / f"{name}.ipynb").write_text("{}")
     for path in ("a/alice/01_loading.ipynb", "a/00_setup/bob.ipynb", "a/carol_01_loading.ipynb",
-                 "a/dave/notes.ipynb", "a/alice/.ipynb_checkpoints/01_loading-checkpoint.ipynb"):
+                 "a/dave/notes.ipynb", "a/alice/.ipynb_checkpoints/01_loading-checkpoint.ipynb",
+                 "a/lara/Copy of 00_setup.ipynb", "a/mia/Copy of 00_setup.ipynb"):
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).write_text("{}")
     found = {(s.student, s.notebook) for s in grading.find_submissions([tmp_path / "a"], solutions)}
-    assert found == {("alice", "01_loading"), ("bob", "00_setup"), ("carol", "01_loading"), ("dave", "notes")}
+    # in a student's folder, a file is that student's, whatever its name starts with
+    assert found == {("alice", "01_loading"), ("bob", "00_setup"), ("carol", "01_loading"), ("dave", "notes"),
+                     ("lara", "00_setup"), ("mia", "00_setup")}
+    shutil.copy(tmp_path / "a/lara/Copy of 00_setup.ipynb", tmp_path / "a/lara/00_setup.ipynb")
+    with pytest.raises(SdlabInputError, match="two submissions for lara's 00_setup: .*Copy of 00_setup.ipynb"):
+        grading.find_submissions([tmp_path / "a"], solutions)
+    (tmp_path / "a/lara/00_setup.ipynb").unlink()
     shutil.copy(tmp_path / "a/alice/01_loading.ipynb", tmp_path / "a/alice_01_loading.ipynb")
     with pytest.raises(SdlabInputError, match="two submissions for alice's 01_loading"):
         grading.find_submissions([tmp_path / "a"], solutions)
