@@ -1,9 +1,17 @@
 """Shared fixtures: tests run offline, quietly, on tiny real pipelines."""
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("SDLAB_PROGRESS", "0")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# the notebooks' kernels and the commands the tests start take their temporary folders here (notebook
+# 08 keeps its feedback store and model versions in one), and it goes when the tests end
+_KERNELS_TMP = tempfile.mkdtemp(prefix="sdlab-tests-")  # this process keeps the usual folder
+os.environ["TMPDIR"] = _KERNELS_TMP
+atexit.register(shutil.rmtree, _KERNELS_TMP, ignore_errors=True)
 
 import pytest  # noqa: E402
 
