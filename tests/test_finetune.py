@@ -163,3 +163,77 @@ def test_the_training_step_is_the_tiny_models_own_recipe():
     a, s = alphas[t].sqrt()[:, None, None, None], (1 - alphas[t]).sqrt()[:, None, None, None]
     assert torch.allclose(scheduler.add_noise(latents, noise, t), a * latents + s * noise, atol=1e-5)
     assert torch.allclose(scheduler.get_velocity(latents, noise, t), a * noise - s * latents, atol=1e-5)
+
+
+def test_a_models_dir_that_cannot_be_written_is_refused_before_training(tmp_path, tiny_pipe, liked_store):
+    (tmp_path / "afile").write_text("not a folder")
+    steps = []
+    for run in (lambda: finetune(tiny_pipe, liked_store, FinetuneConfig(steps=2, batch_size=2),
+                                 models_dir=tmp_path / "afile", on_step=lambda *a: steps.append(a)),
+                lambda: start_finetune(tiny_pipe, liked_store, models_dir=tmp_path / "afile"),
+                lambda: preference_demo(tiny_pipe, store=liked_store, models_dir=tmp_path / "afile")):
+        with pytest.raises(SdlabInputError, match=f"models_dir {tmp_path / 'afile'} is a file, not a folder"):
+            run()
+    assert steps == []
+
+
+def test_a_version_fine_tuned_again_is_the_next_version_of_its_name_and_loads_from_anywhere(
+        tmp_path, tiny_pipe, liked_store, monkeypatch):
+    config = FinetuneConfig(method="full", steps=1, batch_size=2)
+    first = finetune(tiny_pipe, liked_store, config, models_dir=tmp_path / "models")
+    (tmp_path / "models" / first.name / "v7").mkdir()
+    (tmp_path / "models" / first.name / "v7" / "sdlab_version.json").write_text('{"name": "tiny-ra')  # damaged
+    monkeypatch.chdir(tmp_path)
+    again = finetune(sdlab.load_pipeline("models/tiny-random-feedback/v1"), liked_store, config, models_dir="models")
+    assert (again.name, again.number) == (first.name, 8)  # its lineage, past the damaged record's folder
+    assert again.info["base_model"] == str(first.folder.resolve())  # a whole path, not "models/…"
+    with pytest.warns(UserWarning, match="v7/sdlab_version.json is not a readable version record"):
+        assert [v.number for v in list_versions(tmp_path / "models")] == [1, 8]
+
+
+def test_a_pipeline_carrying_lora_weights_is_refused(tmp_path, tiny_pipe, liked_store):
+    version = finetune(tiny_pipe, liked_store, FinetuneConfig(steps=1, batch_size=2), models_dir=tmp_path / "models")
+    with_lora = sdlab.load_pipeline("tiny-random")
+    with_lora.load_lora_weights(str(version.folder))
+    with pytest.raises(SdlabInputError, match="tiny-random carries LoRA weights: fine-tune the model they were made"):
+        finetune(with_lora, liked_store, FinetuneConfig(steps=1), models_dir=tmp_path / "models")
+
+
+def test_a_bfloat16_pipeline_fine_tunes_with_lora(tmp_path, liked_store):
+    import torch
+
+    pipe = sdlab.load_pipeline("tiny-random", dtype="bfloat16")
+    version = finetune(pipe, liked_store, FinetuneConfig(steps=2, batch_size=2, learning_rate=1e-2),
+                       models_dir=tmp_path / "models")
+    tuned = load_version(version.folder, dtype="bfloat16")
+    assert tuned.unet.dtype == torch.bfloat16 and np.abs(pixels(tuned) - pixels(pipe)).mean() > 0
+
+
+def test_bad_training_pairs_are_named(tmp_path, tiny_pipe, liked_store):
+    from PIL import Image
+
+    good = Image.new("RGB", (64, 64), "blue")
+    for pairs, message in [
+        ([("a blue circle", good)], "pair 0: expected .image, prompt. with a PIL image first, got str"),
+        ([(good, None)], "pair 0: the prompt must be text, got None"),
+        ([(good, "ok"), (Image.new("RGB", (1, 1)), "tiny")], "pair 1: the image is 1×1 pixels; fine-tuning needs "
+                                                              "at least 8 a side"),
+        ([(Image.new("I;16", (64, 64), 20000), "grey")], "pair 0: a I;16 image has more than 8 bits a channel"),
+        ([good], "pair 0: expected .image, prompt."),
+        ("a folder that is not there", "has no metadata.jsonl")]:
+        with pytest.raises(SdlabInputError, match=message):
+            training_examples(pairs)
+    folder = liked_store.export_imagefolder(tmp_path / "liked")
+    (folder / "metadata.jsonl").write_text((folder / "metadata.jsonl").read_text() + "{not json\n")
+    with pytest.raises(SdlabInputError, match=r"metadata.jsonl line 4 is not a row like"):
+        training_examples(folder)
+    next(liked_store.liked()[0].path.parent.glob("*.png")).unlink()  # a stored image's file goes missing
+    with pytest.raises(SdlabInputError, match=r"the store's image \d+: its image file cannot be read"):
+        training_examples(liked_store)
+    for config, message in [(FinetuneConfig(caption_dropout="0.1"), "caption_dropout and high_noise_share"),
+                            (FinetuneConfig(seed=1.5), "seed must be a whole number ≥ 0, got 1.5"),
+                            (FinetuneConfig(target_modules="to_q"), "target_modules must be a list of layer names")]:
+        with pytest.raises(SdlabInputError, match=message):
+            config.checked()
+    with pytest.raises(SdlabInputError, match=r"no layer of this UNet is named like \['nope'\]"):
+        finetune(tiny_pipe, [(good, "x")], FinetuneConfig(target_modules=("nope",)), models_dir=tmp_path / "m")

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from ..errors import SdlabInputError, check
 from ..feedback import LIKED, MAX_COMMENT_CHARS, MAX_USER_CHARS, FeedbackStore, StoredImage, check_feedback
-from ..finetune import Example, FinetuneConfig, FinetuneJob, start_finetune
+from ..finetune import FinetuneConfig, FinetuneJob, start_finetune, stored_examples
 from .studio import Studio
 from .ui import as_gradio_error
 
@@ -145,7 +145,7 @@ def add_feedback_api(app: FastAPI, studio: Studio, models_dir: str | Path | None
                                          f"{config.min_rating:g} or more yet, so there is nothing to fine-tune on; "
                                          f"rate some with POST /feedback {FeedbackRequest.example}, or lower "
                                          f"min_rating")
-            examples = [Example(item.image, item.prompt, item.id) for item in liked]
+            examples = stored_examples(liked)
             job = start_finetune(studio.pipe, examples, config, models_dir=models_dir)
             jobs[job.id] = job
         return job.status().to_dict()

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import check
+from ..errors import SdlabInputError, check
 from ..feedback import LIKED, FeedbackStore
 
 
@@ -25,23 +25,78 @@ class Example:
 
 def training_examples(source, min_rating: float = LIKED) -> list[Example]:
     """Training pairs from a FeedbackStore (its liked images), an exported imagefolder (a folder with
-    metadata.jsonl), or a list of (image, prompt) pairs. Zero pairs is a teaching error."""
+    metadata.jsonl), or a list of (image, prompt) pairs. Zero pairs, or a pair that is not an 8-bit
+    image of at least MIN_SIDE pixels a side and its prompt, is a teaching error naming it."""
     if isinstance(source, FeedbackStore):
-        examples = [Example(item.image, item.prompt, item.id) for item in source.liked(min_rating)]
+        examples = stored_examples(source.liked(min_rating))
         what = f"the store has no images with a mean rating of {min_rating:g} or more"
     elif isinstance(source, (str, Path)):
-        folder = Path(source)
-        check((folder / "metadata.jsonl").is_file(),
-              f"{folder} has no metadata.jsonl; export one with store.export_imagefolder(folder)")
-        rows = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines() if line.strip()]
-        examples = [Example(Image.open(folder / r["file_name"]).convert("RGB"), r["text"], r.get("image_id"))
-                    for r in rows]
-        what = f"{folder}/metadata.jsonl lists no images"
+        examples = _from_imagefolder(Path(source))
+        what = f"{source}/metadata.jsonl lists no images"
     else:
-        examples = [e if isinstance(e, Example) else Example(*e) for e in source]
+        check(not isinstance(source, (bytes, Image.Image)) and hasattr(source, "__iter__"),
+              f"examples must be a FeedbackStore, an imagefolder or a list of (image, prompt) pairs, got "
+              f"{type(source).__name__}")
+        examples = [_from_pair(pair, f"pair {i}") for i, pair in enumerate(source)]
         what = "the list of (image, prompt) pairs is empty"
     check(bool(examples), f"nothing to fine-tune on: {what}. Rate some images 4 or 5 first "
                           f"(store.add_feedback(image_id, 5)), or lower min_rating")
+    return examples
+
+
+def stored_examples(items) -> list[Example]:
+    """Checked training pairs of stored images (what `FeedbackStore.liked` gives), each error naming its id."""
+    return [_checked(lambda item=item: item.image, item.prompt, item.id, f"the store's image {item.id}")
+            for item in items]
+
+
+def _from_pair(pair, where: str) -> Example:
+    if isinstance(pair, Example):
+        return _checked(lambda: pair.image, pair.prompt, pair.image_id, where)
+    check(isinstance(pair, (tuple, list)) and len(pair) == 2, f"{where}: expected (image, prompt), got {pair!r:.80}")
+    return _checked(lambda: pair[0], pair[1], None, where)
+
+
+MIN_SIDE = 8  # the VAE's scale: a smaller image has no latent pixel
+
+
+def _checked(open_image, prompt, image_id, where: str) -> Example:
+    """One checked pair; `open_image()` gives its image (files are opened here, so errors name them)."""
+    try:
+        image = open_image()
+        if isinstance(image, Image.Image):
+            image.load()
+    except (OSError, ValueError) as err:
+        raise SdlabInputError(f"{where}: its image file cannot be read ({type(err).__name__}: {err}); mend or "
+                              f"remove it (a feedback store: store.verify() lists missing files)") from None
+    check(isinstance(image, Image.Image), f"{where}: expected (image, prompt) with a PIL image first, got "
+                                          f"{type(image).__name__}")
+    check(isinstance(prompt, str), f"{where}: the prompt must be text, got {prompt!r}")
+    check(image.mode not in HIGH_DEPTH, f"{where}: a {image.mode} image has more than 8 bits a channel; "
+                                        f"convert it to 8-bit RGB first")
+    check(min(image.size) >= MIN_SIDE, f"{where}: the image is {image.width}×{image.height} pixels; fine-tuning "
+                                       f"needs at least {MIN_SIDE} a side (the model's own size is best)")
+    return Example(image.convert("RGB"), prompt, image_id)
+
+
+HIGH_DEPTH = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+def _from_imagefolder(folder: Path) -> list[Example]:
+    metadata = folder / "metadata.jsonl"
+    check(metadata.is_file(), f"{folder} has no metadata.jsonl; export one with store.export_imagefolder(folder)")
+    examples = []
+    for n, line in enumerate(metadata.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            name, text = row["file_name"], row["text"]
+        except (ValueError, KeyError, TypeError) as err:
+            raise SdlabInputError(f"{metadata} line {n} is not a row like {{\"file_name\": \"a.png\", \"text\": "
+                                  f"\"the prompt\"}} ({type(err).__name__}: {err})") from None
+        examples.append(_checked(lambda name=name: Image.open(folder / name), text, row.get("image_id"),
+                                 f"{metadata} line {n} ({name})"))
     return examples
 
 

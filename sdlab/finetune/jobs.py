@@ -8,10 +8,10 @@ import uuid
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from ..errors import SdlabInputError
+from ..errors import SdlabInputError, writable_folder
 from ..feedback import now
 from .examples import Example, training_examples
-from .training import FinetuneConfig, finetune
+from .training import FinetuneConfig, base_model, finetune
 from .versions import ModelVersion
 
 STATES = ("queued", "running", "done", "failed")  # what FinetuneStatus.state can be
@@ -110,7 +110,10 @@ def start_finetune(pipe, source, config: FinetuneConfig | None = None, *, models
                    name: str | None = None) -> FinetuneJob:
     """Start `finetune()` in the background and return the job at once.
 
-    The liked images are read now, so zero liked images is a SdlabInputError here, not a failed job.
+    The liked images are read and everything is checked now, so zero liked images, or a models_dir
+    that cannot be written, is a SdlabInputError here, not a failed job.
     """
     config = (config or FinetuneConfig()).checked()
-    return FinetuneJob(pipe, training_examples(source, config.min_rating), config, models_dir, name).start()
+    examples = training_examples(source, config.min_rating)
+    base_model(pipe, config)
+    return FinetuneJob(pipe, examples, config, writable_folder(models_dir, "models_dir"), name).start()

@@ -12,11 +12,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..errors import check
+from ..errors import check, writable_folder
 from ..feedback import LIKED, now
 from ..pipelines import _loading_bars, _progress_enabled, model_name
+from ..presets import find_preset
 from .examples import encode_examples, training_examples
-from .versions import ModelVersion, _publish, _quiet_diffusers, _slug
+from .versions import ModelVersion, _publish, _quiet_diffusers, _slug, read_version
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 # LoRA beside the attention and feed-forward layers, the ResNet convolutions and time projections, and
@@ -54,8 +55,16 @@ class FinetuneConfig:
         check(self.learning_rate is None or (isinstance(self.learning_rate, (int, float)) and 0 < self.learning_rate <= 1),
               f"learning_rate must be above 0 and at most 1, got {self.learning_rate!r}; None picks 1e-3 for LoRA, "
               f"1e-4 for full")
-        check(0 <= self.caption_dropout < 1 and 0 <= self.high_noise_share <= 1,
-              "caption_dropout and high_noise_share are shares between 0 and 1")
+        check(all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                  for v in (self.caption_dropout, self.high_noise_share))
+              and 0 <= self.caption_dropout < 1 and 0 <= self.high_noise_share <= 1,
+              f"caption_dropout and high_noise_share are shares between 0 and 1, got {self.caption_dropout!r} "
+              f"and {self.high_noise_share!r}")
+        check(isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed < 2**63,
+              f"seed must be a whole number ≥ 0, got {self.seed!r}")
+        check(not isinstance(self.target_modules, str) and len(self.target_modules) > 0
+              and all(isinstance(m, str) for m in self.target_modules),
+              f"target_modules must be a list of layer names, e.g. ('to_q', 'to_v'), got {self.target_modules!r}")
         return self
 
     @property
@@ -113,10 +122,13 @@ def finetune(pipe, examples, config: FinetuneConfig | None = None, *, models_dir
     """
     from accelerate import Accelerator
 
-    # 1. Check inputs
+    # 1. Check inputs, before any training: where the version goes too
     config = (config or FinetuneConfig()).checked()
     examples = training_examples(examples, config.min_rating)
     noise_scheduler = noise_scheduler_for(pipe)
+    base = base_model(pipe, config)
+    models_dir = writable_folder(models_dir, "models_dir")
+    _check_targets(pipe.unet, config)
     start = time.perf_counter()
 
     # 2. Encode the examples once (the VAE and text encoder stay frozen)
@@ -162,18 +174,52 @@ def finetune(pipe, examples, config: FinetuneConfig | None = None, *, models_dir
 
     # 5. Save as a new version next to the old ones
     unet = acc.unwrap_model(unet).eval()
-    base = model_name(pipe)
     info = {"base_model": base, "method": config.method, "config": asdict(config), "examples": len(examples),
             "image_ids": [e.image_id for e in examples if e.image_id is not None], "losses": losses,
             "seconds": round(time.perf_counter() - start, 2), "created_at": now()}
-    Path(models_dir).mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=models_dir))  # published only once complete
     try:
         with _loading_bars(_progress_enabled(None)):
             _save(pipe, unet, config, tmp)
-        return _publish(tmp, Path(models_dir), name or f"{_slug(base)}-feedback", info)
+        return _publish(tmp, models_dir, name or default_name(pipe), info)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone after the rename; removed if saving failed
+
+
+def base_model(pipe, config: FinetuneConfig) -> str:
+    """What a version of `pipe` fine-tuned so will be loaded on: its model (a folder by its whole
+    path, so that it loads from anywhere). A version saved as LoRA weights alone needs a base that
+    loads without it, so a pipeline that carries LoRA weights is refused."""
+    name = model_name(pipe)
+    check(not getattr(pipe.unet, "peft_config", None),
+          f"{name} carries LoRA weights: fine-tune the model they were made for (load_pipeline(base)) with "
+          f"all the liked images, or save the pipeline with them fused in first (pipe.fuse_lora(); "
+          f"pipe.unload_lora_weights(); pipe.save_pretrained(folder)) and fine-tune that folder")
+    folder = Path(name)
+    if find_preset(name) is None and folder.is_dir():
+        check((folder / "model_index.json").is_file() or not _saved_as_lora_only(pipe, config),
+              f"{name} is a version saved as LoRA weights alone: fine-tune its base model instead")
+        return str(folder.resolve())
+    return name
+
+
+def _saved_as_lora_only(pipe, config: FinetuneConfig) -> bool:
+    return config.method == "lora" and sum(p.numel() for p in pipe.unet.parameters()) > FULL_SAVE_MAX_PARAMETERS
+
+
+def default_name(pipe) -> str:
+    """A fine-tune of a version (`load_version`'s, or its folder loaded) is the next version of its
+    name; of another model, the first of "<model>-feedback"."""
+    version = getattr(pipe, "sdlab_version", None) or read_version(model_name(pipe))
+    return version.name if version is not None else f"{_slug(model_name(pipe))}-feedback"
+
+
+def _check_targets(unet, config: FinetuneConfig) -> None:
+    if config.method == "lora":  # peft's rule: a layer whose name is, or ends with ".", a target
+        names = [name for name, _ in unet.named_modules()]
+        check(any(name == t or name.endswith(f".{t}") for t in config.target_modules for name in names),
+              f"no layer of this UNet is named like {list(config.target_modules)}: use names such as 'to_q', "
+              f"'to_v', 'conv1' (the default targets all of {list(LORA_TARGETS)})")
 
 
 def _save(pipe, unet, config: FinetuneConfig, folder: Path) -> None:
@@ -189,13 +235,14 @@ def _save(pipe, unet, config: FinetuneConfig, folder: Path) -> None:
     type(pipe).save_lora_weights(folder, unet_lora_layers=get_peft_model_state_dict(unet),
                                  unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
                                  safe_serialization=True)
-    if sum(p.numel() for p in pipe.unet.parameters()) <= FULL_SAVE_MAX_PARAMETERS:
-        merged = _with_unet(pipe, copy.deepcopy(pipe.unet))
+    if not _saved_as_lora_only(pipe, config):
+        merged = _with_unet(pipe, copy.deepcopy(pipe.unet).float())  # checked in float32, as it was trained
         with _quiet_diffusers():
             merged.load_lora_weights(str(folder))  # the saved file, loaded as any user would load it
         merged.fuse_lora()
         merged.unload_lora_weights()
         _check_same(unet, merged.unet)
+        merged.unet.to(pipe.unet.dtype)
         merged.save_pretrained(folder, safe_serialization=True)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,20 +32,33 @@ def _slug(model: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model).name or "model").strip("-") or "model"
 
 
+def read_version(folder: str | Path) -> ModelVersion | None:
+    """The version saved in `folder`, or None where it holds none; a damaged record is a warning
+    that names it (one damaged file must not hide the other versions)."""
+    info_file = Path(folder) / VERSION_FILE
+    if not info_file.is_file():
+        return None
+    try:
+        info = json.loads(info_file.read_text(encoding="utf-8"))
+        return ModelVersion(info["name"], int(info["version"]), info_file.parent, info)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        warnings.warn(f"{info_file} is not a readable version record ({type(err).__name__}: {err}); that "
+                      f"version is left out: mend or remove its folder", stacklevel=3)
+        return None
+
+
 def list_versions(models_dir: str | Path, name: str | None = None) -> list[ModelVersion]:
     """Every saved version under `models_dir` (of one `name`, or all), oldest first."""
-    found = []
-    for info_file in sorted(Path(models_dir).glob(f"{name or '*'}/v*/{VERSION_FILE}")):
-        info = json.loads(info_file.read_text())
-        found.append(ModelVersion(info["name"], info["version"], info_file.parent, info))
-    return sorted(found, key=lambda v: (v.name, v.number))
+    found = [read_version(f.parent) for f in sorted(Path(models_dir).glob(f"{name or '*'}/v*/{VERSION_FILE}"))]
+    return sorted((v for v in found if v is not None), key=lambda v: (v.name, v.number))
 
 
 def _publish(tmp: Path, models_dir: Path, name: str, info: dict) -> ModelVersion:
     """Move a finished version folder into place as the next free v<N> (never over an old one)."""
     home = models_dir / name
     home.mkdir(parents=True, exist_ok=True)
-    number = max((v.number for v in list_versions(models_dir, name)), default=0) + 1
+    taken = [int(f.name[1:]) for f in home.glob("v*") if f.name[1:].isdigit()]  # damaged records count too
+    number = max(taken, default=0) + 1
     while True:
         info |= {"name": name, "version": number}
         (tmp / VERSION_FILE).write_text(json.dumps(info, indent=2))

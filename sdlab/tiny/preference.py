@@ -3,14 +3,16 @@ from prompts that leave the colour open; after fine-tuning on what they liked, t
 how often held-out prompts come out in that colour, before and after (notebook 08)."""
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import check
+from ..errors import check, writable_folder
 from ..feedback import FeedbackStore
 from ..finetune import FinetuneConfig, ModelVersion, load_version, start_finetune
 
@@ -88,6 +90,19 @@ def _measure(pipe, prompts, colour, count, seed, settings) -> dict:
             "adherence": score(images, prompts)}
 
 
+@contextmanager
+def _scratch(needed: bool):
+    """A temporary folder for the store and the new version where they are not given (it stays:
+    the result points into it); removed if the demo fails."""
+    folder = Path(tempfile.mkdtemp(prefix="sdlab-preference-")) if needed else None
+    try:
+        yield folder
+    except BaseException:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
 # tried on sdlab-tiny (notebook 08): more steps shift further, but then prompts that name a colour follow it less
 DEMO_CONFIG = FinetuneConfig(steps=150, learning_rate=2e-3)
 
@@ -118,39 +133,41 @@ def preference_demo(pipe, *, colour: str = "blue", store: FeedbackStore | None =
         check(isinstance(value, int) and value >= least, f"{name} must be a whole number, {least} or more, got {value!r}")
     config = (config or DEMO_CONFIG).checked()  # all before the first image is made
     settings = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
-    workdir = Path(tempfile.mkdtemp(prefix="sdlab-preference-"))
-    store = store or FeedbackStore(workdir / "feedback")
-    # 1. Ratings
-    if version is None and not store.liked(config.min_rating):
-        made = generate_batches(pipe, open_colour_prompts(colour), rating_images, seed, **settings)
-        rate(store, store.add_generations(made), ColourRater(colour))
-    stats = store.stats()
-    # 2. Before
-    held_out = open_colour_prompts(colour, held_out=True)
-    before = _measure(pipe, held_out, colour, test_images, seed + 100_000, settings)
-    # 3. Fine-tune in the background, watching its status
-    seconds = version.info.get("seconds") if version is not None else None
-    if version is None:
-        job = start_finetune(pipe, store, config, models_dir=models_dir or workdir / "models")
-        while job.running:
-            time.sleep(0.5)
-            if on_status is not None:
-                on_status(job.status())
-        version, seconds = job.wait(), job.status().seconds
-    # 4. After, and the control
-    tuned = load_version(version.folder, device=pipe.device.type)
-    after = _measure(tuned, held_out, colour, test_images, seed + 100_000, settings)
-    scenes = held_out_scenes(control_images, seed=seed) if control_images else []
-    control = [measure_adherence(p, scenes, seed=seed + 200_000, **settings).scores["colour"] if scenes else None
-               for p in (pipe, tuned)]
-    return {"colour": colour, "rated": stats["ratings"], "liked": stats["liked"],
-            "liked_share": stats["liked"] / max(1, stats["images"]), "before": before["share"],
-            "after": after["share"], "before_counts": before["counts"], "after_counts": after["counts"],
-            "named_colour_before": control[0], "named_colour_after": control[1],
-            "before_adherence": before["adherence"], "after_adherence": after["adherence"],
-            "finetune_seconds": seconds, "steps": version.info["config"]["steps"],
-            "method": version.info["method"], "losses": version.info["losses"], "version": version, "pipe": tuned,
-            "before_images": before["images"], "after_images": after["images"], "prompts": before["prompts"]}
+    if version is None and models_dir is not None:
+        models_dir = writable_folder(models_dir, "models_dir")
+    with _scratch(store is None or (version is None and models_dir is None)) as workdir:
+        store = store or FeedbackStore(workdir / "feedback")
+        # 1. Ratings
+        if version is None and not store.liked(config.min_rating):
+            made = generate_batches(pipe, open_colour_prompts(colour), rating_images, seed, **settings)
+            rate(store, store.add_generations(made), ColourRater(colour))
+        stats = store.stats()
+        # 2. Before
+        held_out = open_colour_prompts(colour, held_out=True)
+        before = _measure(pipe, held_out, colour, test_images, seed + 100_000, settings)
+        # 3. Fine-tune in the background, watching its status
+        seconds = version.info.get("seconds") if version is not None else None
+        if version is None:
+            job = start_finetune(pipe, store, config, models_dir=models_dir or workdir / "models")
+            while job.running:
+                time.sleep(0.5)
+                if on_status is not None:
+                    on_status(job.status())
+            version, seconds = job.wait(), job.status().seconds
+        # 4. After, and the control
+        tuned = load_version(version.folder, device=pipe.device.type)
+        after = _measure(tuned, held_out, colour, test_images, seed + 100_000, settings)
+        scenes = held_out_scenes(control_images, seed=seed) if control_images else []
+        control = [measure_adherence(p, scenes, seed=seed + 200_000, **settings).scores["colour"] if scenes else None
+                   for p in (pipe, tuned)]
+        return {"colour": colour, "rated": stats["ratings"], "liked": stats["liked"],
+                "liked_share": stats["liked"] / max(1, stats["images"]), "before": before["share"],
+                "after": after["share"], "before_counts": before["counts"], "after_counts": after["counts"],
+                "named_colour_before": control[0], "named_colour_after": control[1],
+                "before_adherence": before["adherence"], "after_adherence": after["adherence"],
+                "finetune_seconds": seconds, "steps": version.info["config"]["steps"],
+                "method": version.info["method"], "losses": version.info["losses"], "version": version, "pipe": tuned,
+                "before_images": before["images"], "after_images": after["images"], "prompts": before["prompts"]}
 
 
 def plot_preference(result: dict):
