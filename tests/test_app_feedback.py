@@ -250,15 +250,27 @@ def test_a_finetune_job_runs_to_done_and_reports_its_steps(fresh, tmp_path):
         assert response.status_code == 422 and all(w in response.json()["detail"] for w in words), response.text
 
 
-def test_a_failed_finetune_says_why(tiny_pipe, tmp_path):
+def test_a_finetune_that_cannot_save_is_refused_or_fails_saying_why(tiny_pipe, tmp_path, monkeypatch):
+    from sdlab.finetune import training
+
     (tmp_path / "not-a-folder").write_text("")
     app = sdlab.app.create_app(tiny_pipe, face_restorer=None, feedback_dir=tmp_path / "feedback",
                                models_dir=tmp_path / "not-a-folder")
     with TestClient(app) as client:
         rate(client, make(client)[0]["image_id"], 5)
+        refused = client.post("/finetune", json={"steps": 1})  # before any training
+        assert refused.status_code == 422 and "not-a-folder is a file, not a folder" in refused.json()["detail"]
+
+    def disk_full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(training, "_save", disk_full)  # as a disk that fills up while the version is written
+    app = sdlab.app.create_app(tiny_pipe, face_restorer=None, feedback_dir=tmp_path / "feedback",
+                               models_dir=tmp_path / "models")
+    with TestClient(app) as client:
         status = wait_for(client, client.post("/finetune", json={"steps": 1}).json()["job_id"])
     assert status["state"] == "failed" and status["version"] is None
-    assert "FileExistsError" in status["message"] and "not-a-folder" in status["message"]
+    assert "No space left on device" in status["message"] and not list((tmp_path / "models").glob("*/v*"))
 
 
 # ---- the UI's functions -------------------------------------------------------------------
