@@ -6,6 +6,7 @@ It follows the diffusers pipeline's own order: 1. check inputs, 2. seeds and lat
 from __future__ import annotations
 
 import math
+import numbers
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -16,8 +17,8 @@ from PIL import Image
 from .errors import SdlabWarning, check, suggest_multiple
 from .pipelines import img2img_pipeline, inpaint_pipeline, model_name
 from .presets import find_preset
-from .schedulers import resolve_scheduler_name, scheduler_name, using_scheduler
-from .seeds import default_size, make_generator, seeds_for, variation_latents
+from .schedulers import check_scheduler_steps, make_scheduler, resolve_scheduler_name, scheduler_name, using_scheduler
+from .seeds import are_consecutive, check_variation, default_size, make_generator, seeds_for, variation_latents
 
 MAX_IMAGES = 64  # per call; sweeps split bigger jobs
 MAX_STEPS = 500
@@ -101,8 +102,18 @@ def model_defaults(pipe) -> tuple[int, float]:
     return (preset.num_inference_steps, preset.guidance_scale) if preset else (50, 7.5)
 
 
+def is_number(value) -> bool:
+    """A real number (numpy's too) but not a bool: True would quietly count as 1."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def is_whole(value) -> bool:
+    """An int but not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def check_size(name: str, value) -> int:
-    check(isinstance(value, int) and not isinstance(value, bool),
+    check(is_whole(value),
           f"{name} must be a whole number of pixels, got {value!r}")
     check(value % SIZE_MULTIPLE == 0,
           f"{name} must be a multiple of {SIZE_MULTIPLE}, got {value}; {suggest_multiple(value, SIZE_MULTIPLE)}")
@@ -115,15 +126,15 @@ def check_generate_inputs(prompts, num_images_per_prompt, num_inference_steps, g
     """Reject bad arguments before any work, naming the argument, the value and the fix."""
     check(len(prompts) > 0 and all(isinstance(p, str) for p in prompts),
           f"prompt must be a string or a non-empty list of strings, got {prompts!r}")
-    check(isinstance(num_images_per_prompt, int) and 1 <= num_images_per_prompt <= MAX_IMAGES,
+    check(is_whole(num_images_per_prompt) and 1 <= num_images_per_prompt <= MAX_IMAGES,
           f"num_images_per_prompt must be between 1 and {MAX_IMAGES}, got {num_images_per_prompt!r}")
     check(len(prompts) * num_images_per_prompt <= MAX_IMAGES,
           f"{len(prompts) * num_images_per_prompt} images in one call is more than {MAX_IMAGES}; "
           f"split the prompts or use sdlab.sweeps, which batches in chunks")
-    check(isinstance(num_inference_steps, int) and 1 <= num_inference_steps <= MAX_STEPS,
+    check(is_whole(num_inference_steps) and 1 <= num_inference_steps <= MAX_STEPS,
           f"num_inference_steps must be a whole number from 1 to {MAX_STEPS}, got {num_inference_steps!r}; "
           f"20–50 is typical")
-    check(isinstance(guidance_scale, (int, float)) and 0 <= guidance_scale <= MAX_GUIDANCE,
+    check(is_number(guidance_scale) and 0 <= guidance_scale <= MAX_GUIDANCE,  # NaN fails both comparisons
           f"guidance_scale must be between 0 and {MAX_GUIDANCE:g}, got {guidance_scale!r}; 7.5 is typical, "
           f"1 turns guidance off")
     check_size("height", height)
@@ -131,7 +142,7 @@ def check_generate_inputs(prompts, num_images_per_prompt, num_inference_steps, g
     if image is None:
         check(mask_image is None, "mask_image needs an image to paint into: pass image= as well")
         return
-    check(isinstance(strength, (int, float)) and 0 < strength <= 1,
+    check(is_number(strength) and 0 < strength <= 1,
           f"strength must be in (0, 1], got {strength!r}: 0.3 keeps most of the image, 1.0 replaces it")
     fewest = next(n for n in range(math.ceil(1 / strength), MAX_STEPS + 2) if int(n * strength) >= 1)
     check(num_inference_steps >= fewest,  # image to image runs int(steps × strength) of the steps
@@ -142,6 +153,39 @@ def check_generate_inputs(prompts, num_images_per_prompt, num_inference_steps, g
         check(mask_image.size == image.size,
               f"mask_image is {mask_image.size[0]}×{mask_image.size[1]} but image is "
               f"{image.size[0]}×{image.size[1]}; resize the mask to the image's size")
+
+
+def check_noise_inputs(image, latents, variation_seed, variation_strength) -> None:
+    """The starting-noise arguments: a valid variation, not with latents, and neither variations nor
+    latents with an image (image to image starts from the image's own noised latents)."""
+    check_variation(variation_seed, variation_strength)
+    check(latents is None or variation_seed is None, "pass either latents= or variation_seed=, not both")
+    if image is not None:
+        check(latents is None, "latents= is the starting noise of text to image, but image to image starts from "
+                               "the image, noised with the seed's noise: drop latents= and choose seed=")
+        check(variation_seed is None, "variation_seed= mixes the starting noise of text to image, but image to image "
+                                      "starts from the image: drop variation_seed= and variation_strength=, or "
+                                      "try other seeds")
+
+
+def negative_prompts(negative_prompt, prompts: list[str]) -> list[str]:
+    """One negative prompt per prompt: None is "" (diffusers' default), a string is shared by all,
+    a list gives one to each prompt."""
+    if negative_prompt is None or isinstance(negative_prompt, str):
+        return [negative_prompt or ""] * len(prompts)
+    check(isinstance(negative_prompt, (list, tuple)) and all(isinstance(n, str) for n in negative_prompt),
+          f"negative_prompt must be a string, or a list of strings (one per prompt), got {negative_prompt!r}")
+    check(len(negative_prompt) == len(prompts),
+          f"negative_prompt is a list of {len(negative_prompt)} but there are {len(prompts)} prompts; give one "
+          f"negative prompt per prompt, or one string for all")
+    return list(negative_prompt)
+
+
+def rerun_batch_size(prompts: list[str], negatives: list[str], seeds: list[int]) -> int:
+    """How many images regenerate() must run together to remake one of these exactly: a batch of
+    one prompt at consecutive seeds (what seed=s, num_images_per_prompt=n makes) is run again as
+    a whole, since a batch's arithmetic can round differently from one image's; anything else, 1."""
+    return len(seeds) if len(set(zip(prompts, negatives))) == 1 and are_consecutive(seeds) else 1
 
 
 def warn_if_truncated(tokenizer, prompt: str) -> str | None:
@@ -163,7 +207,8 @@ def _as_rgb(image, name: str) -> Image.Image:
     return image.convert("RGB") if name == "image" else image.convert("L")
 
 
-def generate(pipe, prompt: str | list[str], *, negative_prompt: str = "", seed: int | list[int] | None = None,
+def generate(pipe, prompt: str | list[str], *, negative_prompt: str | list[str] | None = "",
+             seed: int | list[int] | None = None,
              num_images_per_prompt: int = 1, num_inference_steps: int | None = None,
              guidance_scale: float | None = None, height: int | None = None, width: int | None = None,
              scheduler: str | None = None, image: Image.Image | None = None, strength: float = 0.8,
@@ -172,9 +217,11 @@ def generate(pipe, prompt: str | list[str], *, negative_prompt: str = "", seed: 
     """Generate images in one batched pipeline call.
 
     prompt: one prompt or a list (each gets `num_images_per_prompt` images).
+    negative_prompt: one for all prompts, or a list with one per prompt; None is "".
     seed: one seed s gives images the seeds s, s+1, …; a list gives one per image; None is random.
     image/strength: image-to-image; add mask_image (white = repaint) for inpainting.
-    latents: the starting noise, e.g. from `sdlab.seeds.make_latents` (overrides the seeds' noise).
+    latents: the starting noise, e.g. from `sdlab.seeds.make_latents` (overrides the seeds' noise,
+    so the images record no seed).
     variation_seed/variation_strength: slerp each image's noise towards another seed's.
     """
     # 1. Check inputs
@@ -194,15 +241,19 @@ def generate(pipe, prompt: str | list[str], *, negative_prompt: str = "", seed: 
     scheduler = resolve_scheduler_name(scheduler) if scheduler is not None else None
     check_generate_inputs(prompts, num_images_per_prompt, num_inference_steps, guidance_scale,
                           height, width, strength, image, mask_image)
-    for text in dict.fromkeys(prompts + [negative_prompt]):
+    negatives = negative_prompts(negative_prompt, prompts)
+    check_noise_inputs(image, latents, variation_seed, variation_strength)
+    check_scheduler_steps(make_scheduler(scheduler, pipe.scheduler.config) if scheduler else pipe.scheduler,
+                          num_inference_steps, from_noise=image is None, max_steps=MAX_STEPS)
+    for text in dict.fromkeys(prompts + negatives):
         warn_if_truncated(pipe.tokenizer, text)
 
     # 2. One seed, one CPU generator and (optionally) one noise tensor per image
     all_prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
+    all_negatives = [n for n in negatives for _ in range(num_images_per_prompt)]
     seeds = seeds_for(seed, len(all_prompts))
-    rerunnable = len(prompts) == 1 and not isinstance(seed, (list, tuple)) and latents is None
+    own_latents = latents is not None  # then the seeds did not make the starting noise
     if variation_seed is not None and variation_strength > 0:
-        check(latents is None, "pass either latents= or variation_seed=, not both")
         latents = torch.cat([variation_latents(pipe, s, variation_seed, variation_strength, height, width)
                              for s in seeds])
     if latents is not None:
@@ -211,7 +262,7 @@ def generate(pipe, prompt: str | list[str], *, negative_prompt: str = "", seed: 
     # 3. Run the pipeline once for the whole batch
     mode = "txt2img" if image is None else ("img2img" if mask_image is None else "inpaint")
     runner = {"txt2img": lambda p: p, "img2img": img2img_pipeline, "inpaint": inpaint_pipeline}[mode](pipe)
-    call = dict(prompt=all_prompts, negative_prompt=[negative_prompt] * len(all_prompts),
+    call = dict(prompt=all_prompts, negative_prompt=all_negatives,
                 num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                 generator=[make_generator(s) for s in seeds], output_type="pil")
     if mode == "txt2img":
@@ -230,15 +281,15 @@ def generate(pipe, prompt: str | list[str], *, negative_prompt: str = "", seed: 
     # 4. Every image carries the parameters that made it
     base = GenerationParams(prompt="", seed=None, num_inference_steps=num_inference_steps,
                             guidance_scale=float(guidance_scale), height=height, width=width,
-                            scheduler=used_scheduler, model=model_name(pipe), negative_prompt=negative_prompt,
-                            mode=mode, strength=None if mode == "txt2img" else float(strength),
+                            scheduler=used_scheduler, model=model_name(pipe), mode=mode,
+                            strength=None if mode == "txt2img" else float(strength),
                             variation_seed=variation_seed if variation_strength > 0 else None,
                             variation_strength=float(variation_strength) if variation_seed is not None else 0.0)
     share = seconds / len(all_prompts)
-    batch = len(all_prompts) if rerunnable else 1
-    results = [GeneratedImage(img, base.replace(prompt=p, seed=s, batch_size=batch, batch_pos=k if rerunnable else 0),
-                              share)
-               for k, (img, p, s) in enumerate(zip(output.images, all_prompts, seeds))]
+    batch = 1 if own_latents else rerun_batch_size(all_prompts, all_negatives, seeds)
+    results = [GeneratedImage(img, base.replace(prompt=p, negative_prompt=n, seed=None if own_latents else s,
+                                                batch_size=batch, batch_pos=k if batch > 1 else 0), share)
+               for k, (img, p, n, s) in enumerate(zip(output.images, all_prompts, all_negatives, seeds))]
     return Generation(results, seconds)
 
 

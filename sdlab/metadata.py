@@ -42,19 +42,26 @@ def _quote(value) -> str:
     return f'"{text}"' if any(ch in text for ch in ',:"') else text
 
 
+def _number(value: float) -> str:
+    """A float as short as it reads back exactly: 7.5 → '7.5', 5.0 → '5', 1/3 → '0.3333333333333333'
+    (six digits would make regenerate() use another guidance)."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(float(value))
+
+
 def format_parameters(params: GenerationParams) -> str:
     """The A1111 `parameters` text for `params`."""
     lines = [params.prompt]
     if params.negative_prompt:
         lines.append(f"Negative prompt: {params.negative_prompt}")
     pairs = [("Steps", params.num_inference_steps), ("Sampler", params.scheduler),
-             ("CFG scale", f"{params.guidance_scale:g}"), ("Seed", params.seed),
-             ("Size", f"{params.width}x{params.height}"), ("Model", params.model)]
+             ("CFG scale", _number(params.guidance_scale))] + ([] if params.seed is None else [("Seed", params.seed)])
+    pairs += [("Size", f"{params.width}x{params.height}"), ("Model", params.model)]
     if params.mode != "txt2img":
-        pairs += [("Mode", params.mode), ("Denoising strength", f"{params.strength:g}")]
+        pairs += [("Mode", params.mode), ("Denoising strength", _number(params.strength))]
     if params.variation_seed is not None:
         pairs += [("Variation seed", params.variation_seed),
-                  ("Variation seed strength", f"{params.variation_strength:g}")]
+                  ("Variation seed strength", _number(params.variation_strength))]
     if params.batch_size > 1:
         pairs += [("Batch size", params.batch_size), ("Batch pos", params.batch_pos)]
     lines.append(", ".join(f"{key}: {_quote(value)}" for key, value in pairs))
@@ -138,9 +145,13 @@ def read_params(png: str | Path | Image.Image) -> GenerationParams:
 
 
 def regenerate(png: str | Path | Image.Image, pipe=None) -> GeneratedImage:
-    """Make the image stored in a PNG again from its metadata (identical pixels on the CPU).
+    """Make the image stored in a PNG again from its metadata.
 
-    `pipe` is loaded from the metadata's Model when not given.
+    Pixels are identical on the CPU for images of generate() and of seed sweeps: a batch of one
+    prompt at consecutive seeds is run again whole (its "Batch size"/"Batch pos"). Other images
+    are made again alone, and a batch rounds the last bit differently from one image, so an image
+    from a batch of several prompts, or from guidance_sweep's batched loop, comes back within float
+    rounding (a level or two), not identical. `pipe` is loaded from the metadata's Model when not given.
     """
     from .generation import generate
     from .pipelines import load_pipeline
@@ -150,7 +161,8 @@ def regenerate(png: str | Path | Image.Image, pipe=None) -> GeneratedImage:
         raise SdlabInputError(f"regenerate() remakes text-to-image results; this image was made with "
                               f"{params.mode}, which also needs the input image")
     if params.seed is None:
-        raise SdlabInputError("the PNG's parameters have no Seed, so the image cannot be made again")
+        raise SdlabInputError("the PNG's parameters have no Seed, so the image cannot be made again (an image "
+                              "made from latents= given by hand records none)")
     pipe = pipe or load_pipeline(params.model)
     result = generate(pipe, params.prompt, negative_prompt=params.negative_prompt,
                       seed=params.seed - params.batch_pos, num_images_per_prompt=params.batch_size,

@@ -2,9 +2,12 @@
 
 A scheduler decides how noise is removed step by step. All of them share one config (the
 noise schedule the model was trained with), so swapping is `Class.from_config(old.config)`.
+Not every scheduler can run every model's schedule at every step count: `check_scheduler_steps`
+says so before any work.
 """
 from __future__ import annotations
 
+import inspect
 from contextlib import contextmanager
 
 from diffusers import (
@@ -52,6 +55,10 @@ ALIASES = {
     "UniPCMultistepScheduler": "UniPC",
 }
 
+# what a display name chooses beyond its class: each name sets it, none inherits it from the
+# scheduler before (else "UniPC" after "DPM++ 2M Karras" would keep Karras sigmas)
+NAME_FLAGS = ("use_karras_sigmas",)
+
 _LOOKUP = {name.lower(): name for name in SCHEDULERS} | {a.lower(): n for a, n in ALIASES.items()}
 
 
@@ -72,16 +79,73 @@ def resolve_scheduler_name(name: str) -> str:
 def make_scheduler(name: str, config):
     """A new scheduler of kind `name` that keeps the noise schedule in `config`."""
     cls, extra = SCHEDULERS[resolve_scheduler_name(name)]
-    return cls.from_config(config, **extra)
+    schedule = {key: value for key, value in dict(config).items() if key not in NAME_FLAGS}
+    return cls.from_config(schedule, **extra)
+
+
+def _uses_karras(scheduler) -> bool:
+    accepts = "use_karras_sigmas" in inspect.signature(type(scheduler).__init__).parameters
+    return accepts and bool(scheduler.config.get("use_karras_sigmas", False))
 
 
 def scheduler_name(scheduler) -> str:
     """The display name of a scheduler instance (the inverse of `make_scheduler`)."""
-    karras = bool(getattr(scheduler.config, "use_karras_sigmas", False))
+    karras = _uses_karras(scheduler)
     for name, (cls, extra) in SCHEDULERS.items():
         if type(scheduler) is cls and extra.get("use_karras_sigmas", False) == karras:
             return name
     return type(scheduler).__name__
+
+
+def steps_problem(scheduler, num_inference_steps: int, from_noise: bool = True) -> str | None:
+    """Why diffusers cannot run `scheduler` for `num_inference_steps` steps, or None if it can.
+
+    A model's noise schedule can defeat a scheduler: PNDM's warm-up needs 4 steps of a
+    "trailing" schedule, and Karras sigmas on a cosine schedule round the first steps to one
+    timestep, while diffusers finds its place by the timestep and so cannot start from a repeated
+    one. Image to image starts partway with its place given, so only runs `from_noise` meet that.
+    """
+    probe = type(scheduler).from_config(scheduler.config)  # set_timesteps changes a scheduler's state
+    try:
+        probe.set_timesteps(num_inference_steps)
+    except (ValueError, IndexError, RuntimeError):
+        return "diffusers fails to lay out its timesteps"
+    first = probe.timesteps[0]
+    repeats = int((probe.timesteps == first).sum())
+    if from_noise and repeats > 1:
+        return (f"its first {repeats} timesteps are all {int(first)}, and diffusers cannot start from a "
+                f"repeated timestep")
+    return None
+
+
+def check_scheduler_steps(scheduler, num_inference_steps: int, from_noise: bool = True,
+                          max_steps: int = 500) -> None:
+    """Refuse a scheduler and step count diffusers would fail on, naming what works instead."""
+    problem = steps_problem(scheduler, num_inference_steps, from_noise)
+    if problem is None:
+        return
+    schedule = f"{scheduler.config.get('beta_schedule')}, {scheduler.config.get('timestep_spacing')} spacing"
+    steps = f"{num_inference_steps} step{'s' if num_inference_steps > 1 else ''}"
+    fixes = _what_works(scheduler, num_inference_steps, from_noise, max_steps)
+    raise SdlabInputError(f"scheduler {scheduler_name(scheduler)!r} cannot run {steps} on this model's noise schedule "
+                          f"({schedule}): {problem}; use {', or '.join(fixes) or 'another scheduler'}")
+
+
+def _what_works(scheduler, num_inference_steps: int, from_noise: bool, max_steps: int) -> list[str]:
+    """The fewest more steps that work (tried up to about twice as many), and the first other
+    scheduler that works: its own name without Karras, then "DPM++ 2M", then the list's order."""
+    fixes = []
+    nearby = range(num_inference_steps + 1, min(max_steps, 2 * num_inference_steps + 8) + 1)
+    works = [n for n in nearby if steps_problem(scheduler, n, from_noise) is None]
+    if works:
+        fixes.append(f"num_inference_steps={works[0]}" +
+                     (" or more" if works == list(range(works[0], nearby.stop)) else ""))
+    name = scheduler_name(scheduler)
+    for other in dict.fromkeys([name.removesuffix(" Karras"), "DPM++ 2M", *scheduler_names()]):
+        if other != name and other in SCHEDULERS and \
+                steps_problem(make_scheduler(other, scheduler.config), num_inference_steps, from_noise) is None:
+            return fixes + [f"scheduler={other!r}"]
+    return fixes
 
 
 def set_scheduler(pipe, name: str):

@@ -7,6 +7,7 @@ laptop, a CUDA GPU or Colab, and image k of a batch equals a single run with see
 """
 from __future__ import annotations
 
+import numbers
 import random
 
 import torch
@@ -47,6 +48,24 @@ def seeds_for(seed: int | list[int] | None, count: int) -> list[int]:
     if seed + count - 1 > MAX_SEED:
         raise SdlabInputError(f"seed {seed} + {count} images goes past 2**64 - 1; use a smaller seed")
     return [seed + i for i in range(count)]
+
+
+def are_consecutive(seeds: list[int]) -> bool:
+    """Whether `seeds` are s, s+1, s+2, … (what one seed s gives a batch)."""
+    return seeds == list(range(seeds[0], seeds[0] + len(seeds)))
+
+
+def check_variation(variation_seed, variation_strength) -> None:
+    """A variation_strength is a number in [0, 1], and above 0 only with a variation_seed to mix towards."""
+    number = isinstance(variation_strength, numbers.Real) and not isinstance(variation_strength, bool)
+    if not (number and 0 <= variation_strength <= 1):  # NaN fails both comparisons
+        raise SdlabInputError(f"variation_strength must be a number from 0 to 1, got {variation_strength!r}; "
+                              f"0.1 gives a close variation")
+    if variation_seed is not None:
+        check_seed(variation_seed, "variation_seed")
+    elif variation_strength > 0:
+        raise SdlabInputError(f"variation_strength {variation_strength:g} has no seed to mix towards: pass "
+                              f"variation_seed= too, e.g. variation_seed=7")
 
 
 def make_generator(seed: int) -> torch.Generator:

@@ -9,16 +9,17 @@ a seed × guidance grid of 3 × 7 images takes 7 calls, not 21. Batches bigger t
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 
 from .errors import check
-from .generation import (MAX_IMAGES, GeneratedImage, GenerationParams, check_generate_inputs, check_size, generate,
-                         model_defaults)
+from .generation import (MAX_IMAGES, MAX_STEPS, GeneratedImage, GenerationParams, check_generate_inputs, check_size,
+                         generate, is_whole, model_defaults)
 from .grids import labelled_grid
 from .pipelines import model_name
-from .schedulers import make_scheduler, resolve_scheduler_name, scheduler_name
+from .schedulers import check_scheduler_steps, make_scheduler, resolve_scheduler_name, scheduler_name
 from .seeds import check_seed, default_size, make_latents
 
 LABELS = {"seed": "seed", "num_inference_steps": "steps", "guidance_scale": "guidance",
@@ -64,16 +65,34 @@ def sweep(pipe, prompt: str, x: str, x_values, y: str | None = None, y_values=()
     `x`/`y` are generate()'s parameter names: "seed", "guidance_scale", "num_inference_steps",
     "scheduler", "prompt", "negative_prompt"…
     """
-    x_values, y_values = list(x_values), list(y_values)
-    check(len(x_values) > 0, f"sweep over {x!r} needs at least one value")
-    check(y is None or len(y_values) > 0, f"sweep over {y!r} needs at least one value")
+    x_values = sweep_values("x_values", x, x_values)
+    y_values = [] if y is None else sweep_values("y_values", y, y_values)
     check(x != y, f"x and y are both {x!r}; sweep two different parameters")
+    check_negative_prompt(settings.get("negative_prompt"))
     if x == "guidance_scale" and y is None and set(settings) <= BATCHED_GUIDANCE_SETTINGS:
         return guidance_sweep(pipe, prompt, x_values, seed, **settings)
     return _sweep_by_calls(pipe, prompt, x, x_values, y, y_values, seed, settings)
 
 
 BATCHED_GUIDANCE_SETTINGS = {"negative_prompt", "num_inference_steps", "height", "width", "scheduler"}
+
+
+def sweep_values(argument: str, name: str, values) -> list:
+    """`values` (the `argument` that lists what `name` takes) as a list; one value or a string is an
+    error, since a string would be swept letter by letter."""
+    check(isinstance(values, Iterable) and not isinstance(values, (str, bytes)),
+          f"{argument} must be a list of the values {name} takes, got {values!r} ({type(values).__name__}); "
+          f"put even one value in a list: [{values!r}]")
+    values = list(values)
+    check(len(values) > 0, f"sweep over {name!r} needs at least one value")
+    return values
+
+
+def check_negative_prompt(negative_prompt) -> None:
+    """A sweep has one prompt, so one negative prompt: a string (None is "")."""
+    check(negative_prompt is None or isinstance(negative_prompt, str),
+          f"negative_prompt must be one string for a sweep's one prompt, got {negative_prompt!r}; to compare "
+          f"negative prompts, sweep them: sweep(pipe, prompt, \"negative_prompt\", [...])")
 
 
 def _sweep_by_calls(pipe, prompt, x, x_values, y, y_values, seed, settings) -> Sweep:
@@ -129,30 +148,36 @@ def _seed_batch(pipe, prompt, seeds, kwargs):
             for item in generate(pipe, [text] * len(chunk), seed=chunk, **kwargs)]
 
 
-def guidance_sweep(pipe, prompt: str, guidance_values, seed: int = 0, *, negative_prompt: str = "",
+def guidance_sweep(pipe, prompt: str, guidance_values, seed: int = 0, *, negative_prompt: str | None = "",
                    num_inference_steps: int | None = None, height: int | None = None, width: int | None = None,
                    scheduler: str | None = None, max_batch: int | None = None) -> Sweep:
     """A guidance sweep at one seed as ONE batched denoising loop, each image its own guidance.
 
     The prompt is encoded once; the batch holds the same starting noise N times; at each step
     the UNet runs once on all N (twice that with the unconditional half) and image k is pushed
-    with guidance_values[k]. The images equal separate generate() calls up to float rounding.
+    with guidance_values[k], or, at guidance 1 or less, by the prompt's prediction alone (diffusers
+    turns guidance off there). The images equal separate generate() calls up to float rounding.
     Schedulers that draw fresh noise at every step (ancestral ones, "Euler a") would draw it
     differently in a batch, so for those this falls back to one call per value.
     max_batch: at most this many images per loop (default: `images_per_call`); more values are
     swept in chunks.
     """
     # 1. Check inputs
-    values = [float(g) for g in guidance_values]
-    check(len(values) > 0, "guidance_sweep needs at least one guidance value")
+    values = sweep_values("guidance_values", "guidance_scale", guidance_values)
+    check_negative_prompt(negative_prompt)
+    negative_prompt = negative_prompt or ""
+    check(max_batch is None or (is_whole(max_batch) and max_batch >= 1),
+          f"max_batch must be a whole number of images, 1 or more (or None for as many as fit), got {max_batch!r}")
     steps = model_defaults(pipe)[0] if num_inference_steps is None else num_inference_steps
     height = default_size(pipe) if height is None else height
     width = default_size(pipe) if width is None else width
-    for g in values:
-        check_generate_inputs([prompt], len(values), steps, g, height, width, 1.0, None, None)
+    for g in values:  # each value as one image: more values than one call holds are swept in chunks
+        check_generate_inputs([prompt], 1, steps, g, height, width, 1.0, None, None)
+    values = [float(g) for g in values]
     seed = check_seed(seed)
     name = resolve_scheduler_name(scheduler) if scheduler else scheduler_name(pipe.scheduler)
     sched = make_scheduler(name, pipe.scheduler.config)  # a fresh one: schedulers keep state
+    check_scheduler_steps(sched, steps, max_steps=MAX_STEPS)
     if "Ancestral" in type(sched).__name__:
         return _sweep_by_calls(pipe, prompt, "guidance_scale", values, None, [], seed,
                                dict(negative_prompt=negative_prompt, num_inference_steps=steps, height=height,
@@ -177,7 +202,8 @@ def guidance_sweep(pipe, prompt: str, guidance_values, seed: int = 0, *, negativ
         for t in pipe.progress_bar(sched.timesteps):
             model_input = sched.scale_model_input(torch.cat([latents] * 2), t)
             noise_uncond, noise_text = pipe.unet(model_input, t, encoder_hidden_states=embeds).sample.chunk(2)
-            latents = sched.step(noise_uncond + scale * (noise_text - noise_uncond), t, latents).prev_sample
+            guided = torch.where(scale > 1, noise_uncond + scale * (noise_text - noise_uncond), noise_text)
+            latents = sched.step(guided, t, latents).prev_sample
         decoded = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
         # the same safety check the pipeline itself runs (a no-op for models without one)
         decoded, nsfw = pipe.run_safety_checker(decoded, device, cond.dtype)

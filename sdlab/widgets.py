@@ -6,13 +6,15 @@ JupyterLab or Colab, moving a slider and pressing Generate makes a new image.
 """
 from __future__ import annotations
 
+import html
 import io
 
-from .generation import MAX_GUIDANCE, generate
+from .errors import SdlabInputError
+from .generation import MAX_GUIDANCE, MAX_STEPS, check_generate_inputs, generate, model_defaults
 from .grids import enlarge
 from .presets import find_preset
-from .schedulers import scheduler_name, scheduler_names
-from .seeds import random_seed
+from .schedulers import resolve_scheduler_name, scheduler_name, scheduler_names
+from .seeds import MAX_SEED, check_seed, default_size, random_seed
 
 ALL_CONTROLS = ("prompt", "negative_prompt", "seed", "num_inference_steps", "guidance_scale", "scheduler")
 
@@ -24,7 +26,12 @@ def _png(image, scale: int) -> bytes:
 
 
 class GenerationControls:
-    """Widgets for generate()'s parameters, a Generate button and the resulting image."""
+    """Widgets for generate()'s parameters, a Generate button and the resulting image.
+
+    The controls take what generate() takes (seeds to 2**64 - 1, any scheduler name or alias; the
+    sliders reach 150 steps and guidance 30, as A1111's, or the starting value where it is more);
+    a starting value generate() would refuse is an error here too, not quietly moved into range.
+    """
 
     def __init__(self, pipe, prompt: str = "a small red circle on a blue background", seed: int = 42,
                  num_inference_steps: int | None = None, guidance_scale: float | None = None,
@@ -33,23 +40,24 @@ class GenerationControls:
 
         preset = find_preset(getattr(pipe, "sdlab_model_name", ""))
         self.pipe = pipe
-        current = scheduler or scheduler_name(pipe.scheduler)
+        steps, guidance = model_defaults(pipe)
+        steps = steps if num_inference_steps is None else num_inference_steps
+        guidance = guidance if guidance_scale is None else guidance_scale
+        check_generate_inputs([prompt], 1, steps, guidance, default_size(pipe), default_size(pipe), 1.0, None, None)
+        check_seed(seed)
         self.scale = scale or max(1, 256 // (preset.size if preset else 512))
         style = {"description_width": "140px"}
         layout = w.Layout(width="480px")
         self.widgets = {
             "prompt": w.Text(prompt, description="prompt", style=style, layout=layout),
             "negative_prompt": w.Text("", description="negative prompt", style=style, layout=layout),
-            "seed": w.BoundedIntText(seed, min=0, max=2**32 - 1, description="seed", style=style),
-            "num_inference_steps": w.IntSlider(num_inference_steps if num_inference_steps is not None else
-                                               (preset.num_inference_steps if preset else 30),
-                                               min=1, max=100, description="steps", style=style, layout=layout),
-            "guidance_scale": w.FloatSlider(guidance_scale if guidance_scale is not None else
-                                            (preset.guidance_scale if preset else 7.5),
-                                            min=0, max=min(MAX_GUIDANCE, 30), step=0.5, description="guidance",
-                                            style=style, layout=layout),
-            "scheduler": w.Dropdown(options=scheduler_names(), description="scheduler", style=style,
-                                    value=current if current in scheduler_names() else scheduler_names()[0]),
+            "seed": w.BoundedIntText(seed, min=0, max=MAX_SEED, description="seed", style=style),
+            # A1111's slider lengths (150 steps, guidance 30), longer where a starting value needs it
+            "num_inference_steps": w.IntSlider(steps, min=1, max=min(MAX_STEPS, max(150, steps)), description="steps",
+                                               style=style, layout=layout),
+            "guidance_scale": w.FloatSlider(guidance, min=0, max=min(MAX_GUIDANCE, max(30, guidance)), step=0.5,
+                                            description="guidance", style=style, layout=layout),
+            "scheduler": self._scheduler_menu(w, scheduler, style),
         }
         self.shown = [self.widgets[name] for name in controls]
         self.button = w.Button(description="Generate", button_style="primary", icon="paint-brush")
@@ -60,6 +68,16 @@ class GenerationControls:
         self.dice.on_click(lambda _: self._new_seed())
         self.last = None
 
+    def _scheduler_menu(self, w, scheduler: str | None, style):
+        """The scheduler names; an unknown `scheduler` is an error. A pipeline whose own scheduler has
+        no name here shows it as the first choice, which keeps it (generate()'s scheduler=None)."""
+        options = [(name, name) for name in scheduler_names()]
+        own = scheduler_name(self.pipe.scheduler)
+        value = resolve_scheduler_name(scheduler) if scheduler is not None else own if own in scheduler_names() else None
+        if value is None:
+            options.insert(0, (f"{own} (the model's own)", None))
+        return w.Dropdown(options=options, value=value, description="scheduler", style=style)
+
     def values(self) -> dict:
         """The current settings, with generate()'s parameter names."""
         return {name: widget.value for name, widget in self.widgets.items()}
@@ -68,8 +86,8 @@ class GenerationControls:
         """Generate with the current settings; updates the image and returns the GeneratedImage."""
         try:
             self.last = generate(self.pipe, **self.values())[0]
-        except ValueError as err:  # a teaching error: show it next to the controls
-            self.info.value = f"<b style='color:#b00'>{err}</b>"
+        except SdlabInputError as err:  # a teaching error: show it next to the controls
+            self.info.value = f"<b style='color:#b00'>{html.escape(str(err))}</b>"
             return None
         self.image.value = _png(self.last.image, self.scale)
         p = self.last.params

@@ -97,6 +97,20 @@ def test_long_prompt_warns_what_was_cut(tiny_pipe):
     (dict(num_inference_steps=0), "num_inference_steps must be a whole number from 1 to 500, got 0"),
     (dict(num_inference_steps=501), "from 1 to 500"),
     (dict(num_inference_steps=2.5), "whole number"),
+    (dict(num_inference_steps=True), "num_inference_steps must be a whole number from 1 to 500, got True"),
+    (dict(guidance_scale=True), "guidance_scale must be between 0 and 50, got True"),
+    (dict(guidance_scale=float("nan")), "guidance_scale must be between 0 and 50, got nan"),
+    (dict(num_images_per_prompt=True), "num_images_per_prompt must be between 1 and 64, got True"),
+    (dict(negative_prompt=3), r"negative_prompt must be a string, or a list of strings \(one per prompt\), got 3"),
+    (dict(negative_prompt=["x", "y"]), "negative_prompt is a list of 2 but there are 1 prompts; give one"),
+    (dict(variation_strength=0.5), "variation_strength 0.5 has no seed to mix towards: pass variation_seed="),
+    (dict(variation_seed=3, variation_strength=-0.5), "variation_strength must be a number from 0 to 1, got -0.5"),
+    (dict(variation_seed=3, variation_strength=float("nan")), "variation_strength must be a number from 0 to 1, got nan"),
+    (dict(variation_seed=3, variation_strength="0.5"), "variation_strength must be a number from 0 to 1, got '0.5'"),
+    (dict(variation_seed=3, variation_strength=True), "variation_strength must be a number from 0 to 1, got True"),
+    (dict(variation_seed=-1, variation_strength=0.5), r"variation_seed must be in \[0, 2\*\*64\), got -1"),
+    (dict(variation_seed="5", variation_strength=0.5), "variation_seed must be a whole number"),
+    (dict(variation_seed=2, variation_strength=0.5, latents=torch.zeros(1, 4, 32, 32)), "either latents= or variation_seed="),
     (dict(guidance_scale=-1), "guidance_scale must be between 0 and 50, got -1"),
     (dict(num_images_per_prompt=0), "num_images_per_prompt must be between 1 and"),
     (dict(num_images_per_prompt=MAX_IMAGES + 1), "num_images_per_prompt must be between 1 and"),
@@ -124,7 +138,7 @@ def test_wrong_kinds_of_argument_are_teaching_errors(tiny_pipe):
         read_params(None)
 
 
-@pytest.mark.parametrize("strength", [0, -0.1, 1.5])
+@pytest.mark.parametrize("strength", [0, -0.1, 1.5, True, float("nan")])
 def test_bad_strength(tiny_pipe, strength):
     init = Image.new("RGB", (64, 64), "red")
     with pytest.raises(SdlabInputError, match=r"strength must be in \(0, 1\]"):
@@ -141,6 +155,18 @@ def test_a_strength_too_small_for_the_steps_is_refused(tiny_pipe, mask):
     assert made.image.size == (64, 64)  # one step of the four runs
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(latents=torch.zeros(1, 4, 32, 32)), "latents= is the starting noise of text to image, but image to image "
+                                              "starts from the image"),
+    (dict(variation_seed=2, variation_strength=0.5), "variation_seed= mixes the starting noise of text to image"),
+])
+@pytest.mark.parametrize("mask", [None, Image.new("L", (64, 64), 255)])
+def test_image_to_image_refuses_the_noise_it_would_not_use(tiny_pipe, kwargs, message, mask):
+    init = Image.new("RGB", (64, 64), "red")
+    with pytest.raises(SdlabInputError, match=message):
+        generate(tiny_pipe, "x", image=init, mask_image=mask, num_inference_steps=2, **kwargs)
+
+
 def test_mask_size_must_match(tiny_pipe):
     init = Image.new("RGB", (64, 64), "red")
     with pytest.raises(SdlabInputError, match="mask_image is 32×32 but image is 64×64"):
@@ -151,3 +177,68 @@ def test_seeds_for():
     assert seeds_for(10, 3) == [10, 11, 12]
     assert seeds_for([4, 2], 2) == [4, 2]
     assert len(set(seeds_for(None, 4))) == 4
+
+
+def test_latents_given_by_hand_record_no_seed(tiny_pipe, tmp_path):
+    from sdlab.metadata import read_params, regenerate, save_png
+
+    item = generate(tiny_pipe, "a red circle", latents=make_latents(tiny_pipe, 7), num_inference_steps=2)[0]
+    assert item.params.seed is None and item.params.batch_size == 1
+    path = save_png(item, tmp_path / "latents.png")
+    assert "Seed:" not in Image.open(path).info["parameters"] and read_params(path).seed is None
+    with pytest.raises(SdlabInputError, match="no Seed, so the image cannot be made again"):
+        regenerate(path, tiny_pipe)
+
+
+def test_negative_prompt_none_is_empty_and_a_list_gives_one_per_prompt(tiny_pipe):
+    none = generate(tiny_pipe, "a red circle", negative_prompt=None, seed=3, num_inference_steps=2)[0]
+    empty = generate(tiny_pipe, "a red circle", seed=3, num_inference_steps=2)[0]
+    assert none.params == empty.params and np.array_equal(pixels(none.image), pixels(empty.image))
+    prompts, negatives = ["a red circle", "a blue square"], ["blurry", "dark"]
+    both = generate(tiny_pipe, prompts, negative_prompt=negatives, seed=[3, 4], num_images_per_prompt=1,
+                    num_inference_steps=2, guidance_scale=7.5)
+    assert [(p.prompt, p.negative_prompt) for p in both.params] == list(zip(prompts, negatives))
+    diffusers_own = tiny_pipe(prompts, negative_prompt=negatives, num_inference_steps=2, guidance_scale=7.5, height=64,
+                              width=64, generator=[torch.Generator().manual_seed(s) for s in (3, 4)]).images
+    for ours, theirs in zip(both.images, diffusers_own):
+        assert np.array_equal(pixels(ours), pixels(theirs))
+
+
+def test_consecutive_seeds_of_one_prompt_are_a_batch_to_rerun(tiny_pipe):
+    listed = generate(tiny_pipe, ["a red circle"] * 3, seed=[10, 11, 12], num_inference_steps=1)
+    assert [(p.seed, p.batch_size, p.batch_pos) for p in listed.params] == [(10, 3, 0), (11, 3, 1), (12, 3, 2)]
+    assert listed.params == generate(tiny_pipe, "a red circle", seed=10, num_images_per_prompt=3,
+                                     num_inference_steps=1).params
+    for other in (dict(prompt=["a red circle"] * 2, seed=[5, 9]), dict(prompt=["a red circle", "a square"], seed=[5, 6]),
+                  dict(prompt=["a red circle"] * 2, seed=[5, 6], negative_prompt=["x", "y"])):
+        assert {(p.batch_size, p.batch_pos) for p in generate(tiny_pipe, num_inference_steps=1, **other).params} == \
+            {(1, 0)}
+
+
+def test_generation_controls_take_what_generate_takes(tiny_pipe):
+    from sdlab.generation import MAX_GUIDANCE, MAX_STEPS
+    from sdlab.seeds import MAX_SEED
+    from sdlab.widgets import GenerationControls
+
+    big = GenerationControls(tiny_pipe, seed=MAX_SEED, num_inference_steps=MAX_STEPS, guidance_scale=MAX_GUIDANCE,
+                             scheduler="k_euler_ancestral")
+    assert big.values() | {"prompt": None} == {"prompt": None, "negative_prompt": "", "seed": MAX_SEED,
+                                                "num_inference_steps": MAX_STEPS, "guidance_scale": MAX_GUIDANCE,
+                                                "scheduler": "Euler a"}
+    usual = GenerationControls(tiny_pipe).widgets
+    assert (usual["num_inference_steps"].max, usual["guidance_scale"].max) == (150, 30)  # A1111's sliders
+    for kwargs, message in [(dict(seed=MAX_SEED + 1), r"seed must be in \[0, 2\*\*64\)"),
+                            (dict(num_inference_steps=MAX_STEPS + 1), "num_inference_steps must be a whole number"),
+                            (dict(guidance_scale=MAX_GUIDANCE + 1), "guidance_scale must be between 0 and 50"),
+                            (dict(scheduler="k_nope"), "scheduler 'k_nope' is unknown")]:
+        with pytest.raises(SdlabInputError, match=message):
+            GenerationControls(tiny_pipe, **kwargs)
+
+
+def test_generation_controls_show_a_teaching_error_next_to_them(tiny_model):
+    from sdlab.widgets import GenerationControls
+
+    controls = GenerationControls(tiny_model, scheduler="PNDM", num_inference_steps=2)
+    assert controls.run() is None
+    assert "scheduler &#x27;PNDM&#x27; cannot run 2 steps" in controls.info.value
+    assert "num_inference_steps=4 or more" in controls.info.value

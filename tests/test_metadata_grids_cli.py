@@ -7,7 +7,7 @@ from PIL import Image
 
 from sdlab.cli import main
 from sdlab.errors import SdlabInputError
-from sdlab.generation import generate
+from sdlab.generation import GeneratedImage, generate
 from sdlab.grids import enlarge, image_grid, labelled_grid, show_images
 from sdlab.metadata import format_parameters, parse_parameters, read_params, regenerate, save_png
 
@@ -23,6 +23,22 @@ def test_png_parameters_round_trip_and_regenerate(tiny_pipe, tmp_path):
         assert read_params(path) == item.params
         again = regenerate(path, tiny_pipe)
         assert np.array_equal(np.asarray(again.image), np.asarray(item.image))
+
+
+def test_floats_round_trip_exactly_and_stay_short(tiny_pipe, tmp_path):
+    guidance = 7.112747213686085  # six digits would write 7.11275, another guidance
+    item = generate(tiny_pipe, "a red circle", seed=2, num_inference_steps=2, guidance_scale=guidance,
+                    variation_seed=9, variation_strength=1 / 3)[0]
+    path = save_png(item, tmp_path / "exact.png")
+    text = Image.open(path).info["parameters"]
+    assert "CFG scale: 7.112747213686085," in text and "Variation seed strength: 0.3333333333333333" in text
+    assert read_params(path) == item.params
+    assert np.array_equal(np.asarray(regenerate(path, tiny_pipe).image), np.asarray(item.image))
+    for value, written in [(7.5, "7.5"), (5.0, "5"), (0.1, "0.1"), (1e-7, "1e-07"), (5.0000004, "5.0000004")]:
+        params = item.params.replace(guidance_scale=value, mode="img2img", strength=value)
+        assert f"CFG scale: {written}," in format_parameters(params)
+        assert f"Denoising strength: {written}" in format_parameters(params)
+        assert parse_parameters(format_parameters(params)) == params
 
 
 def test_reads_automatic1111_text():
@@ -89,6 +105,18 @@ def test_cli_generate_then_regenerate(tmp_path, capsys):
     assert files == ["42.png", "43.png", "44.png", "45.png"]
     assert main(["regenerate", str(out / "44.png"), "--out", str(tmp_path / "again.png")]) == 0
     assert "identical" in capsys.readouterr().out
+
+
+def test_cli_regenerate_says_how_far_a_different_image_is(tiny_pipe, tmp_path, capsys):
+    item = generate(tiny_pipe, "a red circle", seed=42, num_inference_steps=1)[0]
+    pixels = np.asarray(item.image).copy()
+    pixels[0, 0, 1] = pixels[0, 0, 1] + 1 if pixels[0, 0, 1] < 255 else 254  # what float rounding does
+    path = save_png(GeneratedImage(Image.fromarray(pixels), item.params, item.seconds), tmp_path / "off.png")
+    with pytest.raises(SystemExit) as exit_:
+        main(["regenerate", str(path), "--out", str(tmp_path / "again.png")])
+    assert exit_.value.code == 1
+    assert (f"DIFFERENT from {path}: 1 of 4096 pixels differ, by at most 1 level (float rounding: a batch of several "
+            f"prompts or a guidance sweep rounds differently from one image") in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("command, message", [

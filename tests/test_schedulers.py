@@ -1,11 +1,17 @@
+import inspect
+
 import numpy as np
 import pytest
+import torch
 from diffusers import DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, LMSDiscreteScheduler
+from PIL import Image
 
 from sdlab.errors import SdlabInputError
 from sdlab.generation import generate
+from sdlab.pipelines import load_pipeline
 from sdlab.schedulers import (make_scheduler, resolve_scheduler_name, scheduler_name, scheduler_names,
-                              using_scheduler)
+                              steps_problem, using_scheduler)
+from sdlab.sweeps import guidance_sweep
 
 REQUIRED = ["PNDM", "LMS", "DDIM", "Euler", "Euler a", "DPM++ 2M", "DPM++ 2M Karras", "UniPC"]
 
@@ -43,3 +49,70 @@ def test_using_scheduler_restores(tiny_pipe):
     with using_scheduler(tiny_pipe, "Euler a"):
         assert isinstance(tiny_pipe.scheduler, EulerAncestralDiscreteScheduler)
     assert tiny_pipe.scheduler is before
+
+
+@pytest.mark.parametrize("before", scheduler_names())
+def test_a_name_gives_one_scheduler_whatever_came_before(tiny_pipe, before):
+    config = tiny_pipe.scheduler.config
+    for name in scheduler_names():
+        after = make_scheduler(name, make_scheduler(before, config).config)
+        assert dict(after.config) == dict(make_scheduler(name, config).config)
+        assert scheduler_name(after) == name
+
+
+def test_a_karras_pipeline_swapped_to_another_name_equals_a_fresh_one(tiny_pipe):
+    karras = load_pipeline("tiny-random", scheduler="DPM++ 2M Karras")
+    for name in ("UniPC", "Euler a"):
+        swapped = generate(karras, "a red circle", seed=1, num_inference_steps=4, scheduler=name)[0]
+        fresh = generate(tiny_pipe, "a red circle", seed=1, num_inference_steps=4, scheduler=name)[0]
+        assert swapped.params.scheduler == fresh.params.scheduler == name
+        assert np.array_equal(np.asarray(swapped.image), np.asarray(fresh.image))
+
+
+def _runs_from_noise(scheduler, steps: int) -> bool:
+    """Whether diffusers' own set_timesteps/step loop gets through `steps` steps (the UNet left out)."""
+    noisy = "generator" in inspect.signature(scheduler.step).parameters  # draws noise at each step
+    extra = {"generator": torch.Generator().manual_seed(0)} if noisy else {}
+    try:
+        scheduler.set_timesteps(steps)
+        sample = torch.randn(1, 4, 2, 2, generator=torch.Generator().manual_seed(0)) * scheduler.init_noise_sigma
+        for t in scheduler.timesteps:
+            model_input = scheduler.scale_model_input(sample, t)
+            sample = scheduler.step(torch.zeros_like(model_input), t, sample, **extra).prev_sample
+    except (IndexError, ValueError, RuntimeError):
+        return False
+    return True
+
+
+@pytest.mark.parametrize("name", scheduler_names())
+def test_the_steps_check_agrees_with_diffusers(tiny_model, name):
+    for steps in range(1, 25):
+        scheduler = make_scheduler(name, tiny_model.scheduler.config)
+        assert (steps_problem(scheduler, steps) is None) == _runs_from_noise(scheduler, steps), (name, steps)
+
+
+@pytest.mark.parametrize("name, steps, message", [
+    ("DPM++ 2M Karras", 20, r"scheduler 'DPM\+\+ 2M Karras' cannot run 20 steps on this model's noise schedule "
+                            r"\(squaredcos_cap_v2, trailing spacing\): its first 9 timesteps are all 998, and "
+                            r"diffusers cannot start from a repeated timestep; use scheduler='DPM\+\+ 2M'$"),
+    ("PNDM", 1, "scheduler 'PNDM' cannot run 1 step on .*: diffusers fails to lay out its timesteps; use "
+                "num_inference_steps=4 or more, or scheduler='DPM\\+\\+ 2M'"),
+    ("PNDM", 3, "scheduler 'PNDM' cannot run 3 steps .* use num_inference_steps=4 or more"),
+])
+def test_a_scheduler_the_model_cannot_run_is_refused_before_any_work(tiny_model, name, steps, message):
+    with pytest.raises(SdlabInputError, match=message):
+        generate(tiny_model, "a red circle", seed=1, num_inference_steps=steps, scheduler=name)
+    with pytest.raises(SdlabInputError, match=message):
+        guidance_sweep(tiny_model, "a red circle", [1, 5], num_inference_steps=steps, scheduler=name)
+    suggested = make_scheduler("DPM++ 2M", tiny_model.scheduler.config)
+    assert steps_problem(suggested, steps) is None
+
+
+def test_what_the_steps_check_lets_through_runs(tiny_model):
+    made = generate(tiny_model, "a red circle", seed=1, num_inference_steps=4, scheduler="PNDM")[0]
+    assert made.params.scheduler == "PNDM"
+    # image to image starts partway with its place given, so repeated first timesteps do not stop it
+    start = Image.new("RGB", (64, 64), "red")
+    again = generate(tiny_model, "a red circle", seed=1, num_inference_steps=4, scheduler="DPM++ 2M Karras",
+                     image=start, strength=1.0)[0]
+    assert again.params.scheduler == "DPM++ 2M Karras" and again.image.size == (64, 64)
