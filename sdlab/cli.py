@@ -78,9 +78,9 @@ def _train_tiny(args) -> None:
                       init_from=args.init_from, model=TinyConfig(unet_conv_in_kernel=args.conv_in_kernel),
                       high_noise_share=args.high_noise_share, high_noise_from=args.high_noise_from,
                       compile=args.compile)
-    if args.unet_lr:
+    if args.unet_lr is not None:  # 0 too: the check says what is wrong with it
         cfg.unet_lr = args.unet_lr
-    if args.eval_every:
+    if args.eval_every is not None:
         cfg.eval_every = args.eval_every
     trainer = Trainer(cfg)
     trainer.run(minutes=args.minutes, fit_to_deadline=fit)
@@ -107,12 +107,17 @@ def _steps_or_auto(text: str):
 
 
 def _eval_tiny(args) -> None:
+    from .generation import check_generate_inputs
     from .pipelines import load_pipeline
+    from .seeds import default_size
     from .tiny.evaluate import measure_adherence
     from .tiny.world import held_out_scenes
 
     scenes = held_out_scenes(args.n, seed=args.seed)  # a bad -n is refused before the model loads
     pipe = load_pipeline(args.model, progress=False)
+    for guidance in args.guidance:  # every value before the first evaluation
+        for steps in args.steps:
+            check_generate_inputs([""], 1, steps, guidance, default_size(pipe), default_size(pipe), 1.0, None, None)
     for guidance in args.guidance:
         for steps in args.steps:
             result = measure_adherence(pipe, scenes, guidance_scale=guidance, num_inference_steps=steps,

@@ -79,3 +79,11 @@ def test_preset_resolves_from_an_installed_wheel(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert Path(out.stdout.strip()).is_relative_to(site), out.stdout
     shutil.rmtree(site)
+
+
+def test_eval_tiny_checks_every_value_before_the_first_evaluation(capsys):
+    from sdlab.cli import main
+
+    assert main(["eval-tiny", "--model", "tiny-random", "-n", "1", "--guidance", "7.5", "100", "--steps", "1"]) == 2
+    out, err = capsys.readouterr()
+    assert "guidance_scale must be between 0 and 50, got 100.0" in err and "guidance" not in out  # none ran

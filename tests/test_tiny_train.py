@@ -72,7 +72,22 @@ def test_bad_training_options_say_what_to_change(tmp_path, capsys):
         assert capsys.readouterr().err.startswith(f"sdlab train-tiny: error: {message}")
     assert not (tmp_path / "refused").exists()  # refused before anything is made
     assert main(["train-tiny", "--out", str(tmp_path / "run"), "--vae-from", str(tmp_path)]) != 0
-    assert "has no vae/ folder" in capsys.readouterr().err
+    assert f"--vae-from {tmp_path} has no whole vae/ (config.json and its weights)" in capsys.readouterr().err
+    (tmp_path / "part" / "vae").mkdir(parents=True)
+    (tmp_path / "part" / "vae" / "config.json").write_text("{}")  # a config without its weights
+    assert main(["train-tiny", "--out", str(tmp_path / "run"), "--init-from", str(tmp_path / "part")]) == 2
+    assert "--init-from" in capsys.readouterr().err and not (tmp_path / "run" / "checkpoint.pt").exists()
+    for option, value, message in (("--unet-lr", "0", "unet_lr must be above 0 and at most 1, got 0.0"),
+                                   ("--eval-every", "0", "eval_every must be a whole number, 1 or more, got 0")):
+        assert main(["train-tiny", "--out", str(tmp_path / "run"), option, value]) == 2  # 0 is not the default
+        assert message in capsys.readouterr().err
+    (tmp_path / "afile").write_text("")
+    assert main(["train-tiny", "--out", str(tmp_path / "afile")]) == 2
+    assert "--out" in capsys.readouterr().err
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SdlabInputError, match="checkpoint.pt cannot be read .*train into another --out"):
+        Trainer(TrainConfig(out_dir=str(tmp_path / "damaged")))
     with pytest.raises(ValueError, match="same TinyConfig"):
         Trainer(TrainConfig(out_dir=str(tmp_path), vae_from=str(MODEL),
                             model=TrainConfig().model.__class__(vae_channels=(8, 16, 32))))

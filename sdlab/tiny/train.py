@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..errors import SdlabInputError
+from ..errors import SdlabInputError, check, writable_folder
 from ..tokenizer import load_clip_tokenizer
 from .captions import batch_tensors
 from .config import TinyConfig, TrainConfig
@@ -98,6 +98,15 @@ class _StepsToDeadline:
         return step + max(1, int(self.rate * (self.deadline - now) * 0.98))
 
 
+def _check_parts(option: str, folder: str | None, parts: tuple[str, ...]) -> None:
+    """Refuse, before training, a pipeline folder that lacks one of `parts` (its config or weights)."""
+    for part in parts if folder else ():
+        files = list((Path(folder) / part).glob("*")) if (Path(folder) / part).is_dir() else []
+        check(any(f.name == "config.json" for f in files) and any(f.suffix in (".safetensors", ".bin") for f in files),
+              f"{option} {folder} has no whole {part}/ (config.json and its weights): give a pipeline folder that "
+              f"export_pipeline wrote, e.g. models/sdlab-tiny")
+
+
 class Trainer:
     """Holds the models, optimizers and progress; `run()` trains what is left and resumes."""
 
@@ -105,8 +114,9 @@ class Trainer:
         from accelerate import Accelerator
 
         self.cfg = config.checked()  # before anything is made
-        self.out = Path(config.out_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.out = writable_folder(config.out_dir, "--out")
+        _check_parts("--vae-from", config.vae_from, ("vae",))
+        _check_parts("--init-from", config.init_from, ("vae", "unet", "text_encoder"))
         # precision is set by `autocast` below, not in accelerate's process-wide state, so other
         # training in the same process (a fine-tune, a notebook) keeps its own
         self.acc = Accelerator(cpu=not torch.cuda.is_available())
@@ -143,7 +153,12 @@ class Trainer:
     def _load_checkpoint(self) -> None:
         if not self.checkpoint_path.exists():
             return
-        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        try:
+            state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        except Exception as err:  # noqa: BLE001 - torch raises many kinds for a damaged file
+            raise SdlabInputError(f"{self.checkpoint_path} cannot be read ({type(err).__name__}: "
+                                  f"{str(err).splitlines()[0][:200]}): train into another --out, or remove it to "
+                                  f"start over") from None
         saved = state.get("config", {}).get("model")
         # checkpoints from before `unet_conv_in_kernel` existed had SD's 3x3
         if saved and TinyConfig.from_dict({"unet_conv_in_kernel": 3} | saved) != self.cfg.model:
