@@ -14,6 +14,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import SdlabInputError, writable_folder
+
 
 @dataclass(frozen=True)
 class Job:
@@ -66,6 +68,20 @@ def generate_distributed(model: str, jobs: list[Job], batch_size: int = 8, **set
     return [item for _, item in sorted(gathered, key=lambda pair: pair[0])]
 
 
+def _check_settings(jobs: list[Job], args) -> None:
+    """The generation settings and the output folder, before any process loads a model."""
+    from .errors import check
+    from .generation import MAX_GUIDANCE, MAX_STEPS
+    from .seeds import check_seed
+
+    check(args.steps is None or 1 <= args.steps <= MAX_STEPS, f"--steps must be from 1 to {MAX_STEPS}, got {args.steps}")
+    check(args.guidance is None or 0 <= args.guidance <= MAX_GUIDANCE,
+          f"--guidance must be between 0 and {MAX_GUIDANCE:g}, got {args.guidance}")
+    check_seed(jobs[0].seed, "--seed")
+    check_seed(jobs[-1].seed, f"--seed (the last image's, {len(jobs) - 1} on)")
+    writable_folder(args.out)
+
+
 def main(argv: list[str] | None = None) -> int:
     from .metadata import save_png
     from .presets import default_model
@@ -88,13 +104,20 @@ def main(argv: list[str] | None = None) -> int:
     path = Path(args.prompts)
     if not path.is_file():
         parser.error(f"no prompt file at {path}: give a text file with one prompt per line")
-    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError as err:
+        parser.error(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}): save it as UTF-8")
     if not prompts:
         parser.error(f"{path} holds no prompt: write one prompt per line")
-    # 2. Generate, each process its share, and write the images in order
     jobs = make_jobs(prompts, args.seed, args.images_per_prompt)
-    results = generate_distributed(args.model or default_model(), jobs, args.batch_size,
-                                   num_inference_steps=args.steps, guidance_scale=args.guidance)
+    try:
+        _check_settings(jobs, args)
+        # 2. Generate, each process its share, and write the images in order
+        results = generate_distributed(args.model or default_model(), jobs, args.batch_size,
+                                       num_inference_steps=args.steps, guidance_scale=args.guidance)
+    except SdlabInputError as err:  # e.g. a model that is neither a preset nor a folder
+        parser.error(str(err))
     if results is not None:
         for k, item in enumerate(results):
             print(save_png(item, Path(args.out) / f"{k:04d}_seed{item.params.seed}.png"))

@@ -39,11 +39,16 @@ def test_jobs_and_batches_are_fixed():
     (["missing.txt"], "no prompt file at missing.txt: give a text file with one prompt per line"),
     (["blank.txt"], "blank.txt holds no prompt: write one prompt per line"),
     (["prompts.txt", "--batch-size", "0"], "--batch-size must be at least 1, got 0"),
-    (["prompts.txt", "-n", "-1"], "--images-per-prompt must be at least 1, got -1")])
+    (["prompts.txt", "-n", "-1"], "--images-per-prompt must be at least 1, got -1"),
+    (["prompts.txt", "--steps", "0"], "--steps must be from 1 to 500, got 0"),
+    (["prompts.txt", "--guidance", "99"], "--guidance must be between 0 and 50, got 99.0"),
+    (["prompts.txt", "--seed", "-5"], "--seed must be in [0, 2**64), got -5; e.g. --seed=42"),
+    (["latin1.txt"], "latin1.txt is not UTF-8 text (invalid continuation byte at byte 9): save it as UTF-8")])
 def test_bad_input_is_refused_before_any_model_loads(tmp_path, monkeypatch, capsys, args, message):
     monkeypatch.chdir(tmp_path)
     Path("blank.txt").write_text("\n  \n")
     Path("prompts.txt").write_text("a red circle\n")
+    Path("latin1.txt").write_bytes("a red caf\u00e9 sign\n".encode("latin-1"))
     with pytest.raises(SystemExit) as exit:
         main(args + ["--model", "tiny-random", "--out", "out"])
     assert exit.value.code == 2 and capsys.readouterr().err.strip().endswith(f"error: {message}")
@@ -56,3 +61,14 @@ def test_two_processes_equal_one(tmp_path):
     for a, b in zip(single, double):
         assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b))), a.name
         assert read_params(a) == read_params(b)
+
+
+def test_an_unknown_model_and_an_unwritable_out_are_usage_errors(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    Path("prompts.txt").write_text("a red circle\n")
+    Path("afile").write_text("")
+    for args, words in ((["--model", "tiny-random", "--out", "afile"], "--out afile is a file, not a folder"),
+                        (["--model", "no-such-model"], "no-such-model")):
+        with pytest.raises(SystemExit) as exit:
+            main(["prompts.txt", *args])
+        assert exit.value.code == 2 and words in capsys.readouterr().err
