@@ -193,6 +193,8 @@ def _finetune(args) -> None:
 
 
 def _faces(args) -> None:
+    from PIL import Image, ImageOps
+
     from .faces import download_weights, restore_faces
     from .metadata import open_image
 
@@ -201,11 +203,19 @@ def _faces(args) -> None:
         return
     if not args.image or not args.out:
         raise SdlabInputError("give an IMAGE and --out FILE (or --download to fetch the weights)")
-    writable_folder(Path(args.out).parent)  # before the work
-    result = restore_faces(open_image(args.image), args.restorer, upscale=args.upscale, weight=args.weight,
-                           weights_dir=args.weights_dir, device=args.device, backend=args.backend)
-    result.image.save(args.out)
-    print(f"{args.out}: {result.summary()}")
+    out = Path(args.out)
+    kind = Image.registered_extensions().get(out.suffix.lower())
+    if out.is_dir() or kind is None or kind not in Image.SAVE:
+        raise SdlabInputError(f"--out {out} is not a picture file name: end it with .png, .jpg or .webp")
+    writable_folder(out.parent)  # before the work
+    # a phone's photo is stored sideways with a note to turn it: turned first, as viewers show it
+    result = restore_faces(ImageOps.exif_transpose(open_image(args.image)), args.restorer, upscale=args.upscale,
+                           weight=args.weight, weights_dir=args.weights_dir, device=args.device, backend=args.backend)
+    image, note = result.image, ""
+    if kind == "JPEG" and image.mode not in ("RGB", "L"):
+        image, note = image.convert("RGB"), " (JPEG keeps no transparency: save a .png to keep it)"
+    image.save(out)
+    print(f"{out}: {result.summary()}{note}")
 
 
 def _grade(args) -> None:

@@ -362,3 +362,36 @@ def test_restore_remote_through_a_gradio_app(two_faces, monkeypatch):
         app.close()
     with pytest.raises(SdlabInputError, match="could not connect to a Gradio app"):
         restore_remote(two_faces, url)
+
+
+def test_the_faces_command_checks_its_out_turns_phone_photos_and_keeps_what_it_can(astronaut, tmp_path, capsys):
+    from sdlab.cli import main
+
+    photo = astronaut.resize((256, 256))
+    sideways = photo.rotate(90, expand=True)  # stored turned, with the EXIF note to turn it back
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: turn it 90° clockwise to view it
+    sideways.save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    for out in ("no-extension", "picture.xyz", str(tmp_path)):
+        assert main(["faces", str(tmp_path / "phone.jpg"), "--restorer", "classical", "--out", out]) == 2
+        assert "is not a picture file name: end it with .png, .jpg or .webp" in capsys.readouterr().err
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoFaceFoundWarning)  # a small photo: only the turning is looked at
+        assert main(["faces", str(tmp_path / "phone.jpg"), "--restorer", "classical", "--weight", "0",
+                     "--out", str(tmp_path / "upright.png")]) == 0
+    upright = np.asarray(Image.open(tmp_path / "upright.png"), int)
+    assert upright.shape == (256, 256, 3) and np.abs(upright - np.asarray(photo, int)).mean() < 4  # as viewers show it
+    rgba = photo.convert("RGBA")
+    rgba.putalpha(Image.new("L", rgba.size, 128))
+    rgba.save(tmp_path / "see-through.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoFaceFoundWarning)
+        assert main(["faces", str(tmp_path / "see-through.png"), "--restorer", "classical",
+                     "--out", str(tmp_path / "flat.jpg")]) == 0
+    assert "JPEG keeps no transparency" in capsys.readouterr().out and Image.open(tmp_path / "flat.jpg").mode == "RGB"
+    palette = photo.convert("P")
+    palette.info["transparency"] = 0  # a palette's transparent colour, not an alpha band
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoFaceFoundWarning)
+        kept = restore_faces(palette, "classical", weight=0)
+    assert kept.image.mode == "RGBA" and 0 in np.asarray(kept.image.getchannel("A"))

@@ -81,9 +81,11 @@ def resize_pixels(pixels: np.ndarray, upscale: float) -> np.ndarray:
 
 
 def with_alpha(result: Image.Image, original: Image.Image) -> Image.Image:
-    """Give `result` the original's transparency (resized), if it had any."""
-    if "A" not in original.getbands():
+    """Give `result` the original's transparency (resized), if it had any: an alpha band, or a
+    palette's or a grey image's transparent colour."""
+    if "A" not in original.getbands() and not original.has_transparency_data:
         return result
+    alpha = (original if "A" in original.getbands() else original.convert("RGBA")).getchannel("A")
     result = result.convert("RGBA")
-    result.putalpha(original.getchannel("A").resize(result.size, Image.LANCZOS))
+    result.putalpha(alpha.resize(result.size, Image.LANCZOS))
     return result
