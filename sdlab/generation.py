@@ -234,6 +234,9 @@ def generate(pipe, prompt: str | list[str], *, negative_prompt: str | list[str] 
     if image is not None:
         image = _as_rgb(image, "image")
         mask_image = None if mask_image is None else _as_rgb(mask_image, "mask_image")
+        check(min(image.size) >= MIN_SIZE or (height is not None and width is not None),
+              f"image is {image.width}×{image.height} pixels, smaller than the {MIN_SIZE}×{MIN_SIZE} the model "
+              f"needs: give a bigger image (or height= and width= to resize it to)")
         height = image.height // SIZE_MULTIPLE * SIZE_MULTIPLE if height is None else height
         width = image.width // SIZE_MULTIPLE * SIZE_MULTIPLE if width is None else width
     height = default_size(pipe) if height is None else height  # None, not 0: 0 is refused below

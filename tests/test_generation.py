@@ -167,6 +167,13 @@ def test_image_to_image_refuses_the_noise_it_would_not_use(tiny_pipe, kwargs, me
         generate(tiny_pipe, "x", image=init, mask_image=mask, num_inference_steps=2, **kwargs)
 
 
+def test_an_image_too_small_to_size_the_result_says_so(tiny_pipe):
+    with pytest.raises(SdlabInputError, match="image is 1×1 pixels, smaller than the 32×32 the model needs"):
+        generate(tiny_pipe, "x", image=Image.new("RGB", (1, 1), "red"))
+    made = generate(tiny_pipe, "x", image=Image.new("RGB", (1, 1), "red"), height=64, width=64, num_inference_steps=2)
+    assert made[0].image.size == (64, 64)  # resized to the size asked for
+
+
 def test_mask_size_must_match(tiny_pipe):
     init = Image.new("RGB", (64, 64), "red")
     with pytest.raises(SdlabInputError, match="mask_image is 32×32 but image is 64×64"):
