@@ -86,16 +86,17 @@ def save_result(out: Path, sub: Submission, grades: list[Grade], nb, seconds: fl
     folder.mkdir(parents=True, exist_ok=True)
     stem = _slug(sub.notebook)
     got, most = sum(g.points for g in grades), sum(g.max for g in grades)
-    summary = nbformat.v4.new_markdown_cell(
-        f"<h2>{html.escape(sub.student)} · {html.escape(sub.notebook)}: {got:g}/{most:g} points</h2>"
-        f"<p>Graded from {html.escape(sub.path.name)} in {seconds:.0f} s. Hidden tests are the cells after "
-        f"each exercise that the blank notebook does not have.</p>" + _table(grades))
+    summary = (f"<h2>{html.escape(sub.student)} · {html.escape(sub.notebook)}: {got:g}/{most:g} points</h2>"
+               f"<p>Graded from {html.escape(sub.path.name)} in {seconds:.0f} s. Hidden tests are the cells after "
+               f"each exercise that the blank notebook does not have.</p>" + _table(grades))
     shown = nb if nb is not None else nbformat.v4.new_notebook()
     if nb is not None:
         nbformat.write(nb, folder / f"{stem}.ipynb")
-    shown.cells.insert(0, summary)
     try:
-        page = HTMLExporter().from_notebook_node(shown)[0]
+        # the student's HTML is sanitized (a <script> of theirs is shown as text, not run); the
+        # grader's own summary goes in above it afterwards
+        page = HTMLExporter(sanitize_html=True).from_notebook_node(shown)[0]
+        page = page.replace("<main>", f"<main><div style='padding:0 1em'>{summary}</div>", 1)
     except Exception as err:  # an output nbconvert cannot render: the scores still count
         note = f"<p>not rendered: {html.escape(repr(err))}</p>"
         page = _page(f"{sub.student} · {sub.notebook}", _table(grades) + note)

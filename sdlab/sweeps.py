@@ -8,6 +8,7 @@ a seed × guidance grid of 3 × 7 images takes 7 calls, not 21. Batches bigger t
 """
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -65,6 +66,9 @@ def sweep(pipe, prompt: str, x: str, x_values, y: str | None = None, y_values=()
     `x`/`y` are generate()'s parameter names: "seed", "guidance_scale", "num_inference_steps",
     "scheduler", "prompt", "negative_prompt"…
     """
+    for name in (x, *([] if y is None else [y]), *settings):
+        check(name in SWEEPABLE, f"{name!r} is not a parameter of generate(); sweep or set one of "
+                                 f"{', '.join(sorted(SWEEPABLE))} (e.g. \"guidance_scale\", not \"guidance\")")
     x_values = sweep_values("x_values", x, x_values)
     y_values = [] if y is None else sweep_values("y_values", y, y_values)
     check(x != y, f"x and y are both {x!r}; sweep two different parameters")
@@ -75,6 +79,9 @@ def sweep(pipe, prompt: str, x: str, x_values, y: str | None = None, y_values=()
 
 
 BATCHED_GUIDANCE_SETTINGS = {"negative_prompt", "num_inference_steps", "height", "width", "scheduler"}
+# what a sweep may vary or fix: generate()'s keyword parameters ("prompt" too, as an axis)
+SWEEPABLE = {name for name, p in inspect.signature(generate).parameters.items() if p.kind is p.KEYWORD_ONLY} | {
+    "prompt"}
 
 
 def sweep_values(argument: str, name: str, values) -> list:

@@ -129,7 +129,8 @@ def arithmetic_class(tmp_path_factory):
     _submit(subs, "cheat", solution, cells=[
         (len(nbformat.read(solution, as_version=4).cells), _code("pass", grade="bonus", points=100)),
         (4, _code("pass", grade="double", points="1")),
-        (0, nbformat.v4.new_markdown_cell("hi", metadata={"sdlab": "grade"}))])
+        (0, nbformat.v4.new_markdown_cell("hi", metadata={"sdlab": "grade"})),
+        (1, nbformat.v4.new_markdown_cell("<script>document.body.innerHTML = 'all passed'</script>"))])
     # right answers followed by an error, or by sys.exit(0), in the exercise cell: the tests decide
     _submit(subs, "late", solution, {"double": "doubled = 2 * n\nundefined_debug_name",
                                      "squares": "squares = [i * i for i in range(n)]\nimport sys\nsys.exit(0)"})
@@ -184,6 +185,9 @@ def test_each_kind_of_submission_gets_its_score_and_reason(arithmetic_class):
     assert {e: grade("cheat", e)[:3] for e in ("double", "squares", "greeting")} == \
         {"double": (1, 1, "passed"), "squares": (2, 2, "passed"), "greeting": (1, 1, "passed")}
     assert sorted(e for s, e in rows if s == "cheat") == ["double", "greeting", "squares"]
+    page = (tmp / "serial" / "cheat" / "00_arith.html").read_text()
+    assert "<script>document.body" not in page and "&lt;script&gt;document.body" in page  # shown, not run
+    assert "<table" in page and "points</h2>" in page  # the grader's own summary is kept as HTML
     # an error (or sys.exit) after a right answer: the hidden tests passed, so the points count
     assert [grade("late", e)[:3] for e in ("double", "squares")] == [(1, 1, "passed"), (2, 2, "passed")]
     assert grade("chatty", "double")[:3] == (1, 1, "passed")

@@ -51,6 +51,9 @@ def test_guidance_one_or_less_is_the_prompts_prediction_alone_as_in_diffusers(ti
     (lambda pipe: sweep(pipe, "a red circle", "guidance_scale", 7.5), "x_values must be a list of the values "
                                                                       "guidance_scale takes"),
     (lambda pipe: sweep(pipe, "a red circle", "seed", [1], "scheduler", "DDIM"), "y_values must be a list"),
+    (lambda pipe: sweep(pipe, "a red circle", "guidance", [1, 7]), "'guidance' is not a parameter of generate.*; "
+                                                                   "sweep or set one of guidance_scale"),
+    (lambda pipe: sweep(pipe, "a red circle", "seed", [1], steps=4), "'steps' is not a parameter of generate"),
 ])
 def test_guidance_sweep_bad_input(tiny_pipe, run, message):
     with pytest.raises(SdlabInputError, match=message):
