@@ -39,6 +39,8 @@ def available_device() -> tuple[torch.device, str]:
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     """'fp16', 'float16' or torch.float16 → torch.float16 (and so on)."""
     if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise SdlabInputError(f"dtype must be a floating-point type, one of {sorted(DTYPES)}, got {dtype}")
         return dtype
     if dtype not in DTYPES:
         raise SdlabInputError(f"dtype must be 'auto' or one of {sorted(DTYPES)}, got {dtype!r}")
@@ -62,6 +64,11 @@ def pick_device(device: str | torch.device = "auto", dtype: str | torch.dtype = 
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise SdlabInputError("device='cuda' was asked for but no CUDA GPU is visible; "
                                   "use device='auto' or 'cpu' (in Colab: Runtime → Change runtime type → GPU)")
+        if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise SdlabInputError("device='mps' is Apple's GPU, which this machine does not have; use "
+                                  "device='auto' or 'cpu'")
+        if dev.type not in ("cpu", "cuda", "mps"):
+            raise SdlabInputError(f"device must be 'auto', 'cpu', 'cuda' or 'mps', got {device!r}")
         reason = "asked for"
     if dtype == "auto":
         chosen = torch.float16 if dev.type in ("cuda", "mps") else torch.float32

@@ -5,6 +5,7 @@ inpaint pipelines are built around the same UNet, VAE and text encoder, never re
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -16,7 +17,7 @@ import torch
 from .device import pick_device
 from .errors import SdlabInputError
 from .presets import PRESETS, find_preset, tiny_model_dir
-from .schedulers import set_scheduler
+from .schedulers import resolve_scheduler_name, set_scheduler
 from .speed import speed_up
 
 logger = logging.getLogger(__name__)
@@ -39,38 +40,104 @@ def _loading_bars(enabled: bool):
     if enabled:
         yield
         return
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
+    libraries = [lib for lib in (diffusers_logging, transformers_logging) if lib.is_progress_bar_enabled()]
+    for lib in libraries:
+        lib.disable_progress_bar()
     try:
         yield
     finally:
-        diffusers_logging.enable_progress_bar()
-        transformers_logging.enable_progress_bar()
+        for lib in libraries:  # only those that were on: a user's own choice stays
+            lib.enable_progress_bar()
+
+
+def _hub_offline() -> bool:
+    """HF_HUB_OFFLINE as huggingface_hub reads it (1, on, yes, true)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Can this machine open a connection to the Hugging Face Hub? (No hang when offline.)"""
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+    """Can this machine open a connection to the Hugging Face Hub, or the mirror HF_ENDPOINT names?
+    (No hang when offline.) Through a proxy only the proxy knows, so huggingface_hub tries."""
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if _hub_offline():
         return False
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    endpoint = urlparse(constants.ENDPOINT)
     try:
-        with socket.create_connection((HUB_HOST, 443), timeout=timeout):
+        with socket.create_connection((endpoint.hostname or HUB_HOST, endpoint.port or
+                                       (80 if endpoint.scheme == "http" else 443)), timeout=timeout):
             return True
     except OSError:
         return False
 
 
-def _from_hub(cls, repo_id: str, **kwargs):
-    """`cls.from_pretrained(repo_id)`: from the local cache if it is there, else download."""
-    try:
-        return cls.from_pretrained(repo_id, local_files_only=True, **kwargs)
-    except (OSError, EnvironmentError, ValueError):
-        pass
+def _from_hub(cls, repo_id: str, variants=(None,), **kwargs):
+    """`cls.from_pretrained(repo_id)`: from the local cache if it is there, else download; each of
+    `variants` in turn (e.g. the fp16 files, then the full ones), the cache's before the Hub's."""
+    for variant in variants:
+        try:
+            return cls.from_pretrained(repo_id, local_files_only=True, variant=variant, **kwargs)
+        except (OSError, ValueError):
+            pass
     if not _hub_reachable():
         raise SdlabInputError(
             f"model {repo_id!r} is not in the local Hugging Face cache and the Hub cannot be reached "
             f"(offline, or HF_HUB_OFFLINE is set). Use the offline model 'sdlab-tiny', pass a local "
             f"diffusers folder, or connect to the internet (e.g. in Colab) and try again.")
-    return cls.from_pretrained(repo_id, **kwargs)
+    for variant in variants[:-1]:
+        try:
+            return cls.from_pretrained(repo_id, variant=variant, **kwargs)
+        except (OSError, ValueError):  # no such variant on the Hub: the next one
+            pass
+    return cls.from_pretrained(repo_id, variant=variants[-1], **kwargs)
+
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+def _check_folder(path: Path) -> None:
+    """A diffusers pipeline folder with every part its model_index.json names, each with its
+    config and weights (else diffusers fails later, or a missing tokenizer fails at generation)."""
+    index_file = path / "model_index.json"
+    try:
+        index = json.loads(index_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise SdlabInputError(f"folder {str(path)!r} is not a diffusers pipeline (its model_index.json cannot be "
+                              f"read: {type(err).__name__})") from None
+    for part, spec in index.items():
+        if part.startswith("_") or not isinstance(spec, list) or not spec or spec[0] is None:
+            continue
+        folder = path / part
+        names = {f.name for f in folder.iterdir()} if folder.is_dir() else set()
+        if part == "scheduler":
+            whole = "scheduler_config.json" in names
+        elif part.startswith("tokenizer"):
+            whole = "tokenizer.json" in names or {"vocab.json", "merges.txt"} <= names
+        elif part == "feature_extractor":
+            whole = "preprocessor_config.json" in names
+        else:
+            whole = "config.json" in names and any(name.endswith(WEIGHT_SUFFIXES) for name in names)
+        if not whole:
+            raise SdlabInputError(f"folder {str(path)!r} lacks its {part} ({part}/ is missing or incomplete: "
+                                  f"{'no folder' if not names else ', '.join(sorted(names))}); copy the whole "
+                                  f"pipeline folder, or save it again with pipe.save_pretrained(folder)")
+
+
+def _check_supported(pipe, name: str) -> None:
+    """A Stable Diffusion 1.x/2.x text-to-image model: what sdlab's course and tools run."""
+    config = pipe.unet.config
+    if config.get("addition_embed_type") is not None or getattr(pipe, "text_encoder_2", None) is not None:
+        raise SdlabInputError(f"{name!r} is an SDXL-type model (a second text encoder, extra embeddings); sdlab runs "
+                              f"Stable Diffusion 1.x/2.x models such as 'sd15' or 'sd-turbo': use diffusers' "
+                              f"StableDiffusionXLPipeline for it")
+    if config.in_channels != 4:
+        raise SdlabInputError(f"{name!r} has a {config.in_channels}-channel UNet (an inpainting model); sdlab runs "
+                              f"text-to-image models, and paints in with them too: load the text-to-image model")
 
 
 def _resolve_source(model: str) -> tuple[str, object]:
@@ -87,9 +154,15 @@ def _resolve_source(model: str) -> tuple[str, object]:
             return "folder", folder
         return "hub", preset.source
     path = Path(model).expanduser()
+    if path.suffix.lower() in CHECKPOINT_SUFFIXES:
+        if not path.is_file():
+            raise SdlabInputError(f"no file at {str(path)!r}: check the path (or give a diffusers folder, a preset "
+                                  f"or a hub id)")
+        raise SdlabInputError(f"{str(path)!r} is a single-file checkpoint, as A1111 keeps them; sdlab loads diffusers "
+                              f"folders. Convert it once with diffusers: StableDiffusionPipeline.from_single_file("
+                              f"{str(path)!r}).save_pretrained('my-model'), then load 'my-model'")
     if path.is_dir():
-        if not (path / "model_index.json").is_file():
-            raise SdlabInputError(f"folder {str(path)!r} is not a diffusers pipeline (no model_index.json in it)")
+        _check_folder(path)
         return "folder", path
     looks_like_hub_id = model.count("/") == 1 and not model.startswith((".", "/", "~")) and not path.exists()
     if looks_like_hub_id:
@@ -110,13 +183,19 @@ def load_pipeline(model: str = "sdlab-tiny", *, device: str = "auto", dtype: str
     safety_checker: None keeps the model's own (on for real SD models, off for the tiny ones).
     channels_last, fuse_qkv, attention, compile: GPU speed-ups, off by default (see `speed_up`).
     """
-    # 1. Check inputs: device, dtype and where the model comes from
+    # 1. Check inputs: device, dtype, scheduler and where the model comes from (before any download)
+    model = os.fspath(model)
     choice = pick_device(device, dtype)
+    scheduler = resolve_scheduler_name(scheduler) if scheduler is not None else None
     kind, source = _resolve_source(model)
     preset = find_preset(model)
     # 2. Load the components
     with _loading_bars(_progress_enabled(progress)):
         pipe = _load(kind, source, choice, safety_checker)
+    _check_supported(pipe, model)
+    if safety_checker and pipe.safety_checker is None:
+        raise SdlabInputError(f"{model!r} has no safety checker to turn on; load a model that ships one (e.g. "
+                              f"'sd15'), or leave safety_checker=None")
     # 3. Place and configure
     pipe = pipe.to(choice.device)
     if choice.device.type == "mps":
@@ -144,18 +223,13 @@ def _load(kind: str, source, choice, safety_checker: bool | None):
             return build_sd15_random_pipeline(dtype=choice.dtype, device=choice.device)
         return build_tiny_random_pipeline(dtype=choice.dtype)
     kwargs = {"dtype": choice.dtype}
-    if safety_checker is False or (kind == "folder" and safety_checker is None):
+    if safety_checker is False:  # None keeps the model's own, as diffusers does
         kwargs |= {"safety_checker": None, "requires_safety_checker": False}
     if kind == "folder":
         return StableDiffusionPipeline.from_pretrained(str(source), **kwargs)
-    if choice.dtype == torch.float16:
-        try:  # the hub's half-precision files are half the download
-            return _from_hub(StableDiffusionPipeline, source, variant="fp16", **kwargs)
-        except SdlabInputError:
-            raise
-        except (OSError, ValueError):
-            pass
-    return _from_hub(StableDiffusionPipeline, source, **kwargs)
+    # the hub's half-precision files are half the download; the full ones where there are none
+    variants = ("fp16", None) if choice.dtype == torch.float16 else (None,)
+    return _from_hub(StableDiffusionPipeline, source, variants, **kwargs)
 
 
 def model_name(pipe) -> str:

@@ -90,3 +90,108 @@ def test_pixel_slice_like_diffusers_tests(tiny_pipe):
     expected = np.array([[0.6613, 0.5071, 0.4450], [0.5484, 0.5224, 0.4467], [0.4464, 0.3659, 0.4777]])
     assert image.shape == (1, 64, 64, 3)
     assert np.abs(image[0, -3:, -3:, -1] - expected).max() < 1e-3
+
+
+@pytest.mark.parametrize("remove, part", [("tokenizer", "tokenizer"), ("unet", "unet"),
+                                          ("unet/diffusion_pytorch_model.safetensors", "unet"),
+                                          ("scheduler/scheduler_config.json", "scheduler")])
+def test_a_folder_missing_a_part_names_it_before_loading(tiny_pipe, tmp_path, remove, part):
+    import shutil
+
+    tiny_pipe.save_pretrained(tmp_path / "m")
+    target = tmp_path / "m" / remove
+    shutil.rmtree(target) if target.is_dir() else target.unlink()
+    with pytest.raises(SdlabInputError, match=f"lacks its {part} .{part}/ is missing or incomplete"):
+        load_pipeline(str(tmp_path / "m"))
+
+
+def test_a_folder_keeps_its_safety_checker_unless_turned_off(tiny_pipe, tmp_path):
+    from diffusers import StableDiffusionPipeline
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    small = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=1)
+    checker = StableDiffusionSafetyChecker(CLIPConfig(text_config=small, projection_dim=32,
+                                                      vision_config=small | dict(image_size=32, patch_size=8)))
+    StableDiffusionPipeline(**tiny_pipe.components | {"safety_checker": checker,
+                                                      "feature_extractor": CLIPImageProcessor(crop_size=32, size=32)},
+                            requires_safety_checker=True).save_pretrained(tmp_path / "checked")
+    assert load_pipeline(tmp_path / "checked").safety_checker is not None  # as diffusers keeps it (a Path works too)
+    assert load_pipeline(str(tmp_path / "checked"), safety_checker=False).safety_checker is None
+    with pytest.raises(SdlabInputError, match="'tiny-random' has no safety checker to turn on"):
+        load_pipeline("tiny-random", safety_checker=True)
+
+
+def test_what_sdlab_cannot_load_is_named_before_loading(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"\0" * 16)
+    with pytest.raises(SdlabInputError, match="is a single-file checkpoint, as A1111 keeps them.*from_single_file"):
+        load_pipeline(str(tmp_path / "model.safetensors"))
+    with pytest.raises(SdlabInputError, match="no file at .*x.ckpt"):
+        load_pipeline(tmp_path / "x.ckpt")
+    for kwargs, message in [(dict(device="mps"), "device='mps' is Apple's GPU, which this machine does not have"),
+                            (dict(dtype=torch.int8), "dtype must be a floating-point type"),
+                            (dict(scheduler="Eular"), "scheduler 'Eular' is unknown")]:
+        start = time.perf_counter()
+        with pytest.raises(SdlabInputError, match=message):
+            load_pipeline("sd15-random", **kwargs)  # 860 M parameters: refused before building them
+        assert time.perf_counter() - start < 2
+
+
+def test_sdxl_and_inpainting_models_are_refused_with_what_to_use(tiny_pipe, tmp_path):
+    from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel
+
+    nine = UNet2DConditionModel(block_out_channels=(4, 8), layers_per_block=1, sample_size=32, in_channels=9,
+                                out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+                                norm_num_groups=2, attention_head_dim=2)
+    StableDiffusionInpaintPipeline(**tiny_pipe.components | {"unet": nine},
+                                   requires_safety_checker=False).save_pretrained(tmp_path / "inpaint")
+    with pytest.raises(SdlabInputError, match="has a 9-channel UNet .an inpainting model."):
+        load_pipeline(str(tmp_path / "inpaint"))
+
+    from diffusers import StableDiffusionXLPipeline
+    from transformers import CLIPTextModelWithProjection
+
+    xl_unet = UNet2DConditionModel(block_out_channels=(4, 8), layers_per_block=1, sample_size=32,
+                                   down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                   up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=64,
+                                   norm_num_groups=2, attention_head_dim=2, addition_embed_type="text_time",
+                                   addition_time_embed_dim=8, projection_class_embeddings_input_dim=80)
+    second = CLIPTextModelWithProjection(tiny_pipe.text_encoder.config)
+    StableDiffusionXLPipeline(vae=tiny_pipe.vae, text_encoder=tiny_pipe.text_encoder, text_encoder_2=second,
+                              tokenizer=tiny_pipe.tokenizer, tokenizer_2=tiny_pipe.tokenizer, unet=xl_unet,
+                              scheduler=tiny_pipe.scheduler).save_pretrained(tmp_path / "xl")
+    with pytest.raises(SdlabInputError, match="is an SDXL-type model.*StableDiffusionXLPipeline"):
+        load_pipeline(str(tmp_path / "xl"))
+
+
+def test_quiet_loading_leaves_the_libraries_progress_bars_as_they_were(monkeypatch):
+    from diffusers.utils import logging as diffusers_logging
+
+    import sdlab.pipelines as pipelines
+
+    diffusers_logging.disable_progress_bar()
+    try:
+        load_pipeline("tiny-random", progress=False)
+        assert not diffusers_logging.is_progress_bar_enabled()  # the user's choice stays
+    finally:
+        diffusers_logging.enable_progress_bar()
+    for value, offline in (("1", True), ("ON", True), ("0", False), ("no", False), ("False", False)):
+        monkeypatch.setenv("HF_HUB_OFFLINE", value)
+        assert pipelines._hub_offline() is offline  # as huggingface_hub reads it
+
+
+def test_a_cached_model_without_half_precision_files_loads_from_the_full_ones(tiny_pipe, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    from sdlab.pipelines import _from_hub
+
+    revision = "0123456789abcdef0123456789abcdef01234567"  # the Hugging Face cache's layout, offline
+    repo = tmp_path / "models--someorg--tinysd"
+    tiny_pipe.save_pretrained(repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    pipe = _from_hub(StableDiffusionPipeline, "someorg/tinysd", ("fp16", None), cache_dir=tmp_path)
+    assert torch.equal(pipe.unet.conv_in.weight, tiny_pipe.unet.conv_in.weight)
+    with pytest.raises(SdlabInputError, match="'someorg/other' is not in the local Hugging Face cache"):
+        _from_hub(StableDiffusionPipeline, "someorg/other", ("fp16", None), cache_dir=tmp_path)
