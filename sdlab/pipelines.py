@@ -131,7 +131,7 @@ def _check_folder(path: Path) -> None:
 def _check_supported(pipe, name: str) -> None:
     """A Stable Diffusion 1.x/2.x text-to-image model: what sdlab's course and tools run."""
     config = pipe.unet.config
-    if config.get("addition_embed_type") is not None or getattr(pipe, "text_encoder_2", None) is not None:
+    if config.get("addition_embed_type") == "text_time" or getattr(pipe, "text_encoder_2", None) is not None:
         raise SdlabInputError(f"{name!r} is an SDXL-type model (a second text encoder, extra embeddings); sdlab runs "
                               f"Stable Diffusion 1.x/2.x models such as 'sd15' or 'sd-turbo': use diffusers' "
                               f"StableDiffusionXLPipeline for it")
