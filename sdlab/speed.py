@@ -50,7 +50,7 @@ def _prefer_attention_kernel(unet, kernel: str) -> None:
 
 
 def speed_up(pipe, *, channels_last: bool = True, fuse_qkv: bool = False, attention: str | None = None,
-             compile: bool | str = False):
+             compile: bool | str = False, compile_vae: bool | None = None):
     """Opt-in speed-ups for GPUs (the same images, within float rounding):
 
     channels_last: UNet and VAE convolutions in NHWC, the layout tensor cores read best.
@@ -66,6 +66,10 @@ def speed_up(pipe, *, channels_last: bool = True, fuse_qkv: bool = False, attent
     A mode name compiles with that `torch.compile` mode: "reduce-overhead" replays each UNet call
     as a CUDA graph (no per-kernel launch cost; on a CPU it is the default mode). For SD 1.5's
     sweep on an H200 it matched the default mode: its kernels, not their launches, set the pace.
+    compile_vae: with compile, also compile the VAE's decoder (torch.compile's default mode: it
+    runs once per image, so fusing its large group norms is what counts). None: on a GPU, where
+    it made SD 1.5's decode of 8 images 3.5x faster on an H100 (65 ms against 225 ms, 25 s to
+    compile); not on a CPU, where the decode is a small share and compiling it costs more.
     """
     import torch
 
@@ -90,4 +94,7 @@ def speed_up(pipe, *, channels_last: bool = True, fuse_qkv: bool = False, attent
     if mode and getattr(pipe, "sdlab_compile_mode", None) != mode:
         pipe.unet = torch.compile(getattr(pipe.unet, "_orig_mod", pipe.unet), mode=mode)
         pipe.sdlab_compile_mode = mode
+    on_gpu = pipe.device.type == "cuda"
+    if mode and (compile_vae or (compile_vae is None and on_gpu)) and pipe.vae.decoder._compiled_call_impl is None:
+        pipe.vae.decoder.compile()  # in place: the VAE's weights keep their names
     return pipe

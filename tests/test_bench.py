@@ -66,6 +66,10 @@ def test_speed_ups_keep_the_images(tiny_pipe):
     speed_up(pipe, channels_last=True, fuse_qkv=True, compile="reduce-overhead")  # CUDA graphs need a GPU
     assert pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     assert hasattr(pipe.unet, "_orig_mod") and pipe.sdlab_compile_mode == "reduce-overhead"  # compiled
+    assert pipe.vae.decoder._compiled_call_impl is None  # on a CPU only when asked for
+    speed_up(pipe, channels_last=False, compile="reduce-overhead", compile_vae=True)
+    assert pipe.vae.decoder._compiled_call_impl is not None  # in place: the same weight names
+    assert set(pipe.vae.state_dict()) == set(load_pipeline("tiny-random").vae.state_dict())
     after = guidance_sweep(pipe, "a red circle", [1, 7.5], seed=3).images
     for a, b in zip(before, after):
         assert np.abs(np.asarray(a, int) - np.asarray(b, int)).max() <= 2
