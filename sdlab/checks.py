@@ -5,6 +5,7 @@ with what is wrong and what to try — the message is the teaching, not just "Fa
 """
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,16 @@ def _pixels(image) -> np.ndarray:
     return np.asarray(_image(image).convert("RGB")).astype(np.int16)
 
 
+def picture(value, name: str = "the image") -> Passed:
+    """`value` is a PIL image itself, not generate()'s result for it (which a Gradio image, numpy
+    and the grader cannot take as a picture)."""
+    if hasattr(value, "image") and hasattr(value, "params"):
+        raise CheckFailed(f"{name} is a GeneratedImage (the picture and the parameters that made it); take its "
+                          f"picture: result[0].image, or result.images[0]")
+    _image(value)
+    return Passed(f"{name} is a picture")
+
+
 def images_list(images, count: int | None = None, size: tuple[int, int] | None = None, name: str = "images"):
     """`images` is a list of `count` PIL images of `size` (width, height)."""
     if not isinstance(images, (list, tuple)):
@@ -48,6 +59,7 @@ def images_list(images, count: int | None = None, size: tuple[int, int] | None =
     if count is not None and len(images) != count:
         raise CheckFailed(f"{name} has {len(images)} images, expected {count}")
     for i, image in enumerate(images):
+        picture(image, f"{name}[{i}]")
         pixels = _pixels(image)
         if size is not None and (pixels.shape[1], pixels.shape[0]) != tuple(size):
             raise CheckFailed(f"{name}[{i}] is {pixels.shape[1]}×{pixels.shape[0]}, expected {size[0]}×{size[1]}")
@@ -124,8 +136,13 @@ def course_file(relative: str) -> Path:
     """A file of the course (e.g. "images/02_reference.png") from a notebook's folder or the repo."""
     candidates = [Path.cwd() / ".." / relative, Path.cwd() / relative,
                   Path(__file__).resolve().parent.parent / relative]
+    if relative.startswith("images/"):  # installed with the package (pip install, as in Colab)
+        try:
+            candidates.append(Path(str(resources.files("sdlab.images") / relative.removeprefix("images/"))))
+        except (ModuleNotFoundError, TypeError):  # a checkout installed before images/ was a package
+            pass
     for path in candidates:
         if path.exists():
             return path.resolve()
-    raise CheckFailed(f"{relative} not found; run the notebook from the course's notebooks/ folder "
-                      f"(in Colab: clone the repository first)")
+    raise CheckFailed(f"{relative} not found; run the notebook from the course's notebooks/ folder, or "
+                      f"reinstall sdlab (pip install), which ships the course's images")

@@ -59,3 +59,14 @@ def test_images_list_counts_and_sizes():
         checks.images_list([tile], count=2)
     with pytest.raises(CheckFailed, match="should be a list of images, got Image"):
         checks.images_list(tile)
+
+
+def test_a_result_where_a_picture_is_asked_for_says_to_take_its_image(tiny_pipe):
+    from sdlab import generate
+
+    made = generate(tiny_pipe, "a red circle", seed=1, num_inference_steps=2)
+    assert checks.picture(made[0].image, "from_latents")
+    with pytest.raises(CheckFailed, match=r"from_latents is a GeneratedImage .*take its picture: result\[0\].image"):
+        checks.picture(made[0], "from_latents")
+    with pytest.raises(CheckFailed, match=r"loop_images\[1\] is a GeneratedImage"):
+        checks.images_list([made[0].image, made[0]], name="loop_images")

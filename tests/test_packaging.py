@@ -10,3 +10,25 @@ def test_every_subpackage_is_in_the_wheel():
     found = {".".join(init.parent.relative_to(ROOT).parts) for init in (ROOT / "sdlab").rglob("__init__.py")
              if "__pycache__" not in init.parts}
     assert found <= listed, f"add {sorted(found - listed)} to [tool.setuptools] packages in pyproject.toml"
+
+
+def test_the_wheel_holds_the_model_and_the_course_images_where_notebooks_find_them(tmp_path):
+    """What Colab's `pip install` gets: no checkout, only the package."""
+    import subprocess
+    import sys
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(tmp_path / "wheel"), str(ROOT)], check=True, capture_output=True)
+    [wheel] = (tmp_path / "wheel").glob("sdlab-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"sdlab/images/02_reference.png", "sdlab/models/sdlab-tiny/model_index.json",
+            "sdlab/data/clip_tokenizer/vocab.json"} <= names
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(tmp_path / "site"),
+                    str(wheel)], check=True, capture_output=True)
+    (tmp_path / "elsewhere").mkdir()
+    found = subprocess.run([sys.executable, "-c", "from sdlab.checks import course_file; "
+                            "print(course_file('images/02_reference.png'))"], cwd=tmp_path / "elsewhere",
+                           env={"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin"},
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert found == str((tmp_path / "site" / "sdlab" / "images" / "02_reference.png").resolve())
