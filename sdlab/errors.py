@@ -1,5 +1,6 @@
 """The one error type sdlab raises for bad input, a `ValueError` that teaches the fix, and the
 warnings it gives of a call's input or result."""
+import numbers
 import os
 import threading
 import warnings
@@ -51,6 +52,16 @@ def warnings_of_this_thread():
         yield kept
     finally:
         _this_thread.kept = outer
+
+
+def is_number(value) -> bool:
+    """A real number (numpy's too) but not a bool: True would quietly count as 1."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def is_whole(value) -> bool:
+    """An int but not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def check(condition: bool, message: str) -> None:

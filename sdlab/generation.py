@@ -6,7 +6,6 @@ It follows the diffusers pipeline's own order: 1. check inputs, 2. seeds and lat
 from __future__ import annotations
 
 import math
-import numbers
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -14,7 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 from PIL import Image
 
-from .errors import SdlabWarning, check, suggest_multiple
+from .errors import SdlabWarning, check, is_number, is_whole, suggest_multiple
 from .pipelines import img2img_pipeline, inpaint_pipeline, model_name
 from .presets import find_preset
 from .schedulers import check_scheduler_steps, make_scheduler, resolve_scheduler_name, scheduler_name, using_scheduler
@@ -100,16 +99,6 @@ def model_defaults(pipe) -> tuple[int, float]:
     """The (steps, guidance) a model works best with: its preset's, else diffusers' 50 and 7.5."""
     preset = find_preset(model_name(pipe))
     return (preset.num_inference_steps, preset.guidance_scale) if preset else (50, 7.5)
-
-
-def is_number(value) -> bool:
-    """A real number (numpy's too) but not a bool: True would quietly count as 1."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def is_whole(value) -> bool:
-    """An int but not a bool."""
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def check_size(name: str, value) -> int:

@@ -100,6 +100,19 @@ CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
+def part_is_whole(path: Path, part: str) -> bool:
+    """Whether the pipeline folder `path` holds `part` (unet, tokenizer, …) with what loading it needs."""
+    folder = Path(path) / part
+    names = {f.name for f in folder.iterdir()} if folder.is_dir() else set()
+    if part == "scheduler":
+        return "scheduler_config.json" in names
+    if part.startswith("tokenizer"):
+        return "tokenizer.json" in names or {"vocab.json", "merges.txt"} <= names
+    if part == "feature_extractor":
+        return "preprocessor_config.json" in names
+    return "config.json" in names and any(name.endswith(WEIGHT_SUFFIXES) for name in names)
+
+
 def _check_folder(path: Path) -> None:
     """A diffusers pipeline folder with every part its model_index.json names, each with its
     config and weights (else diffusers fails later, or a missing tokenizer fails at generation)."""
@@ -112,17 +125,9 @@ def _check_folder(path: Path) -> None:
     for part, spec in index.items():
         if part.startswith("_") or not isinstance(spec, list) or not spec or spec[0] is None:
             continue
-        folder = path / part
-        names = {f.name for f in folder.iterdir()} if folder.is_dir() else set()
-        if part == "scheduler":
-            whole = "scheduler_config.json" in names
-        elif part.startswith("tokenizer"):
-            whole = "tokenizer.json" in names or {"vocab.json", "merges.txt"} <= names
-        elif part == "feature_extractor":
-            whole = "preprocessor_config.json" in names
-        else:
-            whole = "config.json" in names and any(name.endswith(WEIGHT_SUFFIXES) for name in names)
-        if not whole:
+        if not part_is_whole(path, part):
+            folder = path / part
+            names = {f.name for f in folder.iterdir()} if folder.is_dir() else set()
             raise SdlabInputError(f"folder {str(path)!r} lacks its {part} ({part}/ is missing or incomplete: "
                                   f"{'no folder' if not names else ', '.join(sorted(names))}); copy the whole "
                                   f"pipeline folder, or save it again with pipe.save_pretrained(folder)")

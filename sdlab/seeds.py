@@ -7,12 +7,11 @@ laptop, a CUDA GPU or Colab, and image k of a batch equals a single run with see
 """
 from __future__ import annotations
 
-import numbers
 import random
 
 import torch
 
-from .errors import SdlabInputError
+from .errors import SdlabInputError, is_number
 
 MAX_SEED = 2**64 - 1  # torch.Generator accepts seeds in [0, 2**64)
 
@@ -57,8 +56,7 @@ def are_consecutive(seeds: list[int]) -> bool:
 
 def check_variation(variation_seed, variation_strength) -> None:
     """A variation_strength is a number in [0, 1], and above 0 only with a variation_seed to mix towards."""
-    number = isinstance(variation_strength, numbers.Real) and not isinstance(variation_strength, bool)
-    if not (number and 0 <= variation_strength <= 1):  # NaN fails both comparisons
+    if not (is_number(variation_strength) and 0 <= variation_strength <= 1):  # NaN fails both comparisons
         raise SdlabInputError(f"variation_strength must be a number from 0 to 1, got {variation_strength!r}; "
                               f"0.1 gives a close variation")
     if variation_seed is not None:

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import check
+from .errors import check, is_whole
 from .generation import (MAX_IMAGES, MAX_STEPS, GeneratedImage, GenerationParams, check_generate_inputs, check_size,
-                         generate, is_whole, model_defaults)
+                         generate, model_defaults)
 from .grids import labelled_grid
 from .pipelines import model_name
 from .schedulers import check_scheduler_steps, make_scheduler, resolve_scheduler_name, scheduler_name

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from datetime import date, datetime
 from pathlib import Path
 
-from ..errors import SdlabInputError, check
+from ..errors import SdlabInputError, check, is_whole
 from .records import (IMAGES, LIKED, MAX_COMMENT_CHARS, MAX_USER_CHARS, Feedback, StoredImage, as_time,
                       check_feedback, now, write_atomically)
 
@@ -66,7 +66,7 @@ SQLITE_INT_MAX = 2**63 - 1  # SQLite's integers are 64-bit, signed
 
 def _fits(value) -> bool:
     """Whether `value` is a whole number ≥ 0 that SQLite can hold (an id, a seed, a count)."""
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= SQLITE_INT_MAX
+    return is_whole(value) and 0 <= value <= SQLITE_INT_MAX
 
 
 def _fts_query(text: str) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..errors import check, writable_folder
+from ..errors import check, is_whole, writable_folder
 from ..feedback import LIKED, now
 from ..pipelines import _loading_bars, _progress_enabled, model_name
 from ..presets import find_preset
@@ -60,7 +60,7 @@ class FinetuneConfig:
               and 0 <= self.caption_dropout < 1 and 0 <= self.high_noise_share <= 1,
               f"caption_dropout and high_noise_share are shares between 0 and 1, got {self.caption_dropout!r} "
               f"and {self.high_noise_share!r}")
-        check(isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed < 2**63,
+        check(is_whole(self.seed) and 0 <= self.seed < 2**63,
               f"seed must be a whole number ≥ 0, got {self.seed!r}")
         check(not isinstance(self.target_modules, str) and len(self.target_modules) > 0
               and all(isinstance(m, str) for m in self.target_modules),

@@ -100,11 +100,12 @@ class _StepsToDeadline:
 
 def _check_parts(option: str, folder: str | None, parts: tuple[str, ...]) -> None:
     """Refuse, before training, a pipeline folder that lacks one of `parts` (its config or weights)."""
+    from ..pipelines import part_is_whole
+
     for part in parts if folder else ():
-        files = list((Path(folder) / part).glob("*")) if (Path(folder) / part).is_dir() else []
-        check(any(f.name == "config.json" for f in files) and any(f.suffix in (".safetensors", ".bin") for f in files),
-              f"{option} {folder} has no whole {part}/ (config.json and its weights): give a pipeline folder that "
-              f"export_pipeline wrote, e.g. models/sdlab-tiny")
+        check(part_is_whole(Path(folder), part), f"{option} {folder} has no whole {part}/ (config.json and its "
+                                                 f"weights): give a pipeline folder that export_pipeline wrote, "
+                                                 f"e.g. models/sdlab-tiny")
 
 
 class Trainer:
