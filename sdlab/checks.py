@@ -5,6 +5,8 @@ with what is wrong and what to try — the message is the teaching, not just "Fa
 """
 from __future__ import annotations
 
+import html
+
 from importlib import resources
 from pathlib import Path
 
@@ -26,7 +28,7 @@ class Passed(str):
         return str(self)
 
     def _repr_html_(self) -> str:
-        return f"<span style='color:#080'>{self}</span>"
+        return f"<span style='color:#080'>{html.escape(str(self))}</span>"
 
 
 def _image(image) -> Image.Image:

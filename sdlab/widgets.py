@@ -91,8 +91,8 @@ class GenerationControls:
             return None
         self.image.value = _png(self.last.image, self.scale)
         p = self.last.params
-        self.info.value = (f"seed {p.seed} · {p.num_inference_steps} steps · guidance {p.guidance_scale:g} · "
-                           f"{p.scheduler} · {self.last.seconds:.2f} s")
+        self.info.value = html.escape(f"seed {p.seed} · {p.num_inference_steps} steps · guidance "
+                                      f"{p.guidance_scale:g} · {p.scheduler} · {self.last.seconds:.2f} s")
         return self.last
 
     def _new_seed(self) -> None:

@@ -3,6 +3,7 @@ import atexit
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("SDLAB_PROGRESS", "0")
@@ -33,3 +34,28 @@ def tiny_model():
     if tiny_model_dir() is None:
         pytest.fail("models/sdlab-tiny is missing: the shipped model must be in the repository")
     return load_pipeline("sdlab-tiny")
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """Headless Chromium driven by Selenium (Debian's chromium and chromium-driver; .ci/run installs them)."""
+    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if shutil.which(path) is None]
+    if missing:
+        pytest.fail(f"{' and '.join(missing)} not found: the browser tests need Chromium and its driver; install "
+                    f"the Debian packages with `sudo apt-get install -y chromium chromium-driver`")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1280,1300", f"--user-data-dir={Path(tmp_path) / 'profile'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()

@@ -15,30 +15,8 @@ from PIL import Image
 import sdlab.app
 from sdlab.metadata import read_params
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 REPORT = Path(__file__).resolve().parent.parent / "report" / "app-browser.png"
 PROMPT = "a small red circle on a blue background"
-
-
-@pytest.fixture
-def browser(tmp_path):
-    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if shutil.which(path) is None]
-    if missing:
-        pytest.fail(f"{' and '.join(missing)} not found: the browser test needs Chromium and its driver; install "
-                    f"the Debian packages with `sudo apt-get install -y chromium chromium-driver`")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1280,1300", f"--user-data-dir={tmp_path / 'profile'}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    yield driver
-    driver.quit()
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 rate them."""
 from __future__ import annotations
 
+import html
 import io
 
 from PIL import Image
@@ -51,12 +52,15 @@ def rating_widget(store: FeedbackStore, image_ids: list[int], *, user: str = "",
             try:
                 check(stars.value is not None, "pick a rating first")
                 store.add_feedback(image_id, stars.value, comment.value, user)
-                note.value = f"<span style='color:#080'>saved ★{stars.value}</span>"
+                note.value = f"<span style='color:#080'>saved ★{int(stars.value)}</span>"
             except SdlabInputError as err:
-                note.value = f"<b style='color:#b00'>{err}</b>"
+                note.value = f"<b style='color:#b00'>{html.escape(str(err))}</b>"
 
         save.on_click(on_save)
-        cards.append(w.VBox([w.HTML(f"<small>#{image_id}: {item.prompt}</small>"), w.Image(value=buffer.getvalue()),
+        # a stored prompt is whatever a client sent: shown as text, never as HTML (an HTML widget sets
+        # innerHTML, so "<img onerror=...>" would run in the viewer's browser)
+        title = w.HTML(f"<small>#{int(image_id)}: {html.escape(item.prompt)}</small>")
+        cards.append(w.VBox([title, w.Image(value=buffer.getvalue()),
                              stars, comment, w.HBox([save, note])]))
     return w.GridBox(cards, layout=w.Layout(grid_template_columns="repeat(auto-fill, minmax(280px, 1fr))"))
 
