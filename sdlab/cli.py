@@ -77,9 +77,12 @@ def _train_tiny(args) -> None:
                       mixed_precision=args.mixed_precision, data_workers=workers, vae_from=args.vae_from,
                       init_from=args.init_from, model=TinyConfig(unet_conv_in_kernel=args.conv_in_kernel),
                       high_noise_share=args.high_noise_share, high_noise_from=args.high_noise_from,
-                      compile=args.compile)
+                      compile=args.compile, vae_finetune_steps=args.vae_finetune_steps,
+                      web_world=not args.plain_world)
     if args.unet_lr is not None:  # 0 too: the check says what is wrong with it
         cfg.unet_lr = args.unet_lr
+    if args.vae_lr is not None:
+        cfg.vae_lr = args.vae_lr
     if args.eval_every is not None:
         cfg.eval_every = args.eval_every
     trainer = Trainer(cfg)
@@ -113,8 +116,16 @@ def _eval_tiny(args) -> None:
     from .tiny.evaluate import measure_adherence
     from .tiny.world import held_out_scenes
 
-    scenes = held_out_scenes(args.n, seed=args.seed)  # a bad -n is refused before the model loads
+    count = args.n if args.n is not None else 64 if args.behaviour else 200
+    scenes = held_out_scenes(count, seed=args.seed)  # a bad -n is refused before the model loads
     pipe = load_pipeline(args.model, progress=False)
+    if args.behaviour:
+        from .tiny.evaluate import measure_behaviour
+
+        behaviour = measure_behaviour(pipe, scenes, seed=args.seed,
+                                      progress=lambda text: print(f"... {text}", file=sys.stderr, flush=True))
+        print("\n".join(behaviour.lines()))
+        return
     for guidance in args.guidance:  # every value before the first evaluation
         for steps in args.steps:
             check_generate_inputs([""], 1, steps, guidance, default_size(pipe), default_size(pipe), 1.0, None, None)
@@ -255,9 +266,18 @@ def _list(args) -> None:
         for p in PRESETS.values():
             print(f"{p.name:12} {p.source:45} {p.description}")
     else:
-        from .schedulers import ALIASES, scheduler_names
+        from .schedulers import ALIASES, scheduler_names, schedulers_for
 
-        for name in scheduler_names():
+        names = scheduler_names()
+        if not args.all:
+            from .pipelines import load_pipeline
+
+            names = schedulers_for(load_pipeline(args.model, progress=False).scheduler.config)
+            left = [name for name in scheduler_names() if name not in names]
+            if left:
+                print(f"not offered for {args.model} (they cannot run its noise schedule at every step count from 1 "
+                      f"to 50): {', '.join(left)}", file=sys.stderr)
+        for name in names:
             print(name, *(f"({a})" for a, n in ALIASES.items() if n == name and a.startswith("K_")))
 
 
@@ -297,12 +317,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="UNet steps, or 'auto': as many as fit in --minutes, with a complete LR schedule")
     train.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     train.add_argument("--unet-lr", type=float, default=None, help=f"peak LR (default {TrainConfig.unet_lr})")
+    train.add_argument("--vae-lr", type=float, default=None, help=f"peak LR (default {TrainConfig.vae_lr})")
     train.add_argument("--vae-from", default=None, help="keep the trained VAE of this model folder (skips phase 1)")
     train.add_argument("--conv-in-kernel", type=int, default=TinyConfig.unet_conv_in_kernel,
                        help=f"size of the UNet's first convolution (default {TinyConfig.unet_conv_in_kernel}; "
                             f"v1 and v2 of sdlab-tiny: 3)")
     train.add_argument("--init-from", default=None,
                        help="fine-tune this model folder: keep its VAE, train on its UNet and text encoder")
+    train.add_argument("--vae-finetune-steps", type=int, default=0,
+                       help="with --init-from or --vae-from: first train that VAE this many steps on this world")
+    train.add_argument("--plain-world", action="store_true",
+                       help="train on always-right captions and flat renders (v1-v3) instead of v4's web-like "
+                            "captions and unnamed variation")
     train.add_argument("--high-noise-share", type=float, default=TrainConfig.high_noise_share,
                        help=f"extra share of samples at high noise, where layout is decided "
                             f"(default {TrainConfig.high_noise_share})")
@@ -322,7 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval-tiny", help="prompt adherence of the tiny model on held-out prompts")
     ev.add_argument("--model", default="sdlab-tiny")
-    ev.add_argument("-n", type=int, default=200, help="number of held-out prompts")
+    ev.add_argument("-n", type=int, default=None, help="number of held-out prompts (default 200; 64 with --behaviour)")
+    ev.add_argument("--behaviour", action="store_true",
+                    help="the curves the course shows: adherence at guidance 0-20 (named and plain prompts), "
+                         "over-guidance, how far two seeds are apart, and each step count's distance to 50 steps")
     ev.add_argument("--guidance", type=float, nargs="+", default=[1, 3, 5, 7.5, 10, 15, 20])
     ev.add_argument("--steps", type=int, nargs="+", default=[20])
     ev.add_argument("--scheduler", default=None)
@@ -415,8 +444,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the device's FLOP/s limit, to print the achieved fraction (e.g. 3.3e11)")
     bench.set_defaults(func=_bench)
 
-    for name in ("models", "schedulers"):
-        sub.add_parser(name, help=f"list the {name}").set_defaults(func=_list)
+    sub.add_parser("models", help="list the models").set_defaults(func=_list)
+    listed = sub.add_parser("schedulers", help="list the schedulers that can run a model at 1 to 50 steps")
+    listed.add_argument("--model", default=None, help="the model (default: sdlab-tiny)")
+    listed.add_argument("--all", action="store_true", help="every scheduler name, whatever the model")
+    listed.set_defaults(func=_list)
     return parser
 
 

@@ -7,7 +7,9 @@ says so before any work.
 """
 from __future__ import annotations
 
+import functools
 import inspect
+import json
 from contextlib import contextmanager
 
 from diffusers import (
@@ -106,6 +108,11 @@ def steps_problem(scheduler, num_inference_steps: int, from_noise: bool = True) 
     one. Image to image starts partway with its place given, so only runs `from_noise` meet that.
     """
     probe = type(scheduler).from_config(scheduler.config)  # set_timesteps changes a scheduler's state
+    return _layout_problem(probe, num_inference_steps, from_noise)
+
+
+def _layout_problem(probe, num_inference_steps: int, from_noise: bool) -> str | None:
+    """`steps_problem` on a scheduler whose state may change (its timesteps are laid out anew)."""
     try:
         probe.set_timesteps(num_inference_steps)
     except (ValueError, IndexError, RuntimeError):
@@ -116,6 +123,30 @@ def steps_problem(scheduler, num_inference_steps: int, from_noise: bool = True) 
         return (f"its first {repeats} timesteps are all {int(first)}, and diffusers cannot start from a "
                 f"repeated timestep")
     return None
+
+
+#: The step counts every scheduler offered for a model must run (the course's sweeps use 1 to 50).
+OFFERED_STEPS = range(1, 51)
+
+
+def schedulers_for(config) -> list[str]:
+    """The display names that can run a model's noise schedule (`config`, its scheduler's config) at
+    every step count in `OFFERED_STEPS`: what `sdlab schedulers --model`, the UI and the widget offer.
+
+    Karras sigmas on a cosine schedule, for example, cannot start from noise at 4 steps or more.
+    """
+    return list(_runnable(json.dumps(dict(config), sort_keys=True, default=str)))
+
+
+@functools.lru_cache(maxsize=32)
+def _runnable(config_json: str) -> tuple[str, ...]:
+    config = json.loads(config_json)
+    names = []
+    for name in SCHEDULERS:
+        probe = make_scheduler(name, config)
+        if all(_layout_problem(probe, n, from_noise=True) is None for n in OFFERED_STEPS):
+            names.append(name)
+    return tuple(names)
 
 
 def check_scheduler_steps(scheduler, num_inference_steps: int, from_noise: bool = True,

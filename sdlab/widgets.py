@@ -9,11 +9,11 @@ from __future__ import annotations
 import html
 import io
 
-from .errors import SdlabInputError
+from .errors import SdlabInputError, check
 from .generation import MAX_GUIDANCE, MAX_STEPS, check_generate_inputs, generate, model_defaults
 from .grids import enlarge
 from .presets import find_preset
-from .schedulers import resolve_scheduler_name, scheduler_name, scheduler_names
+from .schedulers import resolve_scheduler_name, scheduler_name, schedulers_for
 from .seeds import MAX_SEED, check_seed, default_size, random_seed
 
 ALL_CONTROLS = ("prompt", "negative_prompt", "seed", "num_inference_steps", "guidance_scale", "scheduler")
@@ -71,9 +71,12 @@ class GenerationControls:
     def _scheduler_menu(self, w, scheduler: str | None, style):
         """The scheduler names; an unknown `scheduler` is an error. A pipeline whose own scheduler has
         no name here shows it as the first choice, which keeps it (generate()'s scheduler=None)."""
-        options = [(name, name) for name in scheduler_names()]
+        offered = schedulers_for(self.pipe.scheduler.config)  # those that run this model at every step count
+        options = [(name, name) for name in offered]
         own = scheduler_name(self.pipe.scheduler)
-        value = resolve_scheduler_name(scheduler) if scheduler is not None else own if own in scheduler_names() else None
+        value = resolve_scheduler_name(scheduler) if scheduler is not None else own if own in offered else None
+        check(value is None or value in offered, f"scheduler {value!r} cannot run this model at every step count "
+                                                 f"from 1 to 50; choose one of {offered}")
         if value is None:
             options.insert(0, (f"{own} (the model's own)", None))
         return w.Dropdown(options=options, value=value, description="scheduler", style=style)

@@ -6,11 +6,12 @@ import torch
 from diffusers import DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, LMSDiscreteScheduler
 from PIL import Image
 
+from sdlab.cli import main
 from sdlab.errors import SdlabInputError
 from sdlab.generation import generate
 from sdlab.pipelines import load_pipeline
-from sdlab.schedulers import (make_scheduler, resolve_scheduler_name, scheduler_name, scheduler_names,
-                              steps_problem, using_scheduler)
+from sdlab.schedulers import (OFFERED_STEPS, make_scheduler, resolve_scheduler_name, scheduler_name,
+                              scheduler_names, schedulers_for, steps_problem, using_scheduler)
 from sdlab.sweeps import guidance_sweep
 
 REQUIRED = ["PNDM", "LMS", "DDIM", "Euler", "Euler a", "DPM++ 2M", "DPM++ 2M Karras", "UniPC"]
@@ -116,3 +117,35 @@ def test_what_the_steps_check_lets_through_runs(tiny_model):
     again = generate(tiny_model, "a red circle", seed=1, num_inference_steps=4, scheduler="DPM++ 2M Karras",
                      image=start, strength=1.0)[0]
     assert again.params.scheduler == "DPM++ 2M Karras" and again.image.size == (64, 64)
+
+
+@pytest.mark.parametrize("which", ["shipped", "v4"])
+def test_the_schedulers_offered_for_a_model_run_it_at_every_step_count(tiny_model, which):
+    from sdlab.tiny.model import build_scheduler
+
+    config = tiny_model.scheduler.config if which == "shipped" else build_scheduler().config
+    offered = schedulers_for(config)
+    for name in scheduler_names():
+        runs = all(_runs_from_noise(make_scheduler(name, config), steps) for steps in OFFERED_STEPS)
+        assert (name in offered) == runs, (name, which)
+    assert "DPM++ 2M Karras" not in offered  # Karras sigmas cannot start a cosine schedule from noise
+    if which == "v4":  # SD 1.5's PNDM config (skip_prk_steps) runs 1 to 3 steps too
+        assert "PNDM" in offered
+
+
+def test_sdlab_schedulers_for_a_model_names_what_it_leaves_out(capsys):
+    assert main(["schedulers", "--model", "sdlab-tiny"]) == 0
+    out, err = capsys.readouterr()
+    assert "DPM++ 2M Karras" not in out and "DDIM" in out
+    assert "not offered for sdlab-tiny" in err and "DPM++ 2M Karras" in err
+    assert main(["schedulers"]) == 0 and "DPM++ 2M Karras" not in capsys.readouterr().out  # the default model
+    assert main(["schedulers", "--all"]) == 0 and "DPM++ 2M Karras" in capsys.readouterr().out
+
+
+def test_the_widget_offers_only_what_runs_and_refuses_the_rest(tiny_model):
+    from sdlab.widgets import GenerationControls
+
+    menu = GenerationControls(tiny_model).widgets["scheduler"]
+    assert [value for _, value in menu.options if value] == schedulers_for(tiny_model.scheduler.config)
+    with pytest.raises(SdlabInputError, match="cannot run this model at every step count"):
+        GenerationControls(tiny_model, scheduler="DPM++ 2M Karras")

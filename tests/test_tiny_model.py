@@ -87,3 +87,23 @@ def test_eval_tiny_checks_every_value_before_the_first_evaluation(capsys):
     assert main(["eval-tiny", "--model", "tiny-random", "-n", "1", "--guidance", "7.5", "100", "--steps", "1"]) == 2
     out, err = capsys.readouterr()
     assert "guidance_scale must be between 0 and 50, got 100.0" in err and "guidance" not in out  # none ran
+
+
+def test_behaviour_measures_the_curves_the_course_shows(tiny_model, monkeypatch, capsys):
+    from sdlab.cli import main
+    from sdlab.tiny import evaluate
+    from sdlab.tiny.world import held_out_scenes
+
+    scenes = held_out_scenes(4)
+    found = evaluate.measure_behaviour(tiny_model, scenes, guidance_scales=(0, 1, 7.5), step_counts=(1, 20))
+    assert set(found.guidance) == set(found.plain) == {0, 1, 7.5} and set(found.steps) == {1, 20}
+    # guidance 0 is the empty prompt's prediction: it follows no prompt; the prompt's own does
+    assert found.guidance[0]["all"] < found.guidance[7.5]["all"]
+    assert found.steps[1] > found.steps[20] and found.seeds_apart >= 0
+    # the CLI on fewer points (the full curves take minutes)
+    monkeypatch.setattr(evaluate.measure_behaviour, "__kwdefaults__",
+                        evaluate.measure_behaviour.__kwdefaults__ | {"guidance_scales": (1, 7.5, 20),
+                                                                      "step_counts": (1, 20)})
+    assert main(["eval-tiny", "--behaviour", "-n", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1].startswith("summary: all attributes") and "steps" in lines[-1]

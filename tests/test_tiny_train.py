@@ -156,3 +156,33 @@ def test_compiled_training_trains_the_plain_modules_and_resumes_without_compilin
     resumed = Trainer(config)
     resumed.run()
     assert resumed.unet_step == 3
+
+
+def test_vae_finetune_trains_the_given_vae_on_this_world_first_and_resumes_with_its_own(tmp_path):
+    shipped = AutoencoderKL.from_pretrained(MODEL, subfolder="vae").state_dict()
+    kernel = StableDiffusionPipeline.from_pretrained(MODEL).unet.config.conv_in_kernel
+    config = TrainConfig(out_dir=str(tmp_path), init_from=str(MODEL), vae_finetune_steps=2, batch_size=2,
+                         unet_steps=1, model=TinyConfig(unet_conv_in_kernel=kernel))
+    trainer = Trainer(config)
+    assert (trainer.vae_step, config.vae_steps) == (0, 2)  # phase 1 is the fine-tune, from the folder's VAE
+    trainer.run()
+    assert (trainer.vae_step, trainer.unet_step) == (2, 1)
+    tuned = trainer.acc.unwrap_model(trainer.vae).state_dict()
+    assert not all(torch.equal(tuned[k], v) for k, v in shipped.items())
+    log = _log(tmp_path)
+    assert [e["phase"] for e in log].count("vae_eval") == 1 and "error" in log[0]  # measured on this world
+    resumed = Trainer(config)  # the checkpoint's VAE, not the folder's again
+    assert resumed.vae_step == 2
+    assert all(torch.equal(resumed.acc.unwrap_model(resumed.vae).state_dict()[k], v) for k, v in tuned.items())
+
+
+def test_v4_trains_on_web_captions_and_looks_and_the_plain_world_stays_available():
+    web, plain = _Batches(TrainConfig(batch_size=16), "unet")[3], _Batches(TrainConfig(batch_size=16, web_world=False),
+                                                                           "unet")[3]
+    assert not torch.equal(web[0], plain[0]) and not torch.equal(web[1], plain[1])
+
+
+def test_plain_world_option_reaches_the_trainer(tmp_path):
+    main(["train-tiny", "--out", str(tmp_path), "--vae-from", str(MODEL), "--batch-size", "1", "--unet-steps", "1",
+          "--plain-world"])
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["config"]["web_world"] is False

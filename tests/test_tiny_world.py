@@ -7,6 +7,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from sdlab.tiny import captions, checker, world
+from sdlab.tiny.captions import parse_prompt
 from sdlab.tiny.world import ATTRIBUTES, Scene
 
 
@@ -216,3 +217,64 @@ def test_score_averages_only_named_attributes():
     result = checker.score([good.render(), good.render()], [{"shape": "square"}, good])
     assert result["shape"] == 1.0 and result["colour"] == 1.0 and result["all"] == 1.0
     assert set(result) == {*ATTRIBUTES, "all"}
+
+
+# --------------------------------------------------------------------------
+# v4's world: an unnamed look per image and web-like captions
+# --------------------------------------------------------------------------
+
+def test_checker_reads_renders_with_their_unnamed_look():
+    rng = np.random.default_rng(0)
+    examples = captions.make_examples(1000, seed=13, web=True)
+    clean = checker.score([img for img, _, _ in examples], [s for _, _, s in examples])
+    degraded = checker.score([_degrade(img, rng) for img, _, _ in examples], [s for _, _, s in examples])
+    print("checker accuracy, renders with a look:", clean, "blurred + noisy:", degraded)
+    for name in (*ATTRIBUTES, "all"):
+        assert clean[name] >= 0.99 and degraded[name] >= 0.95, (name, clean, degraded)
+
+
+def test_a_look_is_variation_that_no_caption_names():
+    rng = random.Random(0)
+    scenes = world.held_out_scenes(60)
+    assert np.array_equal(world.render_array(scenes[0], look=world.Look()), world.render_array(scenes[0]))
+    apart = []
+    for scene in scenes:
+        a, b = (world.render_array(scene, look=world.sample_look(scene, rng)) for _ in range(2))
+        apart.append(np.abs(a.astype(float) - b).mean())
+        assert checker.read_scene(a).as_dict() == checker.read_scene(b).as_dict() == scene.as_dict()
+    assert np.mean(apart) >= 15, np.mean(apart)  # two seeds of a fully named prompt have this much to differ in
+
+
+def test_an_object_mask_follows_its_look():
+    scene = Scene("square", "red", "white", "top left", "large")
+    look = world.sample_look(scene, random.Random(3))
+    moved = world.object_mask(scene, look=look)
+    pixels = world.render_array(scene, look=look).astype(float)
+    reddish = np.linalg.norm(pixels - world.COLOURS["red"], axis=-1) < 60
+    assert (moved == reddish).mean() > 0.99 and not np.array_equal(moved, world.object_mask(scene))
+
+
+def test_web_captions_go_wrong_in_the_documented_shares():
+    rng = random.Random(0)
+    kinds = {"right": [], **{name: [] for name in captions.CAPTION_NOISE}}
+    for _ in range(6000):
+        scene = world.sample_scene(rng)
+        text, kind = captions.web_caption_with_kind(scene, rng)
+        named = parse_prompt(text)
+        kinds[kind].append(all(scene.as_dict()[a] == v for a, v in named.items()))
+    for name, share in captions.CAPTION_NOISE.items():
+        assert abs(len(kinds[name]) / 6000 - share) < 0.02, (name, len(kinds[name]))
+    assert all(kinds["right"]) and all(kinds["web_words"])  # noise words never name a wrong attribute
+    assert np.mean(kinds["unrelated"]) < 0.2  # another image's caption rarely happens to fit
+    assert np.mean(kinds["wrong_word"]) < 0.15  # the swapped word is named, and so wrong, in most of them
+
+
+def test_web_examples_are_deterministic_and_differ_from_plain_ones():
+    a, b = captions.make_examples(8, seed=4, web=True), captions.make_examples(8, seed=4, web=True)
+    assert [t for _, t, _ in a] == [t for _, t, _ in b]
+    assert all(np.array_equal(np.asarray(x), np.asarray(y)) for (x, _, _), (y, _, _) in zip(a, b))
+    images, texts, scenes, masks = captions.batch_tensors(8, seed=4, web=True, masks=True)
+    assert texts == [t for _, t, _ in a] and masks.shape == (8, 64, 64)
+    assert np.array_equal(((images[0].permute(1, 2, 0) + 1) * 127.5).round().byte().numpy(), np.asarray(a[0][0]))
+    plain = captions.make_examples(8, seed=4)
+    assert not np.array_equal(np.asarray(plain[0][0]), np.asarray(a[0][0]))

@@ -29,7 +29,7 @@ from ..errors import SdlabInputError, check
 from ..generation import MAX_SIZE, GenerationParams
 from ..metadata import format_parameters
 from ..presets import PRESETS
-from ..schedulers import ALIASES, scheduler_name, scheduler_names
+from ..schedulers import ALIASES, scheduler_name, scheduler_names, schedulers_for
 from .feedback import BODIES
 from ..metadata import png_bytes
 from .studio import BusyError, Studio
@@ -196,8 +196,9 @@ def add_api(app: FastAPI, studio: Studio) -> FastAPI:
 
     @app.get("/schedulers", tags=["about"])
     async def schedulers() -> dict[str, Any]:
-        """Scheduler names for the `scheduler` field, the other names accepted, and the default."""
-        return {"schedulers": scheduler_names(), "aliases": ALIASES,
+        """Scheduler names for the `scheduler` field (those that run the loaded model at 1 to 50 steps),
+        every name sdlab knows, the other names accepted, and the default."""
+        return {"schedulers": schedulers_for(studio.pipe.scheduler.config), "all": scheduler_names(), "aliases": ALIASES,
                 "default": scheduler_name(studio.pipe.scheduler)}
 
     @app.get("/health", tags=["about"])

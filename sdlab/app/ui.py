@@ -17,7 +17,7 @@ from PIL import Image, ImageChops
 from ..errors import SdlabInputError, check
 from ..generation import MAX_STEPS, Generation, GenerationParams, model_defaults
 from ..metadata import format_parameters
-from ..schedulers import scheduler_name, scheduler_names
+from ..schedulers import scheduler_name, schedulers_for
 from ..seeds import default_size, random_seed
 from .studio import BusyError, Studio, with_parameters
 
@@ -199,7 +199,7 @@ def build_ui(studio: Studio, face_restorer=None) -> gr.Blocks:
                                                 label="…or upload a mask (white = repaint)")
                                 inpaint_strength = gr.Slider(0.05, 1, 1.0, step=0.05, label="Strength")
                                 go_inpaint = gr.Button("Inpaint", variant="primary")
-                        scheduler = gr.Dropdown(scheduler_names(), value=scheduler_name(studio.pipe.scheduler),
+                        scheduler = gr.Dropdown(schedulers_for(studio.pipe.scheduler.config), value=scheduler_name(studio.pipe.scheduler),
                                                 label="Scheduler (sampler)")
                         num_inference_steps = gr.Slider(1, MAX_STEPS, steps, step=1, label="Steps")
                         guidance_scale = gr.Slider(0, MAX_UI_GUIDANCE, guidance, step=0.5, label="Guidance scale (CFG)")

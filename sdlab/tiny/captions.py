@@ -7,7 +7,12 @@ sentence. `canonical_prompt` is the one fixed phrasing used for evaluation, and
 :mod:`sdlab.tiny.checker` can grade an image against the prompt that made it.
 
 The captioned examples that train sdlab-tiny are made here too: the same seed always
-gives the same scenes, captions and pixels.
+gives the same scenes, captions and pixels. With `web=True` (how v4 is trained) they are
+like the web's image alt-texts that Stable Diffusion learned from: a share of the captions
+describe another image, name one thing wrong, or carry words that name nothing in the image
+(`CAPTION_NOISE`), and every image has a random `Look` that no caption names. A model trained
+so follows its prompt only loosely without classifier-free guidance, and draws a different
+image for every seed, as Stable Diffusion does.
 """
 
 from __future__ import annotations
@@ -17,7 +22,18 @@ import re
 
 from PIL import Image
 
-from .world import ATTRIBUTES, COLOUR_NAMES, DEFAULT_SIZE, Scene, render_batch, sample_scene
+from .world import (
+    ATTRIBUTES,
+    COLOUR_NAMES,
+    DEFAULT_SIZE,
+    POSITIONS,
+    SHAPES,
+    Scene,
+    object_mask,
+    render_batch,
+    sample_look,
+    sample_scene,
+)
 
 # --------------------------------------------------------------------------
 # Captions
@@ -192,6 +208,58 @@ _TEMPLATES = [
 
 
 # --------------------------------------------------------------------------
+# Web-like captions
+# --------------------------------------------------------------------------
+
+#: How training captions go wrong with `web=True`, as a share of all captions (exclusive, drawn in
+#: this order). Unrelated captions make the model's prompt-conditioned prediction weak, so that
+#: guidance is what makes it follow the prompt; wrong words teach it that a word is a hint, not a
+#: law; web words teach it to ignore what names nothing.
+CAPTION_NOISE = {
+    "unrelated": 0.35,  # the caption of another image of the world
+    "wrong_word": 0.10,  # one attribute swapped for another value before captioning (colour, shape or place)
+    "web_words": 0.25,  # a right caption among words that name nothing in the image
+}
+WEB_PREFIXES = ("stock photo of", "clipart:", "free download", "icon of", "vector illustration,", "img_2041",
+                "wallpaper:", "my drawing of", "photo", "new!")
+WEB_SUFFIXES = ("4k wallpaper", "| shutterstock", "hd", "png", "#art", "trending", "free vector",
+                "high quality", "- image 3 of 12", "minimalist")
+#: Which attribute a wrong word changes (the share of wrong-word captions).
+WRONG_WORD_ATTRIBUTE = {"colour": 0.6, "shape": 0.2, "position": 0.2}
+
+
+def web_caption(scene: Scene, rng: random.Random, split: str = "train") -> str:
+    """A caption as a web page might give `scene`: right, or noisy as `CAPTION_NOISE` says."""
+    return web_caption_with_kind(scene, rng, split)[0]
+
+
+def web_caption_with_kind(scene: Scene, rng: random.Random, split: str = "train") -> tuple[str, str]:
+    """A web-like caption and its kind: "right", or one of `CAPTION_NOISE`'s names."""
+    draw = rng.random()
+    unrelated, wrong = CAPTION_NOISE["unrelated"], CAPTION_NOISE["unrelated"] + CAPTION_NOISE["wrong_word"]
+    if draw < unrelated:
+        return caption(sample_scene(rng, split), rng), "unrelated"
+    if draw < wrong:
+        return caption(_with_wrong_word(scene, rng), rng), "wrong_word"
+    text = caption(scene, rng)
+    if draw >= wrong + CAPTION_NOISE["web_words"]:
+        return text, "right"
+    before, after = rng.random() < 0.6, rng.random() < 0.6
+    words = [rng.choice(WEB_PREFIXES)] * before + [text] + [rng.choice(WEB_SUFFIXES)] * (after or not before)
+    return " ".join(words), "web_words"
+
+
+def _with_wrong_word(scene: Scene, rng: random.Random) -> Scene:
+    """`scene` with one attribute changed to another value (a colour never equal to the background)."""
+    name = rng.choices(list(WRONG_WORD_ATTRIBUTE), weights=list(WRONG_WORD_ATTRIBUTE.values()))[0]
+    if name == "colour":
+        value = rng.choice([c for c in COLOUR_NAMES if c not in (scene.colour, scene.background)])
+    else:
+        value = rng.choice([v for v in (SHAPES if name == "shape" else POSITIONS) if v != getattr(scene, name)])
+    return Scene(**(scene.as_dict() | {name: value}))
+
+
+# --------------------------------------------------------------------------
 # Parsing free-text prompts
 # --------------------------------------------------------------------------
 
@@ -258,35 +326,59 @@ def _names_background(text: str, match: re.Match) -> bool:
 # Datasets
 # --------------------------------------------------------------------------
 
-def sample_captioned(n: int, seed: int, split: str = "train") -> list[tuple[str, Scene]]:
-    """`n` (caption, scene) pairs; the same seed always gives the same list."""
+def sample_captioned(n: int, seed: int, split: str = "train", web: bool = False) -> list[tuple[str, Scene]]:
+    """`n` (caption, scene) pairs; the same seed always gives the same list.
+
+    `web`: captions with web-like noise (`web_caption`) instead of always-right ones.
+    """
+    return [(text, scene) for text, scene, _ in _sample(n, seed, split, web)]
+
+
+def _sample(n: int, seed: int, split: str, web: bool) -> list[tuple[str, Scene, object]]:
+    """(caption, scene, look) triples; the look is None for plain renders (`web=False`)."""
     rng = random.Random(seed)
-    pairs = []
+    triples = []
     for _ in range(n):
         scene = sample_scene(rng, split)
-        pairs.append((caption(scene, rng), scene))
-    return pairs
+        if web:
+            triples.append((web_caption(scene, rng, split), scene, sample_look(scene, rng)))
+        else:
+            triples.append((caption(scene, rng), scene, None))
+    return triples
+
+
+def _render(triples, size: int, web: bool):
+    return render_batch([scene for _, scene, _ in triples], size, [look for *_, look in triples] if web else None)
 
 
 def make_examples(
-    n: int, seed: int, size: int = DEFAULT_SIZE, split: str = "train"
+    n: int, seed: int, size: int = DEFAULT_SIZE, split: str = "train", web: bool = False
 ) -> list[tuple[Image.Image, str, Scene]]:
-    """`n` (image, caption, scene) triples, identical for identical seeds."""
-    pairs = sample_captioned(n, seed, split)
-    pixels = render_batch([scene for _, scene in pairs], size)
-    return [(Image.fromarray(img), text, scene) for img, (text, scene) in zip(pixels, pairs)]
+    """`n` (image, caption, scene) triples, identical for identical seeds.
+
+    `web`: noisy captions and images with a random unnamed `Look` (how v4 is trained).
+    """
+    triples = _sample(n, seed, split, web)
+    pixels = _render(triples, size, web)
+    return [(Image.fromarray(img), text, scene) for img, (text, scene, _) in zip(pixels, triples)]
 
 
-def batch_tensors(n: int, seed: int, size: int = DEFAULT_SIZE, split: str = "train"):
-    """Fast training batch: (N x 3 x H x W float tensor in [-1, 1], captions, scenes).
+def batch_tensors(n: int, seed: int, size: int = DEFAULT_SIZE, split: str = "train", web: bool = False,
+                  masks: bool = False):
+    """Fast training batch: (N x 3 x H x W float tensor in [-1, 1], captions, scenes), and with
+    `masks` also the N x H x W boolean object masks (as drawn, look included).
 
     Gives exactly the same scenes, captions and pixels as `make_examples`
     with the same arguments.
     """
     import torch  # imported here so the world itself works without torch
 
-    pairs = sample_captioned(n, seed, split)
-    scenes = [scene for _, scene in pairs]
-    pixels = torch.from_numpy(render_batch(scenes, size)).permute(0, 3, 1, 2)
+    triples = _sample(n, seed, split, web)
+    scenes = [scene for _, scene, _ in triples]
+    pixels = torch.from_numpy(_render(triples, size, web)).permute(0, 3, 1, 2)
     images = pixels.float().div(127.5).sub(1.0).contiguous()
-    return images, [text for text, _ in pairs], scenes
+    captions = [text for text, _, _ in triples]
+    if masks:
+        found = [torch.from_numpy(object_mask(scene, size, look)) for _, scene, look in triples]
+        return images, captions, scenes, torch.stack(found)
+    return images, captions, scenes

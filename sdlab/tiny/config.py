@@ -58,14 +58,20 @@ class TrainConfig:
     data_workers: int = 0  # processes rendering batches ahead (0: render in the training process)
     compile: bool = False  # torch.compile the UNet and text encoder's training passes (fewer, fused kernels)
     vae_from: str | None = None  # a diffusers folder whose trained VAE to keep (skips phase 1)
+    #: with vae_from or init_from: train that VAE this many steps on this world first (0: keep it as it is);
+    #: v4's world has shading and texture that v3's VAE, trained on flat colours, blurs
+    vae_finetune_steps: int = 0
     init_from: str | None = None  # a diffusers folder to start all three models from (a fine-tune)
+    #: v4's world: web-like caption noise and an unnamed look per image (`sdlab.tiny.captions`);
+    #: False trains on v3's always-right captions and flat renders
+    web_world: bool = True
     seed: int = 0
     mixed_precision: str = "bf16"  # "no" for full float32
     model: TinyConfig = field(default_factory=TinyConfig)
 
     def checked(self) -> "TrainConfig":
         """This config, after checking every value (a SdlabInputError names the wrong one)."""
-        for name in ("vae_steps", "unet_steps", "warmup_steps", "data_workers"):
+        for name in ("vae_steps", "unet_steps", "warmup_steps", "data_workers", "vae_finetune_steps"):
             value = getattr(self, name)
             check(isinstance(value, int) and value >= 0, f"{name} must be a whole number, 0 or more, got {value!r}")
         for name in ("batch_size", "checkpoint_every", "eval_every"):

@@ -3,9 +3,10 @@ AutoencoderKL, a diffusers scheduler), scaled down for 64×64 images and a 2-cor
 
 Differences from SD 1.5, each for a reason:
 * the VAE shrinks 4× (not 8×): 64 px images → 4×16×16 latents, enough room for small shapes;
-* a cosine noise schedule whose last step is (almost) pure noise, with v-prediction and
-  "trailing" timesteps, so sampling starts from noise the model has really seen — the image's
-  colours and layout then come from the prompt, not from leftovers in the noise;
+* a cosine noise schedule whose last step is (almost) pure noise, with v-prediction, so the
+  model has really seen pure noise — the image's colours and layout then come from the prompt,
+  not from leftovers in the noise; it samples with SD 1.5's "leading" timestep spacing, so that
+  few steps look unfinished as they do on SD 1.5;
 * `train-tiny` makes the UNet's first convolution 17x17 (v1 and v2 have SD's 3x3), wider than
   the 16x16 latents: convolutions do not know where they are, and its zero padding is what
   tells each cell its place (with 3x3, the words "top left" had no effect; see the model card);
@@ -24,9 +25,15 @@ from ..tokenizer import VOCAB_SIZE
 from .config import TinyConfig
 
 
+#: The noise schedule sdlab-tiny is trained with (cosine, v-prediction), and how its default DDIM
+#: sampler spaces its steps: SD 1.5's "leading" spacing with steps_offset 1. With it a 1-step image is
+#: the starting noise barely touched and a few steps leave noise in the image, as on SD 1.5, so the
+#: course's steps sweep shows noise -> image; "trailing" (v1-v3) finished an image in 2 steps
+#: (the model card has both curves).
 SCHEDULER_CONFIG = dict(
     num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction",
-    timestep_spacing="trailing", clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+    timestep_spacing="leading", clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+    skip_prk_steps=True,  # as SD 1.5's: PNDM goes straight to its multistep part, so it runs 1 to 3 steps too
 )
 
 
@@ -62,7 +69,8 @@ def build_text_encoder(cfg: TinyConfig) -> CLIPTextModel:
 
 
 def build_scheduler() -> DDIMScheduler:
-    return DDIMScheduler(**SCHEDULER_CONFIG)
+    # from_config keeps PNDM's skip_prk_steps in the saved config, where every scheduler swapped in finds it
+    return DDIMScheduler.from_config(SCHEDULER_CONFIG)
 
 
 def count_parameters(module: torch.nn.Module) -> int:

@@ -24,7 +24,6 @@ from ..tokenizer import load_clip_tokenizer
 from .captions import batch_tensors
 from .config import TinyConfig, TrainConfig
 from .model import build_scheduler, build_text_encoder, build_unet, build_vae, widen_conv_in
-from .world import object_mask
 
 
 def _lr_at(step: int, total: int, peak: float, warmup: int) -> float:
@@ -69,9 +68,11 @@ class _Batches(torch.utils.data.Dataset):
     def __getitem__(self, step: int):
         cfg = self.cfg
         seed = (cfg.seed * 1_000_003 + step) * (2 if self.phase == "vae" else 3)
-        images, captions, scenes = batch_tensors(cfg.batch_size, seed=seed, size=cfg.model.image_size)
+        batch = batch_tensors(cfg.batch_size, seed=seed, size=cfg.model.image_size, web=cfg.web_world,
+                              masks=self.phase == "vae")
         if self.phase == "vae":
-            return images, torch.stack([torch.from_numpy(object_mask(s, cfg.model.image_size)) for s in scenes])
+            return batch[0], batch[3]  # images and their object masks
+        images, captions = batch[:2]
         if self.tokenizer is None:
             self.tokenizer = load_clip_tokenizer()
         return images, _token_ids(self.tokenizer, captions)
@@ -133,12 +134,15 @@ class Trainer:
                                           lr=config.unet_lr, weight_decay=0.01, fused=True)
         self.vae_step = 0
         self.unet_step = 0
-        if config.init_from and not self.checkpoint_path.exists():  # a resumed run has its own weights
+        if config.vae_finetune_steps and (config.init_from or config.vae_from):
+            config.vae_steps = config.vae_finetune_steps  # phase 1 fine-tunes the given VAE
+        fresh = not self.checkpoint_path.exists()  # a resumed run has its own weights
+        if config.init_from and fresh:
             self._start_from(config.init_from)
         self.unet_ema = _EMA(self.unet, config.ema_decay)
         self.text_ema = _EMA(self.text_encoder, config.ema_decay)
         self._load_checkpoint()
-        if config.vae_from and self.vae_step < config.vae_steps:
+        if config.vae_from and fresh:
             self._keep_trained_vae(config.vae_from)
         self.vae, self.unet, self.text_encoder, self.vae_opt, self.unet_opt = self.acc.prepare(
             self.vae, self.unet, self.text_encoder, self.vae_opt, self.unet_opt)
@@ -186,7 +190,7 @@ class Trainer:
                              f"{self.vae.config.block_out_channels}: give a folder made with the same TinyConfig")
         self.vae.load_state_dict(trained.state_dict())
         self.vae.register_to_config(scaling_factor=trained.config.scaling_factor)
-        self.vae_step = self.cfg.vae_steps
+        self.vae_step = 0 if self.cfg.vae_finetune_steps else self.cfg.vae_steps
 
     def _start_from(self, folder: str) -> None:
         """Fine-tune an exported pipeline: its VAE is kept, its UNet and text encoder train on (a
@@ -369,7 +373,8 @@ class Trainer:
         if self.vae_step >= self.cfg.vae_steps and self.unet_step == 0:
             from .evaluate import reconstruction_accuracy
 
-            self.log(phase="vae_eval", step=self.vae_step, **reconstruction_accuracy(self.acc.unwrap_model(self.vae)))
+            self.log(phase="vae_eval", step=self.vae_step, **reconstruction_accuracy(self.acc.unwrap_model(self.vae),
+                                                                              web=self.cfg.web_world))
         if self.vae_step >= self.cfg.vae_steps:
             self.train_unet(deadline, fit_to_deadline)
         self.save_checkpoint()
