@@ -1,12 +1,26 @@
 """sdlab: a Stable Diffusion course kit.
 
 The names below load lazily, so `import sdlab` stays fast; each lives in the module named
-after its notebook concept (`sdlab.seeds`, `sdlab.grids`, …).
+after its notebook concept. The module that serves each notebook:
+
+    00_setup              sdlab.device, sdlab.presets      (hardware, the model registry)
+    01_loading            sdlab.pipelines, sdlab.generation (load_pipeline, generate)
+    02_seeds_and_latents  sdlab.seeds, sdlab.metadata      (seeds, noise, variations, PNG parameters)
+    03_steps              sdlab.schedulers, sdlab.loop     (schedulers, the sampling loop by hand)
+    04_prompts            sdlab.tokenizer                  (tokens and the 77-token limit)
+    05_guidance           sdlab.sweeps, sdlab.loop         (batched sweeps, the guidance formula)
+    06_face_repair        sdlab.faces                      (detect, align, restore, paste back)
+    07_web_app            sdlab.app                        (Gradio UI and REST API)
+    08_feedback           sdlab.feedback, sdlab.finetune   (the store, fine-tuning on liked images)
+
+Every notebook also uses sdlab.grids (showing images), sdlab.widgets (sliders) and sdlab.checks
+(self-checks); sdlab.tiny is the offline model's world and checker.
 """
 from __future__ import annotations
 
 import importlib
 import os
+from typing import TYPE_CHECKING
 
 # Keep library chatter out of notebook outputs (set before transformers is imported).
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -26,6 +40,10 @@ _EXPORTS = {
     "make_generator": "seeds",
     "slerp": "seeds",
     "scheduler_names": "schedulers",
+    "schedulers_for": "schedulers",
+    "encode_prompts": "loop",
+    "denoise": "loop",
+    "decode": "loop",
     "set_scheduler": "schedulers",
     "image_grid": "grids",
     "labelled_grid": "grids",
@@ -44,6 +62,22 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # what editors and type checkers see; at run time the names load lazily below
+    from .device import pick_device
+    from .faces import detect_faces, load_restorer, restore_faces, restore_remote
+    from .feedback import FeedbackStore
+    from .finetune import start_finetune
+    from .generation import Generation, GenerationParams, generate
+    from .grids import image_grid, labelled_grid, show_images
+    from .loop import decode, denoise, encode_prompts
+    from .metadata import read_params, regenerate, save_png
+    from .pipelines import img2img_pipeline, inpaint_pipeline, load_pipeline
+    from .presets import default_model
+    from .schedulers import scheduler_names, schedulers_for, set_scheduler
+    from .seeds import make_generator, make_latents, slerp
+    from .speed import speed_up
+    from .tokenizer import load_clip_tokenizer
 
 
 def __getattr__(name: str):

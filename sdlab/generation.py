@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 
 from .errors import SdlabWarning, check, is_number, is_whole, suggest_multiple
-from .pipelines import img2img_pipeline, inpaint_pipeline, model_name
+from .pipelines import img2img_pipeline, inpaint_pipeline, model_name, txt2img_pipeline
 from .presets import find_preset
-from .schedulers import check_scheduler_steps, make_scheduler, resolve_scheduler_name, scheduler_name, using_scheduler
+from .schedulers import check_scheduler_steps, fresh_copy, make_scheduler, resolve_scheduler_name, scheduler_name
 from .seeds import are_consecutive, check_variation, default_size, make_generator, seeds_for, variation_latents
 
 MAX_IMAGES = 64  # per call; sweeps split bigger jobs
@@ -235,8 +235,9 @@ def generate(pipe, prompt: str | list[str], *, negative_prompt: str | list[str] 
                           height, width, strength, image, mask_image)
     negatives = negative_prompts(negative_prompt, prompts)
     check_noise_inputs(image, latents, variation_seed, variation_strength)
-    check_scheduler_steps(make_scheduler(scheduler, pipe.scheduler.config) if scheduler else pipe.scheduler,
-                          num_inference_steps, from_noise=image is None, max_steps=MAX_STEPS)
+    # this call's own scheduler (schedulers keep state): the caller's pipeline is left as it is
+    own_scheduler = make_scheduler(scheduler, pipe.scheduler.config) if scheduler else fresh_copy(pipe.scheduler)
+    check_scheduler_steps(own_scheduler, num_inference_steps, from_noise=image is None, max_steps=MAX_STEPS)
     for text in dict.fromkeys(prompts + negatives):
         warn_if_truncated(pipe.tokenizer, text)
 
@@ -253,7 +254,8 @@ def generate(pipe, prompt: str | list[str], *, negative_prompt: str | list[str] 
 
     # 3. Run the pipeline once for the whole batch
     mode = "txt2img" if image is None else ("img2img" if mask_image is None else "inpaint")
-    runner = {"txt2img": lambda p: p, "img2img": img2img_pipeline, "inpaint": inpaint_pipeline}[mode](pipe)
+    runner = {"txt2img": txt2img_pipeline, "img2img": img2img_pipeline, "inpaint": inpaint_pipeline}[mode](
+        pipe, scheduler=own_scheduler)
     call = dict(prompt=all_prompts, negative_prompt=all_negatives,
                 num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                 generator=[make_generator(s) for s in seeds], output_type="pil")
@@ -264,11 +266,10 @@ def generate(pipe, prompt: str | list[str], *, negative_prompt: str | list[str] 
         call |= dict(image=image, strength=strength)
         if mode == "inpaint":
             call |= dict(mask_image=mask_image.resize((width, height), Image.NEAREST), height=height, width=width)
-    with using_scheduler(runner, scheduler):
-        used_scheduler = scheduler_name(runner.scheduler)
-        start = time.perf_counter()
-        output = runner(**call)
-        seconds = time.perf_counter() - start
+    used_scheduler = scheduler_name(own_scheduler)
+    start = time.perf_counter()
+    output = runner(**call)
+    seconds = time.perf_counter() - start
 
     # 4. Every image carries the parameters that made it
     base = GenerationParams(prompt="", seed=None, num_inference_steps=num_inference_steps,

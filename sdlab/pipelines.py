@@ -242,23 +242,32 @@ def model_name(pipe) -> str:
     return getattr(pipe, "sdlab_model_name", None) or getattr(pipe, "name_or_path", None) or "unknown"
 
 
-def img2img_pipeline(pipe):
-    """An image-to-image pipeline sharing `pipe`'s components (nothing is reloaded or copied)."""
+def txt2img_pipeline(pipe, scheduler=None):
+    """`pipe` itself, or with `scheduler`: a pipeline of its class sharing its other components."""
+    return pipe if scheduler is None else _variant(type(pipe), pipe, scheduler)
+
+
+def img2img_pipeline(pipe, scheduler=None):
+    """An image-to-image pipeline sharing `pipe`'s components (nothing is reloaded or copied), with
+    `scheduler` instead of `pipe`'s if given."""
     from diffusers import StableDiffusionImg2ImgPipeline
 
-    return _variant(StableDiffusionImg2ImgPipeline, pipe)
+    return _variant(StableDiffusionImg2ImgPipeline, pipe, scheduler)
 
 
-def inpaint_pipeline(pipe):
-    """An inpainting pipeline sharing `pipe`'s components (works with the plain 4-channel UNet)."""
+def inpaint_pipeline(pipe, scheduler=None):
+    """An inpainting pipeline sharing `pipe`'s components (works with the plain 4-channel UNet), with
+    `scheduler` instead of `pipe`'s if given."""
     from diffusers import StableDiffusionInpaintPipeline
 
-    return _variant(StableDiffusionInpaintPipeline, pipe)
+    return _variant(StableDiffusionInpaintPipeline, pipe, scheduler)
 
 
-def _variant(cls, pipe):
+def _variant(cls, pipe, scheduler=None):
     expected, _ = cls._get_signature_keys(cls)
     components = {k: v for k, v in pipe.components.items() if k in expected}
+    if scheduler is not None:
+        components["scheduler"] = scheduler
     variant = cls(**components, requires_safety_checker=pipe.safety_checker is not None)
     variant.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
     variant.sdlab_model_name = model_name(pipe)

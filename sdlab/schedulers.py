@@ -90,6 +90,11 @@ def _uses_karras(scheduler) -> bool:
     return accepts and bool(scheduler.config.get("use_karras_sigmas", False))
 
 
+def fresh_copy(scheduler):
+    """A new scheduler of the same kind and config, without the state `set_timesteps` leaves."""
+    return type(scheduler).from_config(scheduler.config)
+
+
 def scheduler_name(scheduler) -> str:
     """The display name of a scheduler instance (the inverse of `make_scheduler`)."""
     karras = _uses_karras(scheduler)
@@ -107,7 +112,7 @@ def steps_problem(scheduler, num_inference_steps: int, from_noise: bool = True) 
     timestep, while diffusers finds its place by the timestep and so cannot start from a repeated
     one. Image to image starts partway with its place given, so only runs `from_noise` meet that.
     """
-    probe = type(scheduler).from_config(scheduler.config)  # set_timesteps changes a scheduler's state
+    probe = fresh_copy(scheduler)  # set_timesteps changes a scheduler's state
     return _layout_problem(probe, num_inference_steps, from_noise)
 
 

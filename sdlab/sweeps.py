@@ -19,6 +19,7 @@ from .errors import check, is_whole
 from .generation import (MAX_IMAGES, MAX_STEPS, GeneratedImage, GenerationParams, check_generate_inputs, check_size,
                          generate, model_defaults)
 from .grids import labelled_grid
+from .loop import decode, denoise, encode_prompts
 from .pipelines import model_name
 from .schedulers import check_scheduler_steps, make_scheduler, resolve_scheduler_name, scheduler_name
 from .seeds import check_seed, default_size, make_latents
@@ -163,7 +164,7 @@ def guidance_sweep(pipe, prompt: str, guidance_values, seed: int = 0, *, negativ
     The prompt is encoded once; the batch holds the same starting noise N times; at each step
     the UNet runs once on all N (twice that with the unconditional half) and image k is pushed
     with guidance_values[k], or, at guidance 1 or less, by the prompt's prediction alone (diffusers
-    turns guidance off there). The images equal separate generate() calls up to float rounding.
+    turns guidance off there): `sdlab.loop`'s reference loop, with one guidance per image. The images equal separate generate() calls up to float rounding.
     Schedulers that draw fresh noise at every step (ancestral ones, "Euler a") would draw it
     differently in a batch, so for those this falls back to one call per value.
     max_batch: at most this many images per loop (default: `images_per_call`); more values are
@@ -198,22 +199,14 @@ def guidance_sweep(pipe, prompt: str, guidance_values, seed: int = 0, *, negativ
     # 2. Encode the prompt once; repeat the same noise for every guidance value
     start = time.perf_counter()
     device, n = pipe._execution_device, len(values)
-    cond, uncond = pipe.encode_prompt(prompt, device, 1, True, negative_prompt or None)
-    embeds = torch.cat([uncond.expand(n, -1, -1), cond.expand(n, -1, -1)])
-    scale = torch.tensor(values, device=device, dtype=cond.dtype).view(n, 1, 1, 1)
-    sched.set_timesteps(steps, device=device)
-    latents = make_latents(pipe, seed, height, width).to(device, cond.dtype).repeat(n, 1, 1, 1)
-    latents = latents * sched.init_noise_sigma
+    cond, uncond = encode_prompts(pipe.tokenizer, pipe.text_encoder, [prompt], [negative_prompt], device)
+    noise = make_latents(pipe, seed, height, width).to(device, cond.dtype).repeat(n, 1, 1, 1)
     # 3. One denoising loop for the whole batch, each image with its own guidance
+    latents = denoise(pipe.unet, sched, noise, cond.expand(n, -1, -1), uncond.expand(n, -1, -1),
+                      num_inference_steps=steps, guidance_scale=values)
     with torch.no_grad():
-        for t in pipe.progress_bar(sched.timesteps):
-            model_input = sched.scale_model_input(torch.cat([latents] * 2), t)
-            noise_uncond, noise_text = pipe.unet(model_input, t, encoder_hidden_states=embeds).sample.chunk(2)
-            guided = torch.where(scale > 1, noise_uncond + scale * (noise_text - noise_uncond), noise_text)
-            latents = sched.step(guided, t, latents).prev_sample
-        decoded = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
         # the same safety check the pipeline itself runs (a no-op for models without one)
-        decoded, nsfw = pipe.run_safety_checker(decoded, device, cond.dtype)
+        decoded, nsfw = pipe.run_safety_checker(decode(pipe.vae, latents), device, cond.dtype)
     keep = [True] * n if nsfw is None else [not flagged for flagged in nsfw]
     images = pipe.image_processor.postprocess(decoded, output_type="pil", do_denormalize=keep)
     seconds = time.perf_counter() - start
