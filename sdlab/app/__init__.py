@@ -4,62 +4,21 @@
     sdlab serve --model sdlab-tiny      # in a terminal: http://127.0.0.1:7860/ and /docs
     app = sdlab.app.create_app(pipe)    # the FastAPI app itself (tests, or your own uvicorn)
 
-What lives where: `studio` (the shared pipeline, taken in turns), `api` (the REST endpoints),
+What lives where: `factory` (`create_app`: all of it on one FastAPI app), `studio` (the shared
+pipeline, taken in turns), `api` (the REST endpoints),
 `ui` (the Gradio Blocks), `server` (running it, opening a share link), `feedback` (notebook 08:
 ratings, the gallery and fine-tuning, when the app has a feedback store), `face_repair`.
 """
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 # No telemetry or version checks: the app runs offline, in classrooms (set before gradio loads).
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-import gradio as gr  # noqa: E402
-from fastapi import FastAPI  # noqa: E402
-
-from .. import __version__  # noqa: E402
-from ..feedback import FeedbackStore  # noqa: E402
-from .api import add_api  # noqa: E402
-from .feedback import add_feedback_api  # noqa: E402
-from .face_repair import find_restorer  # noqa: E402
+from .factory import create_app  # noqa: E402
 from .server import Server, launch, serve  # noqa: E402
 from .studio import Studio  # noqa: E402
-from .ui import build_ui  # noqa: E402
 
 __all__ = ["create_app", "launch", "serve", "Server", "Studio"]
-
-
-def create_app(pipe, *, max_queue: int = 16, face_restorer="auto", feedback_dir: str | Path | None = None,
-               models_dir: str | Path | None = None) -> FastAPI:
-    """The FastAPI app: REST endpoints (docs at /docs) and the Gradio UI mounted at /.
-
-    max_queue: how many requests may be in line for the pipeline (the running one included);
-    more get HTTP 503 (REST) or "queue full" (UI).
-    face_restorer: a function (image, upscale=, weight=) -> image for the UI's face repair panel
-    and the /restore_faces Gradio endpoint; "auto": `sdlab.faces` if it is installed (see
-    `sdlab.app.face_repair.FacesRestorer`); None: no face repair.
-    feedback_dir: a folder for a `sdlab.feedback.FeedbackStore` (made if missing): every image made is
-    kept there and comes back with its image_id, and /feedback, /gallery and /finetune are served
-    (see `sdlab.app.feedback`). None: no store, no image ids.
-    models_dir: where /finetune saves new model versions (None: the `models` folder in feedback_dir).
-    """
-    store = FeedbackStore(feedback_dir) if feedback_dir is not None else None
-    studio = Studio(pipe, max_queue=max_queue, store=store)
-    app = FastAPI(title="sdlab", version=__version__,
-                  description="Stable Diffusion over HTTP: text to image, image to image, inpainting. "
-                              "The web UI is at /; every image comes back as a PNG that keeps its parameters.")
-    app.state.studio = studio
-    add_api(app, studio)  # its routes come first, so the UI mounted at / does not hide them
-    if store is not None and models_dir is None:
-        models_dir = Path(feedback_dir) / "models"
-    add_feedback_api(app, studio, models_dir)
-    if face_restorer == "auto":
-        face_restorer = find_restorer()
-    app.state.ui = build_ui(studio, face_restorer)
-    gr.mount_gradio_app(app, app.state.ui, path="/", ssr_mode=False, show_error=True, mcp_server=False,
-                        run_history=False, footer_links=["api", "settings"])
-    app.state.gradio_app = app.routes[-1].app  # the mounted Gradio app (Server.close ends its streams)
-    return app

@@ -17,7 +17,7 @@ from PIL import Image
 
 from ..errors import check, warnings_of_this_thread
 from ..metadata import PARAMETERS_KEY
-from .ui import as_gradio_error
+from .studio import as_gradio_error
 
 Restorer = Callable[..., Image.Image]
 

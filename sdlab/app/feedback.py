@@ -27,8 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from ..errors import SdlabInputError, check
 from ..feedback import LIKED, MAX_COMMENT_CHARS, MAX_USER_CHARS, FeedbackStore, StoredImage, check_feedback
 from ..finetune import FinetuneConfig, FinetuneJob, start_finetune, stored_examples
-from .studio import Studio
-from .ui import as_gradio_error
+from .studio import Studio, as_gradio_error
 
 MAX_GALLERY = 200  # images per /gallery page
 MAX_UI_GALLERY = 60  # images the Gallery tab shows

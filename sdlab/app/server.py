@@ -18,6 +18,7 @@ from pathlib import Path
 import uvicorn
 
 from ..errors import SdlabInputError
+from .factory import create_app
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -180,8 +181,6 @@ def launch(pipe=None, *, host: str = "127.0.0.1", port: int = 0, share: bool = F
     notebook passes a folder of its own, e.g. "feedback").
     max_queue, face_restorer, models_dir: as for `create_app`.
     """
-    from . import create_app
-
     _check_port(port)  # before loading a model
     _network_warning(host)
     app = create_app(_pipeline(pipe), max_queue=max_queue, face_restorer=face_restorer, feedback_dir=feedback_dir,
@@ -205,8 +204,6 @@ def serve(model=None, host: str = "127.0.0.1", port: int = 7860, share: bool = F
     feedback_dir: the feedback store, kept from one run to the next: ./feedback (where `sdlab
     finetune` looks), its fine-tuned versions in ./feedback/models. None: no store.
     """
-    from . import create_app
-
     _check_port(port)  # before loading a model
     _network_warning(host)
     app = create_app(_pipeline(model), max_queue=max_queue, face_restorer=face_restorer, feedback_dir=feedback_dir,

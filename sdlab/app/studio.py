@@ -1,7 +1,7 @@
 """The one pipeline that the web UI and the REST API share, and the PNGs they hand out.
 
-A pipeline must not run two calls at once (`generate()` swaps its scheduler for the length
-of a call), and a GPU runs one batch at a time anyway. So every request takes its turn: one
+A GPU runs one batch at a time, and one call at a time keeps a request's time its own. So every
+request takes its turn: one
 generation at a time, at most `max_queue` requests in line (the running one included), and
 the rest are told to come back in a moment. Gradio's queue does the same for the UI and
 shows each person their place in the line. With a feedback store, `record()` keeps every
@@ -12,9 +12,10 @@ from __future__ import annotations
 import threading
 from contextlib import contextmanager
 
+import gradio as gr
 from PIL import Image
 
-from ..errors import warnings_of_this_thread
+from ..errors import SdlabInputError, warnings_of_this_thread
 from ..generation import GeneratedImage, Generation, generate
 from ..metadata import PARAMETERS_KEY, format_parameters
 from ..pipelines import model_name
@@ -22,6 +23,15 @@ from ..pipelines import model_name
 
 class BusyError(RuntimeError):
     """More requests are in line than the server accepts; the client should retry later."""
+
+
+@contextmanager
+def as_gradio_error():
+    """Show sdlab's teaching messages in the browser (as a Gradio error box)."""
+    try:
+        yield
+    except (SdlabInputError, BusyError) as err:
+        raise gr.Error(str(err), print_exception=False) from None
 
 
 class Studio:

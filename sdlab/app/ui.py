@@ -19,7 +19,9 @@ from ..generation import MAX_STEPS, Generation, GenerationParams, model_defaults
 from ..metadata import format_parameters
 from ..schedulers import scheduler_name, schedulers_for
 from ..seeds import default_size, random_seed
-from .studio import BusyError, Studio, with_parameters
+from .face_repair import add_face_repair_panel
+from .feedback import add_gallery_tab, add_rating_row
+from .studio import Studio, as_gradio_error, with_parameters
 
 MAX_UI_IMAGES = 8  # per click; the REST API allows more
 MAX_UI_SIZE = 1024
@@ -142,15 +144,6 @@ def variations(studio: Studio, made: list[dict], index: int, variation_strength:
 
 # ---- wiring to widgets --------------------------------------------------------------------
 
-@contextmanager
-def as_gradio_error():
-    """Show sdlab's teaching messages in the browser (as a Gradio error box)."""
-    try:
-        yield
-    except (SdlabInputError, BusyError) as err:
-        raise gr.Error(str(err), print_exception=False) from None
-
-
 def _outputs(shown: Shown):
     """The values for (gallery, summary, selected image's text, last seed, made, selected index)."""
     for message in shown.warnings:
@@ -164,8 +157,6 @@ def build_ui(studio: Studio, face_restorer=None) -> gr.Blocks:
     """The Blocks app. Its API (for gradio_client): /text2img, /img2img, /inpainting, /variations,
     /restore_faces when a `face_restorer` is given (see `sdlab.app.face_repair`), and /gallery
     when the studio has a feedback store (see `sdlab.app.feedback`)."""
-    from .feedback import add_gallery_tab, add_rating_row
-
     steps, guidance = model_defaults(studio.pipe)
     size = default_size(studio.pipe)
     with gr.Blocks(title="sdlab", analytics_enabled=False, delete_cache=(1800, 3600)) as ui:
@@ -276,8 +267,6 @@ def build_ui(studio: Studio, face_restorer=None) -> gr.Blocks:
         random_seed_button.click(lambda: -1, None, seed, api_visibility="private", queue=False)
         reuse_seed_button.click(lambda last: last, last_seed, seed, api_visibility="private", queue=False)
         if face_restorer is not None:
-            from .face_repair import add_face_repair_panel
-
             with face_panel:
                 add_face_repair_panel(face_restorer, gallery, selected, generated)
     # one line for everything that uses the GPU ("gpu": concurrency 1), at most max_queue long

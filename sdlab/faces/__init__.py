@@ -8,7 +8,7 @@
 One module per step of the chain:
 `detection` (RetinaFace, 5 landmarks) · `alignment` (similarity transform to the FFHQ 512
 template, and back under a feathered mask) · `restorers` (GFPGAN / RestoreFormer through
-spandrel, a classical OpenCV stand-in, weights files) · `repair` (the chain) ·
+spandrel, a classical OpenCV stand-in) · `weights` (the released files) · `repair` (the chain) ·
 `gfpgan_package` (the original GFPGANer, as the GFPGAN demo runs it) · `remote` (a Gradio app
 that repairs faces) · `display` (boxes, landmarks, side by side) · `images` (input checks).
 """
@@ -18,8 +18,8 @@ from .display import draw_faces, show_faces, show_photo, show_side_by_side, side
 from .gfpgan_package import FaceRestorationError, import_gfpgan
 from .remote import restore_remote
 from .repair import FaceRestoration, NoFaceFoundWarning, restore_faces
-from .restorers import (RESTORERS, WEIGHTS, ClassicalRestorer, SpandrelRestorer, download_weights, load_restorer,
-                        weights_dir, weights_path)
+from .restorers import RESTORERS, ClassicalRestorer, SpandrelRestorer, load_restorer
+from .weights import WEIGHTS, download_weights, weights_dir, weights_path
 
 __all__ = [
     "FACE_SIZE", "FFHQ_TEMPLATE", "LANDMARK_NAMES", "RESTORERS", "WEIGHTS",

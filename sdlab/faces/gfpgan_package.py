@@ -29,7 +29,7 @@ import torch
 from ..errors import check
 from .alignment import paste_matrix, paste_region
 from .detection import Face
-from .restorers import WEIGHTS, _missing_weights
+from .weights import WEIGHTS, missing_weights
 
 INSTALL = "pip install --no-build-isolation basicsr gfpgan facexlib"
 HELPER_WEIGHTS = ("facexlib-detection", "facexlib-parsing")
@@ -94,7 +94,7 @@ class GFPGANPackageRestorer:
         GFPGANer = import_gfpgan()
         for name in HELPER_WEIGHTS:
             if not (weights_dir / WEIGHTS[name].filename).is_file():
-                raise _missing_weights(name, weights_dir / WEIGHTS[name].filename)
+                raise missing_weights(name, weights_dir / WEIGHTS[name].filename)
         arch = ARCHS.get(architecture or "GFPGAN")
         check(arch is not None, f"backend='gfpgan' runs GFPGAN or RestoreFormer weights, not {architecture}")
         with _gfpgan_weights_folder(weights_dir), warnings.catch_warnings():
