@@ -13,7 +13,7 @@ GFPGAN := basicsr==1.4.2 gfpgan==1.3.8 facexlib==0.3.0
 HOST   ?= 127.0.0.1
 PORT   ?= 8888
 
-.PHONY: install lab test course clean
+.PHONY: install lab test check lint course clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +33,19 @@ lab: install
 	$(BIN)/jupyter lab --no-browser --ip=$(HOST) --port=$(PORT) $$([ "$$(id -u)" = 0 ] && echo --allow-root) \
 		--ServerApp.root_dir=$(CURDIR) --LabApp.default_url=/lab/tree/notebooks/00_setup.ipynb
 
-test: install
-	SDLAB_PROGRESS=0 $(BIN)/python -m pytest
+# two workers, one thread each (two torch processes with two threads each on two cores would
+# fight over them); a notebook's cells stay together on one worker (--dist loadfile)
+PYTEST := SDLAB_PROGRESS=0 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadfile
+
+test: install lint
+	$(PYTEST) --durations=15
+
+# the quick subset for every change: lint, and the tests not marked slow (no notebooks, no browser)
+check: install lint
+	$(PYTEST) -m "not slow" --ignore=solutions
+
+lint: install
+	$(BIN)/ruff check sdlab tests
 
 # run the completed notebooks in place (their stored outputs are what nbval compares), then
 # rebuild the blank ones

@@ -6,7 +6,6 @@ with what is wrong and what to try — the message is the teaching, not just "Fa
 from __future__ import annotations
 
 import html
-
 from importlib import resources
 from pathlib import Path
 
@@ -120,8 +119,8 @@ def matches_reference(image, reference: str | Path, tolerance: int = 3) -> Passe
 
 def follows_prompt(image, prompt: str, attributes=("colour", "background", "shape")) -> Passed:
     """For sdlab-tiny: the checker reads the attributes the prompt names back from the pixels."""
-    from .tiny.checker import read_scene
     from .tiny.captions import parse_prompt
+    from .tiny.checker import read_scene
 
     wanted = {k: v for k, v in parse_prompt(prompt).items() if k in attributes}
     if not wanted:

@@ -424,7 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="CPU-sized run: 8 images, under a minute")
     bench.add_argument("--model", default=None)
     bench.add_argument("--images", type=int, default=16)
-    bench.add_argument("--steps", type=int, default=None, help="default: the model's (20 for sdlab-tiny, 50 for SD 1.5)")
+    bench.add_argument("--steps", type=int, default=None,
+                       help="default: the model's (20 for sdlab-tiny, 50 for SD 1.5)")
     bench.add_argument("--fast", action="store_true",
                        help="also time channels_last, fused QKV, attention kernels and torch.compile (GPUs)")
     bench.add_argument("--attention", nargs="*", choices=[k for k in ATTENTION_KERNELS if k != "default"],

@@ -45,7 +45,7 @@ def run_batches(pipe, groups: list[list[Job]], **settings) -> list:
     done = []
     for chunk in groups:
         result = generate(pipe, [j.prompt for j in chunk], seed=[j.seed for j in chunk], **settings)
-        done += [(job.index, item) for job, item in zip(chunk, result)]
+        done += [(job.index, item) for job, item in zip(chunk, result, strict=True)]
     return done
 
 
@@ -74,7 +74,8 @@ def _check_settings(jobs: list[Job], args) -> None:
     from .generation import MAX_GUIDANCE, MAX_STEPS
     from .seeds import check_seed
 
-    check(args.steps is None or 1 <= args.steps <= MAX_STEPS, f"--steps must be from 1 to {MAX_STEPS}, got {args.steps}")
+    check(args.steps is None or 1 <= args.steps <= MAX_STEPS,
+          f"--steps must be from 1 to {MAX_STEPS}, got {args.steps}")
     check(args.guidance is None or 0 <= args.guidance <= MAX_GUIDANCE,
           f"--guidance must be between 0 and {MAX_GUIDANCE:g}, got {args.guidance}")
     check_seed(jobs[0].seed, "--seed")

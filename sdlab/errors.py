@@ -70,6 +70,21 @@ def check(condition: bool, message: str) -> None:
         raise SdlabInputError(message)
 
 
+def check_text(name: str, value, max_chars: int) -> str:
+    """Text a person typed (a prompt, a comment, a name): a string of at most `max_chars` characters
+    of valid Unicode. A lone surrogate ("\\ud800", which JSON can carry) cannot be written to a PNG,
+    a database or a page, so it is refused here, before any work."""
+    check(isinstance(value, str), f"{name} must be text, got {type(value).__name__}")
+    check(len(value) <= max_chars, f"{name} is {len(value)} characters; the limit is {max_chars}: say it in "
+                                   f"fewer words")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise SdlabInputError(f"{name} is not valid Unicode: character {err.start} is a lone surrogate "
+                              f"({value[err.start]!r}); send the text as UTF-8") from None
+    return value
+
+
 def writable_folder(path, name: str = "--out"):
     """`path` as a folder, made if missing, checked before any work is written there; the error
     names the option (`name`) to change."""

@@ -13,13 +13,16 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 from PIL import Image
 
-from .errors import SdlabWarning, check, is_number, is_whole, suggest_multiple
+from .errors import SdlabWarning, check, check_text, is_number, is_whole, suggest_multiple
 from .pipelines import img2img_pipeline, inpaint_pipeline, model_name, txt2img_pipeline
 from .presets import find_preset
 from .schedulers import check_scheduler_steps, fresh_copy, make_scheduler, resolve_scheduler_name, scheduler_name
 from .seeds import are_consecutive, check_variation, default_size, make_generator, seeds_for, variation_latents
 
 MAX_IMAGES = 64  # per call; sweeps split bigger jobs
+#: a prompt or negative prompt: CLIP reads 77 tokens (a few hundred characters); more is kept in the
+#: image's parameters but only slows the server and bloats the stored PNG
+MAX_PROMPT_CHARS = 4000
 MAX_STEPS = 500
 MAX_GUIDANCE = 50.0
 MIN_SIZE, MAX_SIZE, SIZE_MULTIPLE = 32, 2048, 8
@@ -114,7 +117,9 @@ def check_generate_inputs(prompts, num_images_per_prompt, num_inference_steps, g
                           height, width, strength, image, mask_image) -> None:
     """Reject bad arguments before any work, naming the argument, the value and the fix."""
     check(len(prompts) > 0 and all(isinstance(p, str) for p in prompts),
-          f"prompt must be a string or a non-empty list of strings, got {prompts!r}")
+          f"prompt must be a string or a non-empty list of strings, got {prompts!r:.200}")
+    for text in dict.fromkeys(prompts):
+        check_text("prompt", text, MAX_PROMPT_CHARS)
     check(is_whole(num_images_per_prompt) and 1 <= num_images_per_prompt <= MAX_IMAGES,
           f"num_images_per_prompt must be between 1 and {MAX_IMAGES}, got {num_images_per_prompt!r}")
     check(len(prompts) * num_images_per_prompt <= MAX_IMAGES,
@@ -161,12 +166,14 @@ def negative_prompts(negative_prompt, prompts: list[str]) -> list[str]:
     """One negative prompt per prompt: None is "" (diffusers' default), a string is shared by all,
     a list gives one to each prompt."""
     if negative_prompt is None or isinstance(negative_prompt, str):
-        return [negative_prompt or ""] * len(prompts)
+        return [check_text("negative_prompt", negative_prompt or "", MAX_PROMPT_CHARS)] * len(prompts)
     check(isinstance(negative_prompt, (list, tuple)) and all(isinstance(n, str) for n in negative_prompt),
           f"negative_prompt must be a string, or a list of strings (one per prompt), got {negative_prompt!r}")
     check(len(negative_prompt) == len(prompts),
           f"negative_prompt is a list of {len(negative_prompt)} but there are {len(prompts)} prompts; give one "
           f"negative prompt per prompt, or one string for all")
+    for text in dict.fromkeys(negative_prompt):
+        check_text("negative_prompt", text, MAX_PROMPT_CHARS)
     return list(negative_prompt)
 
 
@@ -174,7 +181,7 @@ def rerun_batch_size(prompts: list[str], negatives: list[str], seeds: list[int])
     """How many images regenerate() must run together to remake one of these exactly: a batch of
     one prompt at consecutive seeds (what seed=s, num_images_per_prompt=n makes) is run again as
     a whole, since a batch's arithmetic can round differently from one image's; anything else, 1."""
-    return len(seeds) if len(set(zip(prompts, negatives))) == 1 and are_consecutive(seeds) else 1
+    return len(seeds) if len(set(zip(prompts, negatives, strict=True))) == 1 and are_consecutive(seeds) else 1
 
 
 def warn_if_truncated(tokenizer, prompt: str) -> str | None:
@@ -282,7 +289,7 @@ def generate(pipe, prompt: str | list[str], *, negative_prompt: str | list[str] 
     batch = 1 if own_latents else rerun_batch_size(all_prompts, all_negatives, seeds)
     results = [GeneratedImage(img, base.replace(prompt=p, negative_prompt=n, seed=None if own_latents else s,
                                                 batch_size=batch, batch_pos=k if batch > 1 else 0), share)
-               for k, (img, p, n, s) in enumerate(zip(output.images, all_prompts, all_negatives, seeds))]
+               for k, (img, p, n, s) in enumerate(zip(output.images, all_prompts, all_negatives, seeds, strict=True))]
     return Generation(results, seconds)
 
 

@@ -76,7 +76,8 @@ class Report:
         counts = {s: sum(r.status == s for r in self.rows) for s in STATUSES if s != "passed"}
         lost = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
         return (f"graded {self.graded} notebook(s) in {self.seconds:.0f} s: {students} student(s), "
-                f"{points:g}/{most:g} points{share}{'; ' + lost if lost else ''}; report: {self.folder / 'index.html'}")
+                f"{points:g}/{most:g} points{share}{'; ' + lost if lost else ''}; "
+                f"report: {self.folder / 'index.html'}")
 
 
 # 1. Which submission is whose

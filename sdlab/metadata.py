@@ -107,7 +107,8 @@ def save_png(result: GeneratedImage, path: str | Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         result.image.save(path, pnginfo=_png_info(result))
     except OSError as err:
-        raise SdlabInputError(f"cannot write {path} ({err.strerror or err}): choose a folder you can write to") from None
+        raise SdlabInputError(f"cannot write {path} ({err.strerror or err}): "
+                              "choose a folder you can write to") from None
     return path
 
 

@@ -154,8 +154,8 @@ def _resolve_source(model: str) -> tuple[str, object]:
         if preset.source.startswith("local:"):
             folder = tiny_model_dir()
             if folder is None:
-                raise SdlabInputError(f"the model {model!r} is not in this installation (models/sdlab-tiny is missing); "
-                                      f"train it with `sdlab train-tiny` or use 'tiny-random' for tests")
+                raise SdlabInputError(f"the model {model!r} is not in this installation (models/sdlab-tiny is "
+                                      f"missing); train it with `sdlab train-tiny` or use 'tiny-random' for tests")
             return "folder", folder
         return "hub", preset.source
     path = Path(model).expanduser()

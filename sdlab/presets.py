@@ -32,9 +32,11 @@ class Preset:
 
 PRESETS = {
     # guidance 5: where sdlab-tiny follows prompts best (its model card has the curve)
-    "sdlab-tiny": Preset("sdlab-tiny", "local:sdlab-tiny", "the course's small offline model: shapes and colours, 64×64",
+    "sdlab-tiny": Preset("sdlab-tiny", "local:sdlab-tiny",
+                         "the course's small offline model: shapes and colours, 64×64",
                          size=64, num_inference_steps=20, guidance_scale=5.0),
-    "tiny-random": Preset("tiny-random", "builder:tiny-random", "random-weight toy pipeline for tests (noise-like images)",
+    "tiny-random": Preset("tiny-random", "builder:tiny-random",
+                          "random-weight toy pipeline for tests (noise-like images)",
                           size=64, num_inference_steps=2, guidance_scale=7.5),
     "sd15-random": Preset("sd15-random", "builder:sd15-random", "SD 1.5's architecture, random weights: for "
                           "benchmarks (noise images)", size=512, num_inference_steps=50, guidance_scale=7.5,

@@ -16,8 +16,16 @@ from dataclasses import dataclass
 import torch
 
 from .errors import check, is_whole
-from .generation import (MAX_IMAGES, MAX_STEPS, GeneratedImage, GenerationParams, check_generate_inputs, check_size,
-                         generate, model_defaults)
+from .generation import (
+    MAX_IMAGES,
+    MAX_STEPS,
+    GeneratedImage,
+    GenerationParams,
+    check_generate_inputs,
+    check_size,
+    generate,
+    model_defaults,
+)
 from .grids import labelled_grid
 from .loop import decode, denoise, encode_prompts
 from .pipelines import model_name
@@ -164,7 +172,8 @@ def guidance_sweep(pipe, prompt: str, guidance_values, seed: int = 0, *, negativ
     The prompt is encoded once; the batch holds the same starting noise N times; at each step
     the UNet runs once on all N (twice that with the unconditional half) and image k is pushed
     with guidance_values[k], or, at guidance 1 or less, by the prompt's prediction alone (diffusers
-    turns guidance off there): `sdlab.loop`'s reference loop, with one guidance per image. The images equal separate generate() calls up to float rounding.
+    turns guidance off there): `sdlab.loop`'s reference loop, with one guidance per image.
+    The images equal separate generate() calls up to float rounding.
     Schedulers that draw fresh noise at every step (ancestral ones, "Euler a") would draw it
     differently in a batch, so for those this falls back to one call per value.
     max_batch: at most this many images per loop (default: `images_per_call`); more values are
@@ -215,5 +224,5 @@ def guidance_sweep(pipe, prompt: str, guidance_values, seed: int = 0, *, negativ
                                                       guidance_scale=g, height=height, width=width, scheduler=name,
                                                       model=model_name(pipe), negative_prompt=negative_prompt),
                               seconds / n)
-               for image, g in zip(images, values)]
+               for image, g in zip(images, values, strict=True)]
     return Sweep("guidance_scale", values, None, [], results)

@@ -57,7 +57,8 @@ def build_sd15_random_pipeline(seed: int = 0, dtype: torch.dtype = torch.float32
     is much faster on a GPU than building on the CPU and moving)."""
     with torch.random.fork_rng(devices=[]), torch.device(device):
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)  # SD 1.5: 320/640/1280/1280
+        # SD 1.5: 320/640/1280/1280
+        unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
         vae = AutoencoderKL(
             block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=512,
             down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,

@@ -32,7 +32,7 @@ def _bytes_to_unicode() -> dict[int, str]:
             printable.append(byte)
             codes.append(256 + extra)
             extra += 1
-    return dict(zip(printable, map(chr, codes)))
+    return dict(zip(printable, map(chr, codes), strict=True))
 
 
 def build_tokenizer_files(bpe_gz: str | Path, out_dir: str | Path = TOKENIZER_DIR) -> Path:

@@ -54,7 +54,8 @@ def browser(tmp_path):
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1280,1300", f"--user-data-dir={Path(tmp_path) / 'profile'}"):
+                 "--disable-dev-shm-usage", "--window-size=1280,1300",
+                 f"--user-data-dir={Path(tmp_path) / 'profile'}"):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     yield driver

@@ -16,12 +16,11 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 import sdlab
-from sdlab.errors import SdlabInputError
-from sdlab.metadata import read_params
-
 import sdlab.app
 from sdlab.app import api, ui
 from sdlab.app.studio import BusyError, Studio
+from sdlab.errors import SdlabInputError
+from sdlab.metadata import read_params
 
 PROMPT = "a small red circle on a blue background"
 
@@ -133,7 +132,8 @@ def test_img2img_and_inpainting(client):
     out = client.post("/img2img", json={"prompt": PROMPT, "image": "data:image/png;base64," + b64png(start_image()),
                                         "strength": 0.5, "seed": 1, "steps": 4}).json()
     params = out["images"][0]["parameters"]
-    assert params["mode"] == "img2img" and params["strength"] == 0.5 and decode(out["images"][0]["image"]).size == (64, 64)
+    assert params["mode"] == "img2img" and params["strength"] == 0.5 and \
+        decode(out["images"][0]["image"]).size == (64, 64)
 
     response = client.post("/inpainting", json={"prompt": PROMPT, "image": b64png(start_image()),
                                                 "mask": b64png(half_mask()), "seed": 1, "steps": 2, "strength": 1.0})
@@ -267,7 +267,7 @@ def test_concurrent_requests_all_succeed_in_turn(live, tiny_pipe):
     with ThreadPoolExecutor(len(seeds)) as pool:
         responses = list(pool.map(post, seeds))
     assert [r.status_code for r in responses] == [200] * len(seeds)
-    for seed, response in zip(seeds, responses):
+    for seed, response in zip(seeds, responses, strict=True):
         alone = sdlab.generate(tiny_pipe, PROMPT, seed=seed, num_inference_steps=2)[0].image
         assert np.array_equal(pixels(decode(response.json()["images"][0]["image"])), pixels(alone))
 
@@ -482,7 +482,7 @@ def test_each_request_gets_its_own_warnings_each_time(client):
     def another_request_warns():  # as a face repair beside it does
         with warnings_of_this_thread() as kept:
             while not stop.is_set():
-                warnings.warn("no face found in the picture", NoFaceFoundWarning)
+                warnings.warn("no face found in the picture", NoFaceFoundWarning, stacklevel=1)
                 time.sleep(0.001)
         kept_beside.extend(kept)
 
@@ -499,7 +499,7 @@ def test_each_request_gets_its_own_warnings_each_time(client):
     assert set(kept_beside) == {"no face found in the picture"}  # none of the requests' warnings
     assert [len(out["warnings"]) for out in long] == [1, 1]  # the same warning again, not only the first time
     with pytest.warns(NoFaceFoundWarning):  # outside a request, warnings are shown as usual
-        warnings.warn("no face found in the picture", NoFaceFoundWarning)
+        warnings.warn("no face found in the picture", NoFaceFoundWarning, stacklevel=1)
 
 
 def test_a_chunked_body_is_refused_once_it_passes_the_limit(client):

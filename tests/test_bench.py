@@ -5,13 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from sdlab.profiling import count_flops
 from sdlab.cli import main
 from sdlab.errors import SdlabInputError
 from sdlab.pipelines import load_pipeline, speed_up
+from sdlab.profiling import count_flops
 from sdlab.sweeps import guidance_sweep
 from sdlab.testing import build_sd15_random_pipeline
-
 
 ROW = re.compile(r"(\S.*?)\s+(\d+\.\d+)\s+(\d+\.\d+)\s+(\d+\.\d+)\s+(\d+\.\d+)\s+(\d+)")
 
@@ -30,10 +29,11 @@ def test_bench_prints_each_way_side_by_side_and_the_ratios(capsys):
     rows = _rows(lines)
     assert set(rows) == {"loop, one image per call, float32 (course's way)", "one batch of 8, float32",
                          "7 guidance values, one call each, float32", "guidance sweep, one batched loop, float32"}
-    for seconds, per_image, per_second, tflops, peak in rows.values():
+    for seconds, per_image, per_second, _tflops, peak in rows.values():
         assert float(seconds) > 0 and abs(float(per_image) * float(per_second) - 1) < 0.05 and int(peak) > 0
     assert re.fullmatch(r"best path reaches \d+\.\d% of the 0\.3 TFLOP/s limit", lines[-2])
-    loop, batch = float(rows["loop, one image per call, float32 (course's way)"][0]), float(rows["one batch of 8, float32"][0])
+    loop, batch = (float(rows["loop, one image per call, float32 (course's way)"][0]),
+                   float(rows["one batch of 8, float32"][0]))
     ratios = re.fullmatch(r"batch speedup: (\d+\.\d)x, guidance-sweep speedup: (\d+\.\d)x", lines[-1])
     assert abs(float(ratios[1]) - loop / batch) < 0.1 * loop / batch  # the ratio of the times above (rounded)
 
@@ -52,7 +52,8 @@ def test_bench_refuses_bad_input_before_timing_anything(capsys, args, message):
 
 def test_sd15_random_has_stable_diffusion_1_5s_architecture():
     pipe = build_sd15_random_pipeline(device="meta")  # shapes only: no memory, no time
-    count = {name: sum(p.numel() for p in getattr(pipe, name).parameters()) for name in ("unet", "text_encoder", "vae")}
+    count = {name: sum(p.numel() for p in getattr(pipe, name).parameters())
+             for name in ("unet", "text_encoder", "vae")}
     assert count == {"unet": 859_520_964, "text_encoder": 123_060_480, "vae": 83_653_863}  # SD 1.5's own
     assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size == 768
     assert pipe.vae_scale_factor == 8 and pipe.unet.config.sample_size == 64  # 512×512 images
@@ -71,7 +72,7 @@ def test_speed_ups_keep_the_images(tiny_pipe):
     assert pipe.vae.decoder._compiled_call_impl is not None  # in place: the same weight names
     assert set(pipe.vae.state_dict()) == set(load_pipeline("tiny-random").vae.state_dict())
     after = guidance_sweep(pipe, "a red circle", [1, 7.5], seed=3).images
-    for a, b in zip(before, after):
+    for a, b in zip(before, after, strict=True):
         assert np.abs(np.asarray(a, int) - np.asarray(b, int)).max() <= 2
 
 
@@ -90,7 +91,8 @@ def test_bench_fast_times_attention_kernels_and_compiling_and_profiles_a_batch(c
                  "--tune-convolutions", "--compile-mode", "default", "--profile"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert {"sweep + channels_last + fused QKV", "batch of 2 + … + math attention",
-            "sweep + … + cuDNN-timed convolutions", "sweep + … + compiled", "batch of 2 + … + compiled"} <= set(_rows(lines))
+            "sweep + … + cuDNN-timed convolutions", "sweep + … + compiled",
+            "batch of 2 + … + compiled"} <= set(_rows(lines))
     assert not torch.backends.cudnn.benchmark  # the process-wide setting is put back
     assert "  (efficient attention failed: RuntimeError: no valid execution plan for this shape)" in lines
     assert not any("efficient attention" in name for name in _rows(lines))  # the bench went on without it
@@ -106,7 +108,8 @@ def test_bench_fast_times_attention_kernels_and_compiling_and_profiles_a_batch(c
     compiled = lines.index(next(line for line in lines if line.startswith("where the compiled batch of 2 spends")))
     assert compiled > lines.index(next(line for line in lines if line.startswith("batch of 2 + … + compiled")))
     table = {line.split()[0]: line.split()[1:] for line in lines[compiled + 2:compiled + 7]}
-    assert list(table) == ["convolution", "attention", "matmul", "norm", "other"] and float(table["convolution"][0]) > 0
+    assert list(table) == ["convolution", "attention", "matmul", "norm", "other"] and \
+        float(table["convolution"][0]) > 0
 
 
 def test_bench_goes_on_when_cudnn_timed_convolutions_fail(monkeypatch):
@@ -141,7 +144,8 @@ def test_profiled_gpu_kernels_go_to_the_kind_of_their_op_or_else_of_their_name()
         "sm90_xmma_gemm_f16f16_f16f32_f32_tn_n_tilesize128x128x64_warpgroupsize1x1x1_kernel__5x_cublas",
         "nvjet_hsh_128x256_64x4_2x1_v_bz_coopA_TNN", "triton_tem_fused_mm_7", "aten::addmm", "aten::linear",
         "triton_red_fused_native_group_norm_silu_0", "aten::native_layer_norm",
-        "void at::native::vectorized_elementwise_kernel<4, at::native::silu_kernel>", "Memcpy HtoD (Pageable -> Device)",
+        "void at::native::vectorized_elementwise_kernel<4, at::native::silu_kernel>",
+        "Memcpy HtoD (Pageable -> Device)",
         "## Call CompiledFxGraph fba7owmhzb6k6ijwpavr7mm57dnqlld2puw74pdh7tmugi2w4azm ##")] == [
         "convolution", "attention", "attention", "attention", "matmul", "matmul", "matmul", "matmul", "matmul",
         "norm", "norm", None, None, None]
@@ -159,16 +163,19 @@ def test_profiled_gpu_kernels_go_to_the_kind_of_their_op_or_else_of_their_name()
     cpu = [group_norm, event(2, "cudaLaunchKernel", 1, 2, kernels=[norm_kernel], parent=group_norm),
            event(3, "cudaGraphLaunch", 50, 51, kernels=[conv, flash])]  # a CUDA graph's kernels: no op of a kind
     gpu = [event(10 + i, name, 100 * i, 100 * i + us, device=DeviceType.CUDA)
-           for i, (name, _, us) in enumerate([norm_kernel, conv, flash, ("triton_red_fused_native_group_norm_0", 0, 20)])]
+           for i, (name, _, us) in enumerate([norm_kernel, conv, flash,
+                                              ("triton_red_fused_native_group_norm_0", 0, 20)])]
     spent, total = _time_by_kind(type("Profile", (), {"events": lambda self: cpu + gpu})(), on_gpu=True)
-    assert {kind: round(s * 1e6) for kind, s in spent.items() if s} == {"norm": 50, "convolution": 100, "attention": 50}
+    assert {kind: round(s * 1e6) for kind, s in spent.items() if s} == \
+        {"norm": 50, "convolution": 100, "attention": 50}
     assert round(total * 1e6) == 200  # the last kernel no op launched counts by its name
 
 
 def test_flops_are_counted_by_kind_including_cpus_flash_attention():
     q = torch.randn(2, 4, 64, 40)  # batch, heads, tokens, head size
     conv = torch.nn.Conv2d(8, 16, 3, padding=1)
-    flops = count_flops(lambda: (torch.nn.functional.scaled_dot_product_attention(q, q, q), conv(torch.randn(1, 8, 10, 10))))
+    flops = count_flops(lambda: (torch.nn.functional.scaled_dot_product_attention(q, q, q),
+                                 conv(torch.randn(1, 8, 10, 10))))
     assert flops["attention"] == 4 * 2 * 4 * 64 * 64 * 40  # QKᵀ and the weighted sum of V, 2 FLOPs a multiply-add
     assert flops["convolution"] == 2 * 16 * 10 * 10 * 8 * 3 * 3 and flops["matmul"] == 0
 
@@ -194,7 +201,7 @@ def test_speed_up_chooses_the_attention_kernel_and_keeps_it_through_fusing():
     speed_up(pipe, channels_last=False, fuse_qkv=True)  # fusing replaces the processors; the choice stays
     assert _unet_attention_ops(pipe) == {"aten::_scaled_dot_product_attention_math"}
     after = guidance_sweep(pipe, "a red circle", [1, 7.5], seed=3).images
-    for a, b in zip(before, after):
+    for a, b in zip(before, after, strict=True):
         assert np.abs(np.asarray(a, int) - np.asarray(b, int)).max() <= 2
     speed_up(pipe, channels_last=False, attention="default")
     assert _unet_attention_ops(pipe) == {"aten::_scaled_dot_product_flash_attention_for_cpu"}

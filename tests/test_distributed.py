@@ -58,7 +58,7 @@ def test_bad_input_is_refused_before_any_model_loads(tmp_path, monkeypatch, caps
 def test_two_processes_equal_one(tmp_path):
     single, double = _run(tmp_path, 1), _run(tmp_path, 2)
     assert [p.name for p in single] == [p.name for p in double] and len(single) == 9
-    for a, b in zip(single, double):
+    for a, b in zip(single, double, strict=True):
         assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b))), a.name
         assert read_params(a) == read_params(b)
 

@@ -15,9 +15,23 @@ from PIL import Image
 from skimage import data
 
 from sdlab.errors import SdlabInputError
-from sdlab.faces import (FACE_SIZE, FFHQ_TEMPLATE, WEIGHTS, ClassicalRestorer, FaceRestorationError,
-                         NoFaceFoundWarning, align_face, detect_faces, download_weights, draw_faces, import_gfpgan,
-                         load_restorer, restore_faces, restore_remote, side_by_side)
+from sdlab.faces import (
+    FACE_SIZE,
+    FFHQ_TEMPLATE,
+    WEIGHTS,
+    ClassicalRestorer,
+    FaceRestorationError,
+    NoFaceFoundWarning,
+    align_face,
+    detect_faces,
+    download_weights,
+    draw_faces,
+    import_gfpgan,
+    load_restorer,
+    restore_faces,
+    restore_remote,
+    side_by_side,
+)
 
 ASTRONAUT_BOX = (177, 56, 272, 176)  # where RetinaFace finds the face in skimage's astronaut photo
 
@@ -121,7 +135,7 @@ def test_gfpgan_chain_changes_only_the_face_regions(gfpgan_run, two_faces):
     keep = outside(before.shape[:2], result.regions)
     assert keep.mean() > 0.3  # the regions are around the faces, not the whole picture
     assert np.array_equal(before[keep], after[keep])
-    for face, (left, top, right, bottom) in zip(result.faces, result.regions):
+    for face, (left, top, right, bottom) in zip(result.faces, result.regions, strict=True):
         x0, y0, x1, y1 = face.box
         assert left <= x0 and top <= y0 and x1 <= right and y1 <= bottom  # the region covers the face
         inner = (slice(int(y0), int(y1)), slice(int(x0), int(x1)))
@@ -144,7 +158,7 @@ def test_weight_zero_keeps_the_picture_and_upscale_resizes_it(two_faces):
     plain = cv2.resize(np.asarray(two_faces), (960, 480), interpolation=cv2.INTER_LANCZOS4)
     keep = outside((480, 960), big.regions)
     assert np.array_equal(np.asarray(big.image)[keep], plain[keep])
-    for face, (left, top, right, bottom) in zip(big.faces, big.regions):
+    for face, (left, top, right, bottom) in zip(big.faces, big.regions, strict=True):
         x0, y0, x1, y1 = (2 * v for v in face.box)  # boxes stay in input coordinates
         assert left <= x0 and top <= y0 and x1 <= right and y1 <= bottom
 

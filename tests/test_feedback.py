@@ -89,7 +89,9 @@ def test_search_by_words_rating_model_and_date(store):
     ((1, "meh"), "or 'up'/'down' for thumbs"),
     (("1", 5), "image_id must be the whole number that add_generation returned"),
     ((1, 5, "x" * (MAX_COMMENT_CHARS + 1)), f"comment is {MAX_COMMENT_CHARS + 1} characters; the limit is"),
-    ((1, 5, "", "u" * 101), "user must be a name of at most 100"),
+    ((1, 5, "", "u" * 101), "user is 101 characters; the limit is 100"),
+    ((1, 5, "nice \ud800"), "comment is not valid Unicode: character 5 is a lone surrogate"),
+    ((1, 5, "", "\udfff"), "user is not valid Unicode"),
     ((2**64, 5), "no image with id 18446744073709551616 in this feedback store"),  # past SQLite's integers
 ])
 def test_malformed_feedback_is_a_teaching_error(store, args, message):

@@ -9,8 +9,15 @@ import pytest
 import sdlab
 from sdlab.errors import SdlabInputError
 from sdlab.feedback import FeedbackStore
-from sdlab.finetune import (LORA_FILE, FinetuneConfig, finetune, list_versions, load_version, start_finetune,
-                            training_examples)
+from sdlab.finetune import (
+    LORA_FILE,
+    FinetuneConfig,
+    finetune,
+    list_versions,
+    load_version,
+    start_finetune,
+    training_examples,
+)
 from sdlab.tiny.preference import ColourRater, open_colour_prompts, preference_demo
 from sdlab.tiny.world import Scene
 
@@ -31,7 +38,7 @@ def liked_store(tmp_path, tiny_pipe):
     items = [type(base)(s.render(), base.params.replace(prompt=f"a {s.shape} on a white background"), 0.0)
              for s in scenes]
     ids = store.add_generations(items)
-    for image_id, item in zip(ids, items):
+    for image_id, item in zip(ids, items, strict=True):
         store.add_feedback(image_id, *ColourRater("blue")(item.image))
     yield store
     store.close()
@@ -88,7 +95,8 @@ def test_lora_job_reports_status_and_saves_a_version_diffusers_loads(tmp_path, t
     assert np.abs(pixels(with_lora) - pixels(tuned)).max() <= 1
 
     # a second fine-tune is version 2; version 1 stays
-    start_finetune(tiny_pipe, liked_store, FinetuneConfig(steps=1, batch_size=2), models_dir=tmp_path / "models").wait()
+    start_finetune(tiny_pipe, liked_store, FinetuneConfig(steps=1, batch_size=2),
+                   models_dir=tmp_path / "models").wait()
     assert [v.number for v in list_versions(tmp_path / "models")] == [1, 2]
     assert (version.folder / LORA_FILE).is_file()
 

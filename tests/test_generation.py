@@ -105,12 +105,14 @@ def test_long_prompt_warns_what_was_cut(tiny_pipe):
     (dict(negative_prompt=["x", "y"]), "negative_prompt is a list of 2 but there are 1 prompts; give one"),
     (dict(variation_strength=0.5), "variation_strength 0.5 has no seed to mix towards: pass variation_seed="),
     (dict(variation_seed=3, variation_strength=-0.5), "variation_strength must be a number from 0 to 1, got -0.5"),
-    (dict(variation_seed=3, variation_strength=float("nan")), "variation_strength must be a number from 0 to 1, got nan"),
+    (dict(variation_seed=3, variation_strength=float("nan")),
+     "variation_strength must be a number from 0 to 1, got nan"),
     (dict(variation_seed=3, variation_strength="0.5"), "variation_strength must be a number from 0 to 1, got '0.5'"),
     (dict(variation_seed=3, variation_strength=True), "variation_strength must be a number from 0 to 1, got True"),
     (dict(variation_seed=-1, variation_strength=0.5), r"variation_seed must be in \[0, 2\*\*64\), got -1"),
     (dict(variation_seed="5", variation_strength=0.5), "variation_seed must be a whole number"),
-    (dict(variation_seed=2, variation_strength=0.5, latents=torch.zeros(1, 4, 32, 32)), "either latents= or variation_seed="),
+    (dict(variation_seed=2, variation_strength=0.5, latents=torch.zeros(1, 4, 32, 32)),
+     "either latents= or variation_seed="),
     (dict(guidance_scale=-1), "guidance_scale must be between 0 and 50, got -1"),
     (dict(num_images_per_prompt=0), "num_images_per_prompt must be between 1 and"),
     (dict(num_images_per_prompt=MAX_IMAGES + 1), "num_images_per_prompt must be between 1 and"),
@@ -204,10 +206,10 @@ def test_negative_prompt_none_is_empty_and_a_list_gives_one_per_prompt(tiny_pipe
     prompts, negatives = ["a red circle", "a blue square"], ["blurry", "dark"]
     both = generate(tiny_pipe, prompts, negative_prompt=negatives, seed=[3, 4], num_images_per_prompt=1,
                     num_inference_steps=2, guidance_scale=7.5)
-    assert [(p.prompt, p.negative_prompt) for p in both.params] == list(zip(prompts, negatives))
+    assert [(p.prompt, p.negative_prompt) for p in both.params] == list(zip(prompts, negatives, strict=True))
     diffusers_own = tiny_pipe(prompts, negative_prompt=negatives, num_inference_steps=2, guidance_scale=7.5, height=64,
                               width=64, generator=[torch.Generator().manual_seed(s) for s in (3, 4)]).images
-    for ours, theirs in zip(both.images, diffusers_own):
+    for ours, theirs in zip(both.images, diffusers_own, strict=True):
         assert np.array_equal(pixels(ours), pixels(theirs))
 
 
@@ -216,7 +218,8 @@ def test_consecutive_seeds_of_one_prompt_are_a_batch_to_rerun(tiny_pipe):
     assert [(p.seed, p.batch_size, p.batch_pos) for p in listed.params] == [(10, 3, 0), (11, 3, 1), (12, 3, 2)]
     assert listed.params == generate(tiny_pipe, "a red circle", seed=10, num_images_per_prompt=3,
                                      num_inference_steps=1).params
-    for other in (dict(prompt=["a red circle"] * 2, seed=[5, 9]), dict(prompt=["a red circle", "a square"], seed=[5, 6]),
+    for other in (dict(prompt=["a red circle"] * 2, seed=[5, 9]),
+                  dict(prompt=["a red circle", "a square"], seed=[5, 6]),
                   dict(prompt=["a red circle"] * 2, seed=[5, 6], negative_prompt=["x", "y"])):
         assert {(p.batch_size, p.batch_pos) for p in generate(tiny_pipe, num_inference_steps=1, **other).params} == \
             {(1, 0)}

@@ -165,7 +165,8 @@ def test_each_kind_of_submission_gets_its_score_and_reason(arithmetic_class):
         assert f"NotImplementedError: Exercise '{e}'" in grade("blank", e)[3]
         assert grade("corrupted", e)[:3] == (0, grade("perfect", e)[1], "invalid")
         assert "not a valid notebook" in grade("corrupted", e)[3]
-    assert [grade("partial", e)[2] for e in ("double", "squares", "greeting")] == ["passed", "unfinished", "unfinished"]
+    assert [grade("partial", e)[2] for e in ("double", "squares", "greeting")] == \
+        ["passed", "unfinished", "unfinished"]
     # an error stops nothing: the later exercises are still graded in the same kernel
     assert grade("raising", "double")[2:] == ("error", "NameError: name 'm' is not defined")
     assert grade("raising", "squares")[2] == grade("raising", "greeting")[2] == "passed"
@@ -179,7 +180,8 @@ def test_each_kind_of_submission_gets_its_score_and_reason(arithmetic_class):
     assert grade("stuck", "double")[2] == "timeout"
     assert grade("stuck", "squares")[2:] == ("not run", f"In [3] ran past {TIMEOUT} s and would not stop")
     assert grade("exiting", "double")[2] == "passed"
-    assert grade("exiting", "squares")[2:] == ("not run", "the kernel died in In [6] (did it exit, or run out of memory?)")
+    assert grade("exiting", "squares")[2:] == \
+        ("not run", "the kernel died in In [6] (did it exit, or run out of memory?)")
     assert rows[("stray", "")]["status"] == "unmatched"
     # a student's own grading metadata scores nothing and breaks nothing
     assert {e: grade("cheat", e)[:3] for e in ("double", "squares", "greeting")} == \
@@ -238,7 +240,8 @@ def test_each_cells_outputs_are_cut_to_size(arithmetic_class):
     assert result.startswith("'yyyy") and grading_outputs.CUT in result
     assert len(result) < grading_outputs.MAX_CHARS + 100
     assert (out / "chatty" / "00_arith.ipynb").stat().st_size < 60_000
-    assert (out / "chatty" / "00_arith.html").stat().st_size < (out / "perfect" / "00_arith.html").stat().st_size + 60_000
+    assert (out / "chatty" / "00_arith.html").stat().st_size < \
+        (out / "perfect" / "00_arith.html").stat().st_size + 60_000
 
 
 def test_students_whose_report_folders_would_be_one_are_refused(arithmetic_class, tmp_path):
@@ -295,7 +298,8 @@ def test_course_markers_are_read_as_nbgrader_reads_them(tmp_path):
     assert [c.source for c in blank.cells] == [
         "x = 1\n# YOUR CODE HERE\nraise NotImplementedError(\"Exercise 'answer': the answer\")"]
     assert course.check(solutions, blanks) == []
-    assert [(t.exercise, t.points, t.source) for t in grading.hidden_tests(nb)] == [("answer", 2, "assert secret == 42")]
+    assert [(t.exercise, t.points, t.source) for t in grading.hidden_tests(nb)] == \
+        [("answer", 2, "assert secret == 42")]
     # an exercise cell with no solution region: build writes nothing, check says so
     nb.cells[0].source = "secret = 42"
     nbformat.write(nb, solutions / "00_m.ipynb")

@@ -61,6 +61,6 @@ def test_guidance_is_the_formula_image_by_image():
 
 def test_a_guidance_sweep_on_the_loop_still_equals_separate_calls(tiny_model):
     swept = guidance_sweep(tiny_model, PROMPT, [1, 3, 9], seed=4, num_inference_steps=5)
-    for item, g in zip(swept.results, [1, 3, 9]):
+    for item, g in zip(swept.results, [1, 3, 9], strict=True):
         alone = generate(tiny_model, PROMPT, seed=4, num_inference_steps=5, guidance_scale=g)[0].image
         assert np.abs(np.asarray(item.image, dtype=int) - np.asarray(alone, dtype=int)).max() <= 1, g

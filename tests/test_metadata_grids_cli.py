@@ -121,9 +121,11 @@ def test_cli_regenerate_says_how_far_a_different_image_is(tiny_pipe, tmp_path, c
 
 @pytest.mark.parametrize("command, message", [
     (["regenerate", "{tmp}/none.png", "--out", "{tmp}/a.png"], "there is no file {tmp}/none.png"),
-    (["regenerate", "{tmp}/nodir/x.png", "--out", "{tmp}/a.png"], "there is no file {tmp}/nodir/x.png (nor a folder {tmp}/nodir)"),
+    (["regenerate", "{tmp}/nodir/x.png", "--out", "{tmp}/a.png"],
+     "there is no file {tmp}/nodir/x.png (nor a folder {tmp}/nodir)"),
     (["regenerate", "{tmp}/notes.png", "--out", "{tmp}/a.png"], "{tmp}/notes.png is not an image PIL can read"),
-    (["faces", "{tmp}/notes.png", "--out", "{tmp}/a.png", "--restorer", "classical"], "{tmp}/notes.png is not an image"),
+    (["faces", "{tmp}/notes.png", "--out", "{tmp}/a.png", "--restorer", "classical"],
+     "{tmp}/notes.png is not an image"),
     (["faces", "{tmp}/notes.png", "--out", "{tmp}/notes.png/a.png", "--restorer", "classical"],
      "--out {tmp}/notes.png is a file, not a folder: choose another --out"),
     (["generate", "x", "--model", "tiny-random", "--quiet", "--out", "{tmp}/notes.png/out"],

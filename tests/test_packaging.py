@@ -1,6 +1,7 @@
 """The package as pip installs it: every subpackage listed, so a wheel holds all of sdlab."""
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,8 +10,16 @@ from sdlab.cli import main
 from sdlab.errors import SdlabInputError
 from sdlab.generation import generate
 from sdlab.pipelines import load_pipeline
-from sdlab.schedulers import (OFFERED_STEPS, make_scheduler, resolve_scheduler_name, scheduler_name,
-                              scheduler_names, schedulers_for, steps_problem, using_scheduler)
+from sdlab.schedulers import (
+    OFFERED_STEPS,
+    make_scheduler,
+    resolve_scheduler_name,
+    scheduler_name,
+    scheduler_names,
+    schedulers_for,
+    steps_problem,
+    using_scheduler,
+)
 from sdlab.sweeps import guidance_sweep
 
 REQUIRED = ["PNDM", "LMS", "DDIM", "Euler", "Euler a", "DPM++ 2M", "DPM++ 2M Karras", "UniPC"]

@@ -16,7 +16,7 @@ def test_batched_guidance_sweep_equals_separate_runs(tiny_pipe, scheduler):
     values = [1, 3, 7.5, 15]
     batched = guidance_sweep(tiny_pipe, "a red circle", values, seed=4, num_inference_steps=6, scheduler=scheduler)
     assert [p.guidance_scale for p in (r.params for r in batched.results)] == values
-    for g, item in zip(values, batched.results):
+    for g, item in zip(values, batched.results, strict=True):
         alone = generate(tiny_pipe, "a red circle", seed=4, guidance_scale=g, num_inference_steps=6,
                          scheduler=scheduler)[0]
         assert item.params == alone.params
@@ -26,7 +26,7 @@ def test_batched_guidance_sweep_equals_separate_runs(tiny_pipe, scheduler):
 def test_guidance_one_or_less_is_the_prompts_prediction_alone_as_in_diffusers(tiny_model):
     values = [0, 0.5, 1, 7.5]  # diffusers turns guidance off at 1 or less: no unconditional half
     batched = guidance_sweep(tiny_model, "a red circle", values, seed=3, num_inference_steps=3)
-    for g, item in zip(values, batched.results):
+    for g, item in zip(values, batched.results, strict=True):
         alone = generate(tiny_model, "a red circle", seed=3, guidance_scale=g, num_inference_steps=3)[0]
         assert item.params == alone.params
         assert _max_diff(item.image, alone.image) <= 2  # float rounding only
@@ -34,7 +34,8 @@ def test_guidance_one_or_less_is_the_prompts_prediction_alone_as_in_diffusers(ti
 
 @pytest.mark.parametrize("run, message", [
     (lambda pipe: guidance_sweep(pipe, "a red circle", [1, -1]), "guidance_scale must be between 0 and 50, got -1"),
-    (lambda pipe: guidance_sweep(pipe, "a red circle", [True, 3]), "guidance_scale must be between 0 and 50, got True"),
+    (lambda pipe: guidance_sweep(pipe, "a red circle", [True, 3]),
+     "guidance_scale must be between 0 and 50, got True"),
     (lambda pipe: guidance_sweep(pipe, "a red circle", 7.5),
      r"guidance_values must be a list of the values guidance_scale takes, got 7.5 \(float\); put even one value "
      r"in a list: \[7.5\]"),
@@ -64,17 +65,20 @@ def test_negative_prompt_none_in_a_sweep_is_empty(tiny_pipe):
     swept = guidance_sweep(tiny_pipe, "a red circle", [1, 3], seed=2, num_inference_steps=1, negative_prompt=None)
     plain = guidance_sweep(tiny_pipe, "a red circle", [1, 3], seed=2, num_inference_steps=1)
     assert [r.params for r in swept.results] == [r.params for r in plain.results]
-    assert all(_max_diff(a, b) == 0 for a, b in zip(swept.images, plain.images))
+    assert all(_max_diff(a, b) == 0 for a, b in zip(swept.images, plain.images, strict=True))
 
 
 @pytest.mark.parametrize("run, message", [
     (lambda pipe: guidance_sweep(pipe, "a red circle", [1, 7], num_inference_steps=0),
      "num_inference_steps must be a whole number from 1 to 500, got 0"),
-    (lambda pipe: guidance_sweep(pipe, "a red circle", [1, 7], width=0), "width must be between 32 and 2048 pixels, got 0"),
-    (lambda pipe: sweep(pipe, "a red circle", "seed", [1, 2], height=0), "height must be between 32 and 2048 pixels, got 0"),
+    (lambda pipe: guidance_sweep(pipe, "a red circle", [1, 7], width=0),
+     "width must be between 32 and 2048 pixels, got 0"),
+    (lambda pipe: sweep(pipe, "a red circle", "seed", [1, 2], height=0),
+     "height must be between 32 and 2048 pixels, got 0"),
     (lambda pipe: make_latents(pipe, 1, height=0), "height must be a whole multiple of 2 pixels"),  # tiny VAE: 2×
-    (lambda pipe: make_latents(pipe, 1, width=33), r"width must be a whole multiple of 2 pixels \(the VAE's scale\), got 33; "
-                                                   "the model's own size is 64"),
+    (lambda pipe: make_latents(pipe, 1, width=33),
+     r"width must be a whole multiple of 2 pixels \(the VAE's scale\), got 33; "
+     "the model's own size is 64"),
 ])
 def test_a_zero_is_refused_not_taken_for_the_default(tiny_pipe, run, message):
     with pytest.raises(SdlabInputError, match=message):
@@ -114,7 +118,7 @@ def test_sweeps_bigger_than_one_call_go_in_chunks_with_the_same_images(tiny_pipe
     whole = guidance_sweep(tiny_pipe, "a red circle", values, seed=4, num_inference_steps=4)
     chunked = guidance_sweep(tiny_pipe, "a red circle", values, seed=4, num_inference_steps=4, max_batch=3)
     assert [r.params for r in chunked.results] == [r.params for r in whole.results]
-    assert max(_max_diff(a, b) for a, b in zip(chunked.images, whole.images)) <= 2
+    assert max(_max_diff(a, b) for a, b in zip(chunked.images, whole.images, strict=True)) <= 2
 
 
 def test_a_seed_sweep_image_is_made_again_pixel_for_pixel(tiny_model, tmp_path):

@@ -4,14 +4,13 @@ import json
 import pytest
 import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline
+from test_tiny_model import MODEL
 
 from sdlab.cli import main
 from sdlab.errors import SdlabInputError
 from sdlab.tiny.config import TinyConfig
 from sdlab.tiny.model import build_unet, widen_conv_in
 from sdlab.tiny.train import TrainConfig, Trainer, _Batches
-
-from test_tiny_model import MODEL
 
 
 def _log(folder):
@@ -117,13 +116,14 @@ def test_init_from_starts_every_model_from_the_folder_and_a_resume_keeps_its_own
     trainer = Trainer(config)
     for ours, theirs in ((trainer.unet, shipped.unet), (trainer.unet_ema.module, shipped.unet),
                          (trainer.text_encoder, shipped.text_encoder), (trainer.vae, shipped.vae)):
-        assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), theirs.state_dict().values()))
+        assert all(torch.equal(a, b)
+                   for a, b in zip(ours.state_dict().values(), theirs.state_dict().values(), strict=True))
     assert trainer.vae_step == config.vae_steps  # phase 1 is skipped: the VAE is trained
     trainer.run()
     resumed = Trainer(config)  # the checkpoint wins over the folder
     assert resumed.unet_step == 1
     assert not all(torch.equal(a, b) for a, b in zip(resumed.unet.state_dict().values(),
-                                                        shipped.unet.state_dict().values()))
+                                                        shipped.unet.state_dict().values(), strict=True))
 
 
 def test_init_from_a_model_of_other_sizes_says_so(tmp_path):

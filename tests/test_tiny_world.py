@@ -10,7 +10,6 @@ from sdlab.tiny import captions, checker, world
 from sdlab.tiny.captions import parse_prompt
 from sdlab.tiny.world import ATTRIBUTES, Scene
 
-
 # ---------------------------------------------------------------- the world
 
 def test_scene_rejects_bad_attributes():
@@ -25,7 +24,7 @@ def test_same_seed_gives_identical_examples():
     b = captions.make_examples(50, seed=3)
     assert [t for _, t, _ in a] == [t for _, t, _ in b]
     assert [s for _, _, s in a] == [s for _, _, s in b]
-    for (img_a, _, _), (img_b, _, _) in zip(a, b):
+    for (img_a, _, _), (img_b, _, _) in zip(a, b, strict=True):
         assert np.array_equal(np.asarray(img_a), np.asarray(img_b))
     c = captions.make_examples(50, seed=4)
     assert [t for _, t, _ in a] != [t for _, t, _ in c]
@@ -272,7 +271,7 @@ def test_web_captions_go_wrong_in_the_documented_shares():
 def test_web_examples_are_deterministic_and_differ_from_plain_ones():
     a, b = captions.make_examples(8, seed=4, web=True), captions.make_examples(8, seed=4, web=True)
     assert [t for _, t, _ in a] == [t for _, t, _ in b]
-    assert all(np.array_equal(np.asarray(x), np.asarray(y)) for (x, _, _), (y, _, _) in zip(a, b))
+    assert all(np.array_equal(np.asarray(x), np.asarray(y)) for (x, _, _), (y, _, _) in zip(a, b, strict=True))
     images, texts, scenes, masks = captions.batch_tensors(8, seed=4, web=True, masks=True)
     assert texts == [t for _, t, _ in a] and masks.shape == (8, 64, 64)
     assert np.array_equal(((images[0].permute(1, 2, 0) + 1) * 127.5).round().byte().numpy(), np.asarray(a[0][0]))

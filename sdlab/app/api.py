@@ -27,11 +27,10 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from .. import __version__
 from ..errors import SdlabInputError, check
 from ..generation import MAX_SIZE, GenerationParams
-from ..metadata import format_parameters
+from ..metadata import format_parameters, png_bytes
 from ..presets import PRESETS
 from ..schedulers import ALIASES, scheduler_name, scheduler_names, schedulers_for
 from .feedback import BODIES
-from ..metadata import png_bytes
 from .studio import BusyError, Studio
 
 MAX_IMAGE_BYTES = 16 * 2**20  # one uploaded image, after base64 decoding
@@ -161,7 +160,7 @@ def _run(studio: Studio, request: _Request, **images) -> GenerationResponse:
     image_ids = studio.record(result)
     out = [ImageOut(image_id=image_id, image=encode_png(png_bytes(item)), seed=item.params.seed,
                     parameters=item.params, infotext=format_parameters(item.params), seconds=item.seconds)
-           for item, image_id in zip(result, image_ids)]
+           for item, image_id in zip(result, image_ids, strict=True)]
     return GenerationResponse(images=out, seconds=result.seconds, model=studio.model, warnings=warnings)
 
 
@@ -198,8 +197,8 @@ def add_api(app: FastAPI, studio: Studio) -> FastAPI:
     async def schedulers() -> dict[str, Any]:
         """Scheduler names for the `scheduler` field (those that run the loaded model at 1 to 50 steps),
         every name sdlab knows, the other names accepted, and the default."""
-        return {"schedulers": schedulers_for(studio.pipe.scheduler.config), "all": scheduler_names(), "aliases": ALIASES,
-                "default": scheduler_name(studio.pipe.scheduler)}
+        return {"schedulers": schedulers_for(studio.pipe.scheduler.config), "all": scheduler_names(),
+                "aliases": ALIASES, "default": scheduler_name(studio.pipe.scheduler)}
 
     @app.get("/health", tags=["about"])
     async def health() -> dict[str, Any]:

@@ -7,14 +7,13 @@ The work is done by plain functions of the controls' values (`txt2img`, `img2img
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import reduce
 
 import gradio as gr
 from PIL import Image, ImageChops
 
-from ..errors import SdlabInputError, check
+from ..errors import check
 from ..generation import MAX_STEPS, Generation, GenerationParams, model_defaults
 from ..metadata import format_parameters
 from ..schedulers import scheduler_name, schedulers_for
@@ -62,7 +61,7 @@ def show(result: Generation, warnings: list[str] = (), image_ids: list[int | Non
                f"{first.num_inference_steps} steps, guidance {first.guidance_scale:g}, {first.width}×{first.height}")
     image_ids = image_ids or [None] * len(result)
     made = [{"params": item.params.to_dict(), "seconds": item.seconds, "image_id": image_id}
-            for item, image_id in zip(result, image_ids)]
+            for item, image_id in zip(result, image_ids, strict=True)]
     return Shown(gallery=[(with_parameters(item), caption(item.params, item.seconds)) for item in result],
                  summary=summary, made=made, warnings=list(warnings))
 
@@ -179,7 +178,8 @@ def build_ui(studio: Studio, face_restorer=None) -> gr.Blocks:
                             with gr.Tab("Text to image", id="txt2img"):
                                 go_text = gr.Button("Generate", variant="primary", elem_id="generate")
                             with gr.Tab("Image to image", id="img2img"):
-                                start_image = gr.Image(type="pil", label="Start image", sources=["upload", "clipboard"])
+                                start_image = gr.Image(type="pil", label="Start image",
+                                                       sources=["upload", "clipboard"])
                                 strength = gr.Slider(0.05, 1, 0.6, step=0.05, label="Strength (how much may change)")
                                 go_image = gr.Button("Generate from image", variant="primary")
                             with gr.Tab("Inpainting", id="inpaint"):
@@ -190,10 +190,12 @@ def build_ui(studio: Studio, face_restorer=None) -> gr.Blocks:
                                                 label="…or upload a mask (white = repaint)")
                                 inpaint_strength = gr.Slider(0.05, 1, 1.0, step=0.05, label="Strength")
                                 go_inpaint = gr.Button("Inpaint", variant="primary")
-                        scheduler = gr.Dropdown(schedulers_for(studio.pipe.scheduler.config), value=scheduler_name(studio.pipe.scheduler),
+                        scheduler = gr.Dropdown(schedulers_for(studio.pipe.scheduler.config),
+                                                value=scheduler_name(studio.pipe.scheduler),
                                                 label="Scheduler (sampler)")
                         num_inference_steps = gr.Slider(1, MAX_STEPS, steps, step=1, label="Steps")
-                        guidance_scale = gr.Slider(0, MAX_UI_GUIDANCE, guidance, step=0.5, label="Guidance scale (CFG)")
+                        guidance_scale = gr.Slider(0, MAX_UI_GUIDANCE, guidance, step=0.5,
+                                                   label="Guidance scale (CFG)")
                         with gr.Row():
                             seed = gr.Number(-1, precision=0, label="Seed (-1: random)", elem_id="seed", scale=3)
                             random_seed_button = gr.Button("random", scale=1, min_width=60)

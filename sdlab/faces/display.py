@@ -29,7 +29,7 @@ def draw_faces(image: Image.Image, faces: Sequence[Face], scale: float = 1.0) ->
         font = ImageFont.load_default(size=max(10, round((right - left) / 6)))
         draw.text((left + width + 2, top + width), f"{face.score:.3f}", fill="white", font=font,
                   stroke_width=2, stroke_fill="black")
-        for (x, y), colour in zip(face.landmarks * scale, LANDMARK_COLOURS):
+        for (x, y), colour in zip(face.landmarks * scale, LANDMARK_COLOURS, strict=True):
             r = width + 1
             draw.ellipse((x - r, y - r, x + r, y + r), fill=colour)
     return canvas
@@ -59,7 +59,8 @@ def show_faces(image: Image.Image, faces: Sequence[Face], scale: float = 1.0) ->
 
 def show_photo(image: Image.Image, quality: int = 90) -> None:
     """Display a photo as JPEG: a fraction of a PNG's size in the saved notebook, no visible loss."""
-    from IPython.display import Image as JupyterImage, display
+    from IPython.display import Image as JupyterImage
+    from IPython.display import display
 
     buffer = io.BytesIO()
     image.convert("RGB").save(buffer, "JPEG", quality=quality)

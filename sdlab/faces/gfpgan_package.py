@@ -125,7 +125,7 @@ class GFPGANPackageRestorer:
         crops, restored, output = self.gfpganer.enhance(bgr, has_aligned=False, paste_back=True)
         faces = [Face(box=tuple(float(v) for v in det[:4]), score=float(det[4]),
                       landmarks=np.asarray(marks, np.float32))
-                 for det, marks in zip(helper.det_faces, helper.all_landmarks_5)]
+                 for det, marks in zip(helper.det_faces, helper.all_landmarks_5, strict=True)]
         plain = cv2.resize(bgr, output.shape[1::-1], interpolation=cv2.INTER_LANCZOS4)
         mixed = cv2.addWeighted(output, weight, plain, 1 - weight, 0) if weight < 1 else output
         regions = [paste_region(paste_matrix(matrix, upscale), output.shape[1], output.shape[0])

@@ -111,7 +111,8 @@ def restore_faces(image, restorer="GFPGANv1.4", *, upscale: float = 1, weight: f
     # 5. Paste back, on the picture made `upscale` times bigger
     tick = time.perf_counter()
     canvas = resize_pixels(pixels, upscale)
-    regions = [paste_face(canvas, face, matrix, upscale, weight) for face, matrix in zip(restored, matrices)]
+    regions = [paste_face(canvas, face, matrix, upscale, weight)
+               for face, matrix in zip(restored, matrices, strict=True)]
     seconds["paste"] = time.perf_counter() - tick
     seconds["total"] = time.perf_counter() - start
     return FaceRestoration(with_alpha(Image.fromarray(canvas), original), faces, regions,

@@ -20,7 +20,6 @@ from ..errors import SdlabInputError, check
 from .gfpgan_package import GFPGANPackageRestorer
 from .weights import WEIGHTS, missing_weights, weights_path
 
-
 RESTORERS = ["GFPGANv1.4", "GFPGANv1.3", "RestoreFormer", "classical"]
 
 

@@ -19,8 +19,19 @@ Where things live: `records` (what is kept, and its checks), `store` (the databa
 from __future__ import annotations
 
 from .display import captioned_grid, rating_widget
-from .records import (LIKED, MAX_COMMENT_CHARS, MAX_USER_CHARS, THUMBS, Feedback, StoredImage, as_time,
-                      check_feedback, check_rating, now, write_atomically)
+from .records import (
+                      LIKED,
+                      MAX_COMMENT_CHARS,
+                      MAX_USER_CHARS,
+                      THUMBS,
+                      Feedback,
+                      StoredImage,
+                      as_time,
+                      check_feedback,
+                      check_rating,
+                      now,
+                      write_atomically,
+)
 from .store import DB_NAME, IMAGES, MIGRATIONS, SCHEMA_VERSION, FeedbackStore
 
 __all__ = ["captioned_grid", "rating_widget", "LIKED", "MAX_COMMENT_CHARS", "MAX_USER_CHARS", "THUMBS", "Feedback",

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from ..errors import SdlabInputError, check
+from ..errors import SdlabInputError, check, check_text
 
 if TYPE_CHECKING:  # sdlab.generation imports torch; records are read without it
     from ..generation import GenerationParams
@@ -107,13 +107,8 @@ def check_feedback(image_id, rating, comment, user) -> tuple[int, int, str, str]
     check(isinstance(image_id, int) and not isinstance(image_id, bool),
           f"image_id must be the whole number that add_generation returned (the app's image_id), got {image_id!r}")
     rating = check_rating(rating)
-    comment = "" if comment is None else comment
-    check(isinstance(comment, str), f"comment must be text, got {type(comment).__name__}")
-    check(len(comment) <= MAX_COMMENT_CHARS,
-          f"comment is {len(comment)} characters; the limit is {MAX_COMMENT_CHARS}: say it in fewer words")
-    user = "" if user is None else user
-    check(isinstance(user, str) and len(user) <= MAX_USER_CHARS,
-          f"user must be a name of at most {MAX_USER_CHARS} characters, got {user!r:.60}")
+    comment = check_text("comment", "" if comment is None else comment, MAX_COMMENT_CHARS)
+    user = check_text("user", "" if user is None else user, MAX_USER_CHARS)
     return image_id, rating, comment.strip(), user.strip()
 
 

@@ -14,8 +14,18 @@ from datetime import date, datetime
 from pathlib import Path
 
 from ..errors import SdlabInputError, check, is_whole
-from .records import (IMAGES, LIKED, MAX_COMMENT_CHARS, MAX_USER_CHARS, Feedback, StoredImage, as_time,
-                      check_feedback, now, write_atomically)
+from .records import (
+    IMAGES,
+    LIKED,
+    MAX_COMMENT_CHARS,
+    MAX_USER_CHARS,
+    Feedback,
+    StoredImage,
+    as_time,
+    check_feedback,
+    now,
+    write_atomically,
+)
 
 DB_NAME = "feedback.sqlite3"
 

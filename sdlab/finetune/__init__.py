@@ -21,8 +21,16 @@ from __future__ import annotations
 
 from .examples import Example, encode_examples, stored_examples, training_examples
 from .jobs import FINETUNE_TURN, STATES, FinetuneJob, FinetuneStatus, start_finetune
-from .training import (FULL_SAVE_MAX_PARAMETERS, LORA_FILE, LORA_TARGETS, FinetuneConfig, diffusion_loss, finetune,
-                       noise_scheduler_for, sample_timesteps)
+from .training import (
+                       FULL_SAVE_MAX_PARAMETERS,
+                       LORA_FILE,
+                       LORA_TARGETS,
+                       FinetuneConfig,
+                       diffusion_loss,
+                       finetune,
+                       noise_scheduler_for,
+                       sample_timesteps,
+)
 from .versions import VERSION_FILE, ModelVersion, list_versions, load_version
 
 __all__ = ["Example", "encode_examples", "stored_examples", "training_examples", "FINETUNE_TURN", "STATES",

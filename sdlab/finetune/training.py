@@ -52,7 +52,8 @@ class FinetuneConfig:
               f"batch_size must be ≥ 1, got {self.batch_size!r}")
         check(isinstance(self.rank, int) and 1 <= self.rank <= 256,
               f"rank must be 1–256, got {self.rank!r}; 4–16 is typical")
-        check(self.learning_rate is None or (isinstance(self.learning_rate, (int, float)) and 0 < self.learning_rate <= 1),
+        check(self.learning_rate is None
+              or (isinstance(self.learning_rate, (int, float)) and 0 < self.learning_rate <= 1),
               f"learning_rate must be above 0 and at most 1, got {self.learning_rate!r}; None picks 1e-3 for LoRA, "
               f"1e-4 for full")
         check(all(isinstance(v, (int, float)) and not isinstance(v, bool)

@@ -360,7 +360,7 @@ def make_examples(
     """
     triples = _sample(n, seed, split, web)
     pixels = _render(triples, size, web)
-    return [(Image.fromarray(img), text, scene) for img, (text, scene, _) in zip(pixels, triples)]
+    return [(Image.fromarray(img), text, scene) for img, (text, scene, _) in zip(pixels, triples, strict=True)]
 
 
 def batch_tensors(n: int, seed: int, size: int = DEFAULT_SIZE, split: str = "train", web: bool = False,

@@ -159,7 +159,7 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     areas = np.bincount(roots, weights=run_end - run_start)
     keep = roots == int(np.argmax(areas))
     out = np.zeros_like(mask)
-    for row, start, end in zip(run_row[keep], run_start[keep], run_end[keep]):
+    for row, start, end in zip(run_row[keep], run_start[keep], run_end[keep], strict=True):
         out[row, start:end] = True
     return out
 

@@ -39,7 +39,8 @@ def measure_adherence(pipe, scenes: list[Scene], *, guidance_scale: float = 7.5,
     images, seconds = [], 0.0
     for start in range(0, len(scenes), batch_size):
         chunk = scenes[start:start + batch_size]
-        result = generate(pipe, [canonical_prompt(s) for s in chunk], seed=[seed + start + i for i in range(len(chunk))],
+        result = generate(pipe, [canonical_prompt(s) for s in chunk],
+                          seed=[seed + start + i for i in range(len(chunk))],
                           guidance_scale=guidance_scale, num_inference_steps=num_inference_steps, scheduler=scheduler)
         images += result.images
         seconds += result.seconds
@@ -113,7 +114,8 @@ class Behaviour:
     def summary(self) -> str:
         g1, g75, g20 = (self.guidance.get(g, {}) for g in (1, 7.5, 20))
         first, last = next(iter(self.steps)), list(self.steps)[-1]
-        return (f"summary: all attributes {g1.get('all', 0) * 100:.0f}% at guidance 1 -> {g75.get('all', 0) * 100:.0f}% "
+        return (f"summary: all attributes {g1.get('all', 0) * 100:.0f}% "
+                f"at guidance 1 -> {g75.get('all', 0) * 100:.0f}% "
                 f"at 7.5; plain colour {self.plain.get(1, {}).get('colour', 0) * 100:.0f}% at 1; clipped "
                 f"{self.clipped.get(7.5, 0) * 100:.1f}% -> {self.clipped.get(20, 0) * 100:.1f}% from 7.5 to 20 "
                 f"(all attributes {g20.get('all', 0) * 100:.0f}% at 20); seeds {self.seeds_apart:.1f}/255 apart; "
@@ -177,7 +179,8 @@ def measure_behaviour(pipe, scenes: list[Scene], *, guidance_scales=BEHAVIOUR_GU
     first = _images(pipe, named, seeds, **settings)
     second = _images(pipe, named, [s + 10_000 for s in seeds], **settings)
     seeds_apart = float(np.abs(_pixels(first) - _pixels(second)).mean())
-    follow = [all(adherence(a, s).values()) and all(adherence(b, s).values()) for a, b, s in zip(first, second, scenes)]
+    follow = [all(adherence(a, s).values()) and all(adherence(b, s).values())
+              for a, b, s in zip(first, second, scenes, strict=True)]
     say("steps")
     reference = _pixels(_images(pipe, named, seeds, guidance_scale=default_guidance,
                                 num_inference_steps=REFERENCE_STEPS))

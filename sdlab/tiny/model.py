@@ -24,7 +24,6 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from ..tokenizer import VOCAB_SIZE
 from .config import TinyConfig
 
-
 #: The noise schedule sdlab-tiny is trained with (cosine, v-prediction), and how its default DDIM
 #: sampler spaces its steps: SD 1.5's "leading" spacing with steps_offset 1. With it a 1-step image is
 #: the starting noise barely touched and a few steps leave noise in the image, as on SD 1.5, so the

@@ -16,6 +16,7 @@ from ..errors import check, writable_folder
 from ..feedback import FeedbackStore
 from ..finetune import FinetuneConfig, ModelVersion, load_version, start_finetune
 
+
 @dataclass(frozen=True)
 class ColourRater:
     """A simulated rater who likes one object colour: 5 when the checker reads it, 1 otherwise."""
@@ -130,7 +131,8 @@ def preference_demo(pipe, *, colour: str = "blue", store: FeedbackStore | None =
     check(colour in COLOUR_NAMES, f"colour must be one of {', '.join(COLOUR_NAMES)}, got {colour!r}")
     for name, value, least in (("rating_images", rating_images, 1), ("test_images", test_images, 1),
                                ("control_images", control_images, 0)):
-        check(isinstance(value, int) and value >= least, f"{name} must be a whole number, {least} or more, got {value!r}")
+        check(isinstance(value, int) and value >= least,
+              f"{name} must be a whole number, {least} or more, got {value!r}")
     config = (config or DEMO_CONFIG).checked()  # all before the first image is made
     settings = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
     if version is None and models_dir is not None:

@@ -275,7 +275,7 @@ def render_batch(scenes: list[Scene], size: int = DEFAULT_SIZE, looks: list[Look
     for start in range(0, len(scenes), _RENDER_CHUNK):
         chunk = scenes[start: start + _RENDER_CHUNK]
         chunk_looks = looks[start: start + len(chunk)] if looks is not None else [None] * len(chunk)
-        alpha = np.stack([_alpha(s, size, look) for s, look in zip(chunk, chunk_looks)])[..., None]
+        alpha = np.stack([_alpha(s, size, look) for s, look in zip(chunk, chunk_looks, strict=True)])[..., None]
         fg = np.array([COLOURS[s.colour] for s in chunk], dtype=np.float32)[:, None, None, :]
         bg = np.array([COLOURS[s.background] for s in chunk], dtype=np.float32)[:, None, None, :]
         if looks is not None:
@@ -284,7 +284,7 @@ def render_batch(scenes: list[Scene], size: int = DEFAULT_SIZE, looks: list[Look
             fg = fg + np.stack([o for _, o in layers])[..., None]
         pixels = bg + alpha * (fg - bg)
         if looks is not None:
-            for image, look in zip(pixels, chunk_looks):
+            for image, look in zip(pixels, chunk_looks, strict=True):
                 for x, y, colour in look.specks:
                     _draw_speck(image, x, y, COLOURS[colour])
         out[start: start + len(chunk)] = np.rint(np.clip(pixels, 0, 255))
