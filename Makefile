@@ -38,7 +38,7 @@ lab: install
 PYTEST := SDLAB_PROGRESS=0 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadfile
 
 test: install lint
-	$(PYTEST) --durations=15
+	SDLAB_PROGRESS=0 $(BIN)/python -m pytest --durations=15
 
 # the quick subset for every change: lint, and the tests not marked slow (no notebooks, no browser)
 check: install lint
