@@ -36,7 +36,12 @@ def _generate(args) -> None:
 def _regenerate(args) -> None:
     from .metadata import open_image, regenerate, save_png
 
-    item = regenerate(args.png)
+    pipe = None
+    if args.use_model is not None:  # not `model`: main() fills that with the default model
+        from .pipelines import load_pipeline
+
+        pipe = load_pipeline(args.use_model)
+    item = regenerate(args.png, pipe, force=args.force, trust_model=args.trust_model)
     save_png(item, args.out)
     difference = _pixel_difference(open_image(args.png), item.image)
     if difference is None:
@@ -153,8 +158,11 @@ def _course(args) -> None:
 
 def _serve(args) -> None:
     from .app import serve
+    from .app.feedback import FinetuneLimits
 
-    serve(args.model, host=args.host, port=args.port, share=args.share)
+    limits = FinetuneLimits(args.max_finetune_steps, args.max_finetune_minutes, args.keep_versions)
+    serve(args.model, host=args.host, port=args.port, share=args.share, max_queue=args.max_queue,
+          max_work=args.max_work, finetune_limits=limits, token=args.operator_token)
 
 
 def _feedback_demo(args) -> None:
@@ -308,6 +316,11 @@ def build_parser() -> argparse.ArgumentParser:
     regen = sub.add_parser("regenerate", help="make an image again from its PNG metadata")
     regen.add_argument("png")
     regen.add_argument("--out", required=True)
+    regen.add_argument("--model", dest="use_model", default=None,
+                       help="the model to use (default: the one the PNG names, if it is a preset or inside a models "
+                            "folder)")
+    regen.add_argument("--trust-model", action="store_true", help="load the model the PNG names from wherever it is")
+    regen.add_argument("--force", action="store_true", help="run a job above the work limit (1600 image-steps)")
     regen.set_defaults(func=_regenerate)
 
     train = sub.add_parser("train-tiny", help="train the sdlab-tiny model (resumes from --out)")
@@ -369,6 +382,15 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--host", default="127.0.0.1", help="127.0.0.1 keeps it on this machine")
     srv.add_argument("--port", type=int, default=7860)
     srv.add_argument("--share", action="store_true", help="also open a public Gradio share link")
+    srv.add_argument("--max-queue", type=int, default=16, help="requests in line at most (the running one "
+                     "included); more get 503 with Retry-After")
+    srv.add_argument("--max-work", type=float, default=1600, help="the most one request may ask for, in "
+                     "image-steps at the model's own size (default 1600: 64 images at 25 steps)")
+    srv.add_argument("--max-finetune-steps", type=int, default=1000, help="steps one fine-tune may ask for")
+    srv.add_argument("--max-finetune-minutes", type=float, default=30, help="a fine-tune stops after this long")
+    srv.add_argument("--keep-versions", type=int, default=5, help="fine-tuned versions kept (the oldest go)")
+    srv.add_argument("--operator-token", default=None, help="what POST/DELETE /finetune need when the server is "
+                     "reachable from other machines (default: $SDLAB_OPERATOR_TOKEN, else a new one, printed)")
     srv.set_defaults(func=_serve)
 
     demo = sub.add_parser("feedback-demo", help="simulated raters who like one colour rate sdlab-tiny's images; "

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
@@ -24,6 +25,9 @@ MAX_IMAGES = 64  # per call; sweeps split bigger jobs
 #: image's parameters but only slows the server and bloats the stored PNG
 MAX_PROMPT_CHARS = 4000
 MAX_STEPS = 500
+#: The most one server request, or a `regenerate` unasked, may take: image-steps at the model's own size
+#: (`work_of`): 64 images at 25 steps, or 8 images at 50 steps at twice the model's side.
+MAX_WORK = 1600
 MAX_GUIDANCE = 50.0
 MIN_SIZE, MAX_SIZE, SIZE_MULTIPLE = 32, 2048, 8
 
@@ -102,6 +106,13 @@ def model_defaults(pipe) -> tuple[int, float]:
     """The (steps, guidance) a model works best with: its preset's, else diffusers' 50 and 7.5."""
     preset = find_preset(model_name(pipe))
     return (preset.num_inference_steps, preset.guidance_scale) if preset else (50, 7.5)
+
+
+def work_of(pipe, num_images: int, steps: int, height: int | None = None, width: int | None = None) -> float:
+    """A job's work in image-steps at the model's own size: images × steps × (pixels / its pixels).
+    (A server and `regenerate` bound it; attention grows faster than the pixels, so big sizes count low.)"""
+    size = default_size(pipe)
+    return num_images * steps * ((height or size) * (width or size)) / (size * size)
 
 
 def check_size(name: str, value) -> int:
@@ -209,7 +220,8 @@ def generate(pipe, prompt: str | list[str], *, negative_prompt: str | list[str] 
              guidance_scale: float | None = None, height: int | None = None, width: int | None = None,
              scheduler: str | None = None, image: Image.Image | None = None, strength: float = 0.8,
              mask_image: Image.Image | None = None, latents: torch.Tensor | None = None,
-             variation_seed: int | None = None, variation_strength: float = 0.0) -> Generation:
+             variation_seed: int | None = None, variation_strength: float = 0.0,
+             should_stop: Callable[[], bool] | None = None) -> Generation:
     """Generate images in one batched pipeline call.
 
     prompt: one prompt or a list (each gets `num_images_per_prompt` images).
@@ -219,6 +231,8 @@ def generate(pipe, prompt: str | list[str], *, negative_prompt: str | list[str] 
     latents: the starting noise, e.g. from `sdlab.seeds.make_latents` (overrides the seeds' noise,
     so the images record no seed).
     variation_seed/variation_strength: slerp each image's noise towards another seed's.
+    should_stop: asked after every denoising step; when it says True the call ends with
+    `GenerationCancelled` (a server uses it to drop the work of a client that went away).
     """
     # 1. Check inputs
     check(isinstance(prompt, (str, list, tuple)), f"prompt must be a string or a list of strings, got "
@@ -273,6 +287,8 @@ def generate(pipe, prompt: str | list[str], *, negative_prompt: str | list[str] 
         call |= dict(image=image, strength=strength)
         if mode == "inpaint":
             call |= dict(mask_image=mask_image.resize((width, height), Image.NEAREST), height=height, width=width)
+    if should_stop is not None:
+        call["callback_on_step_end"] = _stop_when(should_stop)
     used_scheduler = scheduler_name(own_scheduler)
     start = time.perf_counter()
     output = runner(**call)
@@ -291,6 +307,19 @@ def generate(pipe, prompt: str | list[str], *, negative_prompt: str | list[str] 
                                                 batch_size=batch, batch_pos=k if batch > 1 else 0), share)
                for k, (img, p, n, s) in enumerate(zip(output.images, all_prompts, all_negatives, seeds, strict=True))]
     return Generation(results, seconds)
+
+
+class GenerationCancelled(Exception):
+    """A generation ended between two denoising steps because its `should_stop()` said so."""
+
+
+def _stop_when(should_stop: Callable[[], bool]):
+    """A diffusers `callback_on_step_end` that ends the call when `should_stop()` is true."""
+    def callback(pipe, step: int, timestep, tensors: dict) -> dict:
+        if should_stop():
+            raise GenerationCancelled(f"stopped after denoising step {step + 1}")
+        return tensors
+    return callback
 
 
 def _check_latents(pipe, latents: torch.Tensor, count: int, height: int, width: int) -> torch.Tensor:

@@ -16,23 +16,44 @@ from pathlib import Path
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from .errors import SdlabInputError
-from .generation import GeneratedImage, GenerationParams
+from .errors import SdlabInputError, check
+from .generation import MAX_IMAGES, MAX_SIZE, MAX_STEPS, MAX_WORK, MIN_SIZE, GeneratedImage, GenerationParams, work_of
+from .seeds import MAX_SEED
 
 PARAMETERS_KEY = "parameters"
 
+MAX_PARAMETERS_CHARS = 20_000  # two prompts at their limit and the settings line
+MODES = ("txt2img", "img2img", "inpaint")
+
+
+def _whole(text: str) -> int:
+    if not re.fullmatch(r"-?\d{1,20}", text):
+        raise ValueError("a whole number")
+    return int(text)
+
+
+def _decimal(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("a number") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError("a finite number")
+    return value
+
+
 # (A1111 key, GenerationParams field, parser); Size is handled apart (it is two fields)
 _FIELDS = [
-    ("Steps", "num_inference_steps", int),
+    ("Steps", "num_inference_steps", _whole),
     ("Sampler", "scheduler", str),
-    ("CFG scale", "guidance_scale", float),
-    ("Seed", "seed", int),
+    ("CFG scale", "guidance_scale", _decimal),
+    ("Seed", "seed", _whole),
     ("Model", "model", str),
-    ("Denoising strength", "strength", float),
-    ("Variation seed", "variation_seed", int),
-    ("Variation seed strength", "variation_strength", float),
-    ("Batch size", "batch_size", int),
-    ("Batch pos", "batch_pos", int),
+    ("Denoising strength", "strength", _decimal),
+    ("Variation seed", "variation_seed", _whole),
+    ("Variation seed strength", "variation_strength", _decimal),
+    ("Batch size", "batch_size", _whole),
+    ("Batch pos", "batch_pos", _whole),
     ("Mode", "mode", str),
 ]
 
@@ -72,7 +93,10 @@ _PAIR = re.compile(r'\s*([\w ]+):\s*("(?:\\.|[^"])*"|[^,]*)(?:,|$)')
 
 
 def parse_parameters(text: str) -> GenerationParams:
-    """GenerationParams from an A1111 `parameters` text (the inverse of `format_parameters`)."""
+    """GenerationParams from an A1111 `parameters` text (the inverse of `format_parameters`); a field
+    that is not what sdlab or AUTOMATIC1111 writes is a SdlabInputError naming it and its value."""
+    check(len(text) <= MAX_PARAMETERS_CHARS, f"the PNG's parameters are {len(text)} characters; sdlab writes at "
+                                             f"most {MAX_PARAMETERS_CHARS}: this is not a parameters text it made")
     *head, last = text.strip().split("\n")
     pairs = {key.strip(): value.strip().strip('"') for key, value in _PAIR.findall(last)}
     if "Steps" not in pairs:
@@ -84,12 +108,41 @@ def parse_parameters(text: str) -> GenerationParams:
             negative = "\n".join([line[len("Negative prompt:"):].strip()] + head[i + 1:])
             break
         prompt_lines.append(line)
-    width, height = (int(v) for v in pairs.get("Size", "512x512").split("x"))
-    values = {field: parse(pairs[key]) for key, field, parse in _FIELDS if key in pairs}
+    size = pairs.get("Size", "512x512")
+    match = re.fullmatch(r"(\d{1,5})x(\d{1,5})", size)
+    check(match is not None, f"Size is {size!r} in the PNG's parameters; it must be width x height, e.g. 64x64")
+    width, height = int(match[1]), int(match[2])
+    values = {}
+    for key, field, parse in _FIELDS:
+        if key in pairs:
+            try:
+                values[field] = parse(pairs[key])
+            except ValueError as err:
+                raise SdlabInputError(f"{key} is {pairs[key][:40]!r} in the PNG's parameters; it must be {err}") \
+                    from None
     values.setdefault("model", "unknown")
     values.setdefault("seed", None)
-    return GenerationParams(prompt="\n".join(prompt_lines), negative_prompt=negative, width=width, height=height,
-                            **values)
+    params = GenerationParams(prompt="\n".join(prompt_lines), negative_prompt=negative, width=width,
+                              height=height, **values)
+    _check_params(params)
+    return params
+
+
+def _check_params(p: GenerationParams) -> None:
+    """What generate() would refuse anyway, said as a fault of the PNG's parameters."""
+    where = "in the PNG's parameters"
+    check(1 <= p.num_inference_steps <= MAX_STEPS,
+          f"Steps is {p.num_inference_steps} {where}; it must be 1–{MAX_STEPS}")
+    for name, value in (("width", p.width), ("height", p.height)):
+        check(MIN_SIZE <= value <= MAX_SIZE and value % 8 == 0,
+              f"Size has {name} {value} {where}; it must be a multiple of 8 from {MIN_SIZE} to {MAX_SIZE}")
+    check(p.seed is None or 0 <= p.seed <= MAX_SEED, f"Seed is {p.seed} {where}; it must be 0 to 2**64 - 1")
+    check(1 <= p.batch_size <= MAX_IMAGES, f"Batch size is {p.batch_size} {where}; it must be 1–{MAX_IMAGES}")
+    check(0 <= p.batch_pos < p.batch_size,
+          f"Batch pos is {p.batch_pos} {where}; in a batch of {p.batch_size} it must be 0–{p.batch_size - 1}")
+    check(p.mode in MODES, f"Mode is {p.mode!r} {where}; it must be one of {', '.join(MODES)}")
+    check(0 <= p.variation_strength <= 1, f"Variation seed strength is {p.variation_strength:g} {where}; it must "
+                                          f"be 0–1")
 
 
 def _png_info(result: GeneratedImage) -> PngInfo:
@@ -121,7 +174,8 @@ def open_image(path: str | Path) -> Image.Image:
     try:
         image = Image.open(path)
         image.load()
-    except (OSError, Image.DecompressionBombError) as err:  # not an image, truncated, or absurdly large
+    except (OSError, ValueError, Image.DecompressionBombError) as err:  # not an image, truncated, absurdly
+        # large, or a text chunk too big to inflate (ValueError)
         raise SdlabInputError(f"{path} is not an image PIL can read ({err}); give a PNG or a JPEG") from None
     return image
 
@@ -145,14 +199,34 @@ def read_params(png: str | Path | Image.Image) -> GenerationParams:
     return parse_parameters(text)
 
 
-def regenerate(png: str | Path | Image.Image, pipe=None) -> GeneratedImage:
+def trusted_model(model: str) -> bool:
+    """A preset, or a folder inside a `models` folder (the project's, this folder's or the feedback
+    store's fine-tuned versions): what a PNG may name for `regenerate` to load without asking."""
+    from .presets import find_preset, tiny_model_dir
+
+    if find_preset(model) is not None:
+        return True
+    shipped = tiny_model_dir()
+    homes = [Path("models"), Path("feedback") / "models"] + ([shipped.parent] if shipped else [])
+    folder = Path(model).resolve()
+    return any(folder.is_relative_to(home.resolve()) for home in homes)
+
+
+def regenerate(png: str | Path | Image.Image, pipe=None, *, force: bool = False,
+               trust_model: bool = False) -> GeneratedImage:
     """Make the image stored in a PNG again from its metadata.
 
     Pixels are identical on the CPU for images of generate() and of seed sweeps: a batch of one
     prompt at consecutive seeds is run again whole (its "Batch size"/"Batch pos"). Other images
     are made again alone, and a batch rounds the last bit differently from one image, so an image
     from a batch of several prompts, or from guidance_sweep's batched loop, comes back within float
-    rounding (a level or two), not identical. `pipe` is loaded from the metadata's Model when not given.
+    rounding (a level or two), not identical.
+
+    pipe: the model to use; None loads the metadata's Model, if it is a preset or a folder inside a
+    `models` folder (`trusted_model`), or anything with `trust_model=True`: a PNG is not a reason to
+    load code or weights from anywhere on the disk.
+    force: start a job bigger than `MAX_WORK` image-steps at the model's own size (refused, with
+    the estimate, without it).
     """
     from .generation import generate
     from .pipelines import load_pipeline
@@ -164,7 +238,17 @@ def regenerate(png: str | Path | Image.Image, pipe=None) -> GeneratedImage:
     if params.seed is None:
         raise SdlabInputError("the PNG's parameters have no Seed, so the image cannot be made again (an image "
                               "made from latents= given by hand records none)")
-    pipe = pipe or load_pipeline(params.model)
+    if pipe is None:
+        check(trust_model or trusted_model(params.model),
+              f"the PNG names the model {params.model!r}, which is not a preset or a folder inside a models folder; "
+              f"give the model yourself (sdlab regenerate --model NAME, or regenerate(png, pipe)) or, if you trust "
+              f"that folder, --trust-model (trust_model=True)")
+        pipe = load_pipeline(params.model)
+    work = work_of(pipe, params.batch_size, params.num_inference_steps, params.height, params.width)
+    check(force or work <= MAX_WORK,
+          f"this PNG asks for {params.batch_size} image(s) × {params.num_inference_steps} steps at "
+          f"{params.width}×{params.height}: {work:g} image-steps at the model's own size, more than the "
+          f"{MAX_WORK} regenerate starts unasked; pass --force (force=True) to run it anyway")
     result = generate(pipe, params.prompt, negative_prompt=params.negative_prompt,
                       seed=params.seed - params.batch_pos, num_images_per_prompt=params.batch_size,
                       num_inference_steps=params.num_inference_steps, guidance_scale=params.guidance_scale,

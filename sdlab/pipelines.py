@@ -231,7 +231,13 @@ def _load(kind: str, source, choice, safety_checker: bool | None):
     if safety_checker is False:  # None keeps the model's own, as diffusers does
         kwargs |= {"safety_checker": None, "requires_safety_checker": False}
     if kind == "folder":
-        return StableDiffusionPipeline.from_pretrained(str(source), **kwargs)
+        try:
+            return StableDiffusionPipeline.from_pretrained(str(source), **kwargs)
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:  # missing/damaged files, a pickle
+            first = (str(err).strip().splitlines() or [""])[0][:300]
+            raise SdlabInputError(f"the model folder {source} does not load as a diffusers pipeline "
+                                  f"({type(err).__name__}: {first}); give a folder that save_pretrained wrote "
+                                  f"whole (model_index.json and each part's config and safetensors)") from None
     # the hub's half-precision files are half the download; the full ones where there are none
     variants = ("fp16", None) if choice.dtype == torch.float16 else (None,)
     return _from_hub(StableDiffusionPipeline, source, variants, **kwargs)

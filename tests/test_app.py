@@ -18,6 +18,7 @@ from PIL.PngImagePlugin import PngInfo
 import sdlab
 import sdlab.app
 from sdlab.app import api, ui
+from sdlab.app.feedback import FinetuneLimits
 from sdlab.app.studio import BusyError, Studio
 from sdlab.errors import SdlabInputError
 from sdlab.metadata import read_params
@@ -241,14 +242,14 @@ def test_a_body_announced_too_large_is_refused_before_reading(client):
 
 def test_full_line_answers_503_and_the_waiting_request_still_succeeds(live, app):
     studio = app.state.studio
-    studio.max_queue = 1
+    studio.max_queue = 2
     try:
         with ThreadPoolExecutor(1) as pool:
-            with studio._turn:  # hold the pipeline: the next request waits in line
+            with studio.line.turn():  # hold the pipeline (one place in line): the next request waits
                 waiting = pool.submit(httpx.post, live.url + "text2img", json={"prompt": PROMPT, "steps": 1},
                                       timeout=60)
                 deadline = time.monotonic() + 30
-                while studio.in_line < 1 and time.monotonic() < deadline:
+                while studio.in_line < 2 and time.monotonic() < deadline:
                     time.sleep(0.01)
                 refused = httpx.post(live.url + "text2img", json={"prompt": PROMPT, "steps": 1}, timeout=30)
                 assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
@@ -274,9 +275,9 @@ def test_concurrent_requests_all_succeed_in_turn(live, tiny_pipe):
 
 def test_studio_refuses_beyond_its_line(tiny_pipe):
     studio = Studio(tiny_pipe, max_queue=1)
-    with studio.turn():
+    with studio.line.turn():
         with pytest.raises(BusyError, match="at most 1"):
-            with studio.turn():
+            with studio.line.turn():
                 pass
     assert studio.in_line == 0
 
@@ -398,8 +399,10 @@ def test_the_cli_reaches_serve(monkeypatch):
 
     called = {}
     monkeypatch.setattr(sdlab.app, "serve", lambda model, **kw: called.update(model=model, **kw))
-    assert cli.main(["serve", "--model", "tiny-random", "--port", "0"]) == 0
-    assert called == {"model": "tiny-random", "host": "127.0.0.1", "port": 0, "share": False}
+    assert cli.main(["serve", "--model", "tiny-random", "--port", "0", "--max-work", "800", "--max-finetune-steps",
+                     "300", "--keep-versions", "3", "--operator-token", "t"]) == 0
+    assert called == {"model": "tiny-random", "host": "127.0.0.1", "port": 0, "share": False, "max_queue": 16,
+                      "max_work": 800, "finetune_limits": FinetuneLimits(300, 30, 3), "token": "t"}
 
 
 # ---- face repair: a hook for sdlab.faces (any restore(image, upscale=, weight=) -> image) ---
@@ -508,5 +511,6 @@ def test_a_chunked_body_is_refused_once_it_passes_the_limit(client):
             yield b" " * 2**20
 
     response = client.post("/img2img", content=chunks(), headers={"content-type": "application/json"})
-    assert response.status_code == 413 and "the request body is more than that; the limit is 48 MB" in response.text
+    assert response.status_code == 413
+    assert "the request body is more than that; the limit for /img2img is 48 MB" in response.text
     assert client.post("/text2img", json={"prompt": PROMPT, "steps": 1}).status_code == 200

@@ -13,12 +13,16 @@ unknown fields), the base64 images, and which model this server has loaded.
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import io
-from typing import Any, ClassVar
+import threading
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from PIL import Image, UnidentifiedImageError
@@ -26,15 +30,16 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from .. import __version__
 from ..errors import SdlabInputError, check
-from ..generation import MAX_SIZE, GenerationParams
+from ..generation import MAX_PROMPT_CHARS, MAX_SIZE, SIZE_MULTIPLE, GenerationParams
 from ..metadata import format_parameters, png_bytes
 from ..presets import PRESETS
 from ..schedulers import ALIASES, scheduler_name, scheduler_names, schedulers_for
 from .feedback import BODIES
-from .studio import BusyError, Studio
+from .studio import BusyError, ClientGone, Studio
 
 MAX_IMAGE_BYTES = 16 * 2**20  # one uploaded image, after base64 decoding
-MAX_BODY_BYTES = 48 * 2**20  # a whole request body (an image and a mask, base64)
+MAX_BODY_BYTES = 48 * 2**20  # a whole generation request's body (an image and a mask, base64)
+MAX_SMALL_BODY_BYTES = 64 * 2**10  # the body of a request that carries no image (/feedback, /finetune)
 EXAMPLE_PROMPT = "a small red circle on a blue background"
 
 
@@ -43,12 +48,15 @@ EXAMPLE_PROMPT = "a small red circle on a blue background"
 class _Request(BaseModel):
     """The fields every generation endpoint takes (None: the model's default)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # strict: "20" or true is not a number
     example: ClassVar[str] = '{"prompt": "' + EXAMPLE_PROMPT + '", "seed": 42}'  # shown in error messages
     hints: ClassVar[dict[str, str]] = {}  # field: what to send, where a type error needs more than its type
 
-    prompt: str = Field(description="what to draw", examples=[EXAMPLE_PROMPT])
-    negative_prompt: str = Field("", description="what to steer away from")
+    prompt: str = Field(description=f"what to draw, at most {MAX_PROMPT_CHARS} characters (CLIP reads the first "
+                                    f"77 tokens)", examples=[EXAMPLE_PROMPT],
+                        json_schema_extra={"maxLength": MAX_PROMPT_CHARS})  # checked by generate(): one rule
+    negative_prompt: str = Field("", description=f"what to steer away from, at most {MAX_PROMPT_CHARS} characters",
+                                 json_schema_extra={"maxLength": MAX_PROMPT_CHARS})
     seed: int | None = Field(None, description="seed of the first image; image k gets seed + k. "
                                                "null or -1: a random seed (echoed in the response)")
     num_inference_steps: int | None = Field(None, validation_alias=AliasChoices("num_inference_steps", "steps"),
@@ -151,12 +159,41 @@ def _check_model(studio: Studio, requested: str | None) -> None:
                           f"(GET /models lists the presets)")
 
 
-def _run(studio: Studio, request: _Request, **images) -> GenerationResponse:
+T = TypeVar("T")
+
+
+async def while_connected(request: Request, work: Callable[[Callable[[], bool]], T]) -> T:
+    """Run `work(gone)` in a worker thread; `gone()` turns true as soon as the client disconnects,
+    so that its place in line, or its generation (between two steps), is given up."""
+    gone = threading.Event()
+
+    async def watch() -> None:
+        while not await request.is_disconnected():
+            await asyncio.sleep(0.1)
+        gone.set()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        return await run_in_threadpool(work, gone.is_set)
+    finally:
+        watcher.cancel()
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
+def _run(studio: Studio, request: _Request, gone: Callable[[], bool] = lambda: False, client: str = "",
+         **images) -> GenerationResponse:
     _check_model(studio, request.model)
     fields = request.model_dump(exclude={"model", "image", "mask_image"})
     if fields["seed"] == -1:  # AUTOMATIC1111's "random"
         fields["seed"] = None
-    result, warnings = studio.generate(fields.pop("prompt"), **fields, **images)
+    image = images.get("image")
+    if image is not None:  # the work is that of the image's size, unless another is asked for
+        fields["height"] = fields["height"] or image.height // SIZE_MULTIPLE * SIZE_MULTIPLE or None
+        fields["width"] = fields["width"] or image.width // SIZE_MULTIPLE * SIZE_MULTIPLE or None
+    result, warnings = studio.generate(fields.pop("prompt"), client=client, gone=gone, **fields, **images)
     image_ids = studio.record(result)
     out = [ImageOut(image_id=image_id, image=encode_png(png_bytes(item)), seed=item.params.seed,
                     parameters=item.params, infotext=format_parameters(item.params), seconds=item.seconds)
@@ -167,21 +204,26 @@ def _run(studio: Studio, request: _Request, **images) -> GenerationResponse:
 def add_api(app: FastAPI, studio: Studio) -> FastAPI:
     """Add the REST endpoints and their error handling to `app`."""
 
+    def served(request: Request, body: _Request, **images):
+        return while_connected(request, lambda gone: _run(studio, body, gone, _client(request), **images))
+
     @app.post("/text2img", response_model=GenerationResponse, tags=["generate"])
-    def text2img(request: Text2ImgRequest) -> GenerationResponse:
+    async def text2img(body: Text2ImgRequest, request: Request) -> GenerationResponse:
         """Text to image: one prompt, one or more images (seeds seed, seed+1, …)."""
-        return _run(studio, request)
+        return await served(request, body)
 
     @app.post("/img2img", response_model=GenerationResponse, tags=["generate"])
-    def img2img(request: Img2ImgRequest) -> GenerationResponse:
+    async def img2img(body: Img2ImgRequest, request: Request) -> GenerationResponse:
         """Image to image: redraw a start image; strength says how much it may change."""
-        return _run(studio, request, image=decode_image(request.image, "image"))
+        image = await run_in_threadpool(decode_image, body.image, "image")
+        return await served(request, body, image=image)
 
     @app.post("/inpainting", response_model=GenerationResponse, tags=["generate"])
-    def inpainting(request: InpaintingRequest) -> GenerationResponse:
+    async def inpainting(body: InpaintingRequest, request: Request) -> GenerationResponse:
         """Inpainting: repaint the white part of a mask, keep the rest of the image."""
-        return _run(studio, request, image=decode_image(request.image, "image"),
-                    mask_image=decode_image(request.mask_image, "mask_image"))
+        image = await run_in_threadpool(decode_image, body.image, "image")
+        mask = await run_in_threadpool(decode_image, body.mask_image, "mask_image")
+        return await served(request, body, image=image, mask_image=mask)
 
     @app.get("/models", tags=["about"])
     async def models() -> dict[str, Any]:
@@ -217,6 +259,10 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def bad_value(request: Request, err: SdlabInputError):
         return JSONResponse(status_code=422, content={"detail": str(err)})
 
+    @app.exception_handler(ClientGone)
+    async def gone(request: Request, err: ClientGone):  # nobody reads it: nginx's "client closed request"
+        return JSONResponse(status_code=499, content={"detail": str(err)})
+
     @app.exception_handler(BusyError)
     async def busy(request: Request, err: BusyError):
         return JSONResponse(status_code=503, content={"detail": str(err)}, headers={"Retry-After": "5"})
@@ -231,27 +277,37 @@ def _add_error_handlers(app: FastAPI) -> None:
         return JSONResponse(status_code=422, content={"detail": "; ".join(e["message"] for e in errors),
                                                       "errors": errors})
 
-    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    limits = {path: MAX_BODY_BYTES for path in REQUESTS} | {path: MAX_SMALL_BODY_BYTES for path in BODIES}
+    app.add_middleware(BodyLimit, limits=limits)
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 2**20:.0f} MB" if size >= 2**20 else f"{size / 2**10:.0f} KB"
 
 
 class BodyLimit:
-    """Answer 413 to a generation request whose body is larger than `limit`: before reading it
-    where its size is announced, else as soon as what was read passes the limit (a chunked upload)."""
+    """Answer 413 to a request to one of `limits`' paths whose body is larger than its limit: before
+    reading it where its size is announced, else as soon as what was read passes the limit (a
+    chunked upload)."""
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app, limits: dict[str, int]):
+        self.app, self.limits = app, limits
 
-    def _too_large(self, size: int | None) -> str:
-        told = f"is {size / 2**20:.0f} MB" if size else "is more than that"  # None: still coming when refused
-        return (f"the request body {told}; the limit is {self.limit // 2**20} MB: send smaller images (at most "
-                f"{MAX_SIZE}×{MAX_SIZE} pixels)")
+    @staticmethod
+    def _too_large(path: str, size: int | None, limit: int) -> str:
+        told = f"is {_megabytes(size)}" if size else "is more than that"  # None: still coming when refused
+        fix = (f"send smaller images (at most {MAX_SIZE}×{MAX_SIZE} pixels)" if path in REQUESTS
+               else "send only the fields of this endpoint")
+        return f"the request body {told}; the limit for {path} is {_megabytes(limit)}: {fix}"
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] not in REQUESTS:
+        limit = self.limits.get(scope.get("path")) if scope["type"] == "http" else None
+        if limit is None:
             return await self.app(scope, receive, send)
+        path = scope["path"]
         size = dict(scope["headers"]).get(b"content-length", b"")
-        if size.isdigit() and int(size) > self.limit:
-            return await JSONResponse(status_code=413, content={"detail": self._too_large(int(size))})(
+        if size.isdigit() and int(size) > limit:
+            return await JSONResponse(status_code=413, content={"detail": self._too_large(path, int(size), limit)})(
                 scope, receive, send)
         read = 0
 
@@ -259,8 +315,8 @@ class BodyLimit:
             nonlocal read
             message = await receive()
             read += len(message.get("body", b""))
-            if read > self.limit:  # FastAPI answers it while reading the body, as any HTTPException
-                raise HTTPException(413, self._too_large(None))
+            if read > limit:  # FastAPI answers it while reading the body, as any HTTPException
+                raise HTTPException(413, self._too_large(path, None, limit))
             return message
 
         await self.app(scope, counted_receive, send)
@@ -308,5 +364,6 @@ def _explain(error: dict, model) -> str:
         return f"{field} is not a field of this endpoint; the fields are: {known}"
     hint = (model.hints if model else {}).get(field) or next(
         (text for key, text in _TYPE_HINTS.items() if kind.startswith(key)), None)
-    got = error.get("input")
-    return f"{field}: {error['msg'].lower()}, got {got!r}" + (f"; send {hint}" if hint else "")
+    got = repr(error.get("input"))
+    got = got if len(got) <= 80 else f"{got[:60]}… ({len(got)} characters)"
+    return f"{field}: {error['msg'].lower()}, got {got}" + (f"; send {hint}" if hint else "")

@@ -8,15 +8,30 @@ from fastapi import FastAPI
 
 from .. import __version__
 from ..feedback import FeedbackStore
-from .api import add_api
+from ..generation import MAX_IMAGES, MAX_PROMPT_CHARS, MAX_SIZE, MAX_STEPS
+from .api import MAX_BODY_BYTES, MAX_IMAGE_BYTES, MAX_SMALL_BODY_BYTES, add_api
 from .face_repair import find_restorer
-from .feedback import add_feedback_api
-from .studio import Studio
+from .feedback import FINETUNE_LIMITS, FinetuneLimits, add_feedback_api
+from .studio import MAX_WORK, Studio
 from .ui import build_ui
 
 
+def limits_text(max_queue: int, max_work: float, finetune: FinetuneLimits, token: bool) -> str:
+    """The limits of this server, as /docs shows them."""
+    return (f"\n\n**Limits.** Prompt and negative prompt: {MAX_PROMPT_CHARS} characters each, valid Unicode. "
+            f"Numbers must be JSON numbers. Per request: {MAX_IMAGES} images, {MAX_STEPS} steps, {MAX_SIZE}×"
+            f"{MAX_SIZE} pixels, and at most {max_work:g} image-steps at the model's own size (images × steps × "
+            f"pixels / the model's pixels). Bodies: {MAX_BODY_BYTES // 2**20} MB for generation (one image "
+            f"{MAX_IMAGE_BYTES // 2**20} MB), {MAX_SMALL_BODY_BYTES // 2**10} KB for the rest. At most {max_queue} "
+            f"requests in line (then 503 with Retry-After); the client served longest ago goes next, and a "
+            f"request whose client hangs up is dropped. Fine-tuning: at most {finetune.max_steps} steps and "
+            f"{finetune.max_minutes:g} minutes; the newest {finetune.keep_versions} versions are kept"
+            + ("; POST and DELETE /finetune need `Authorization: Bearer <operator token>`." if token else "."))
+
+
 def create_app(pipe, *, max_queue: int = 16, face_restorer="auto", feedback_dir: str | Path | None = None,
-               models_dir: str | Path | None = None) -> FastAPI:
+               models_dir: str | Path | None = None, max_work: float = MAX_WORK,
+               finetune_limits: FinetuneLimits = FINETUNE_LIMITS, operator_token: str | None = None) -> FastAPI:
     """The FastAPI app: REST endpoints (docs at /docs) and the Gradio UI mounted at /.
 
     max_queue: how many requests may be in line for the pipeline (the running one included);
@@ -28,17 +43,21 @@ def create_app(pipe, *, max_queue: int = 16, face_restorer="auto", feedback_dir:
     kept there and comes back with its image_id, and /feedback, /gallery and /finetune are served
     (see `sdlab.app.feedback`). None: no store, no image ids.
     models_dir: where /finetune saves new model versions (None: the `models` folder in feedback_dir).
+    max_work: the most one request may ask for, in image-steps at the model's own size (see
+    `sdlab.app.studio.work_of`). finetune_limits: steps, minutes and kept versions of /finetune.
+    operator_token: what POST and DELETE /finetune need (`Authorization: Bearer …`); None: nothing.
     """
     store = FeedbackStore(feedback_dir) if feedback_dir is not None else None
-    studio = Studio(pipe, max_queue=max_queue, store=store)
+    studio = Studio(pipe, max_queue=max_queue, store=store, max_work=max_work)
     app = FastAPI(title="sdlab", version=__version__,
                   description="Stable Diffusion over HTTP: text to image, image to image, inpainting. "
-                              "The web UI is at /; every image comes back as a PNG that keeps its parameters.")
+                              "The web UI is at /; every image comes back as a PNG that keeps its parameters."
+                              + limits_text(max_queue, max_work, finetune_limits, operator_token is not None))
     app.state.studio = studio
     add_api(app, studio)  # its routes come first, so the UI mounted at / does not hide them
     if store is not None and models_dir is None:
         models_dir = Path(feedback_dir) / "models"
-    add_feedback_api(app, studio, models_dir)
+    add_feedback_api(app, studio, models_dir, finetune_limits, operator_token)
     if face_restorer == "auto":
         face_restorer = find_restorer()
     app.state.ui = build_ui(studio, face_restorer)

@@ -9,22 +9,29 @@ its `image_id`. Then the REST API also serves:
     GET  /gallery/12.png      a stored image (a PNG that keeps its parameters)
     POST /finetune            {"steps": 200}: fine-tune on the liked images, in the background
     GET  /finetune/{job_id}   queued, running (step, loss), done (the new version) or failed (why)
+    DELETE /finetune/{job_id} cancel it
+
+Fine-tuning is the operator's: `FinetuneLimits` bounds its steps and time and keeps the newest
+few versions, and where the server is reachable from other machines POST and DELETE /finetune
+need the operator's token (`Authorization: Bearer <token>`), which `sdlab serve` prints.
 
 and the UI gets a rating row under the images and a Gallery tab that searches the store.
 """
 from __future__ import annotations
 
+import hmac
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import gradio as gr
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import FileResponse
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
-from ..errors import SdlabInputError, check
+from ..errors import SdlabInputError, check, is_number, is_whole
 from ..feedback import LIKED, MAX_COMMENT_CHARS, MAX_USER_CHARS, FeedbackStore, StoredImage, check_feedback
 from ..finetune import FinetuneConfig, FinetuneJob, start_finetune, stored_examples
 from .studio import Studio, as_gradio_error
@@ -38,7 +45,7 @@ MAX_UI_GALLERY = 60  # images the Gallery tab shows
 class FeedbackRequest(BaseModel):
     """One rating of one image the app made."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     example: ClassVar[str] = '{"image_id": 1, "rating": 5, "comment": "just the blue I wanted"}'
     hints: ClassVar[dict[str, str]] = {
         "image_id": "the whole number image_id that /text2img returned, e.g. 1",
@@ -48,24 +55,63 @@ class FeedbackRequest(BaseModel):
                                 examples=[1])
     rating: StrictInt | StrictStr = Field(description="1 (bad) to 5 (great); or 'up' (5) / 'down' (1)",
                                           examples=[5])
-    comment: str = Field("", description=f"what you liked or not, at most {MAX_COMMENT_CHARS} characters")
-    user: str = Field("", description=f"who rates (optional, at most {MAX_USER_CHARS} characters)")
+    comment: str = Field("", description=f"what you liked or not, at most {MAX_COMMENT_CHARS} characters",
+                         json_schema_extra={"maxLength": MAX_COMMENT_CHARS})
+    user: str = Field("", description=f"who rates (optional, at most {MAX_USER_CHARS} characters)",
+                      json_schema_extra={"maxLength": MAX_USER_CHARS})
 
 
 class FinetuneRequest(BaseModel):
     """How to fine-tune on the liked images (the fields of `sdlab.finetune.FinetuneConfig`)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     example: ClassVar[str] = '{"steps": 200, "method": "lora"}'
     hints: ClassVar[dict[str, str]] = {}
 
-    steps: StrictInt = Field(FinetuneConfig.steps, description="training steps, 1–100000 (sdlab-tiny: 100–200)")
+    steps: StrictInt = Field(FinetuneConfig.steps, description="training steps, 1 to the server's max_steps "
+                                                             "(GET /finetune/limits; sdlab-tiny: 100–200)")
     method: str = Field(FinetuneConfig.method, description="'lora' (small adapters) or 'full' (every UNet weight)")
     min_rating: float = Field(LIKED, description="train on the images with at least this mean rating, 1–5")
     learning_rate: float | None = Field(None, gt=0, description="null: 1e-3 for LoRA, 1e-4 for full")
 
 
 BODIES = {"/feedback": FeedbackRequest, "/finetune": FinetuneRequest}
+
+
+@dataclass(frozen=True)
+class FinetuneLimits:
+    """What one fine-tune on the server may take: steps, minutes (it stops there), and how many
+    versions of the model are kept (the oldest are deleted)."""
+
+    max_steps: int = 1000
+    max_minutes: float = 30.0
+    keep_versions: int = 5
+
+    def checked(self) -> "FinetuneLimits":
+        check(is_whole(self.max_steps) and self.max_steps >= 1, f"max_steps must be a whole number ≥ 1, got "
+                                                                f"{self.max_steps!r}")
+        check(is_number(self.max_minutes) and self.max_minutes > 0, f"max_minutes must be a number above 0, got "
+                                                                    f"{self.max_minutes!r}")
+        check(is_whole(self.keep_versions) and self.keep_versions >= 1,
+              f"keep_versions must be a whole number ≥ 1, got {self.keep_versions!r}")
+        return self
+
+
+FINETUNE_LIMITS = FinetuneLimits()
+
+
+def operator_check(token: str | None):
+    """A FastAPI dependency: with a token, the request must carry `Authorization: Bearer <token>`."""
+    def check_token(authorization: str | None = Header(None, include_in_schema=False)) -> None:
+        if token is None:
+            return
+        given = (authorization or "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(401 if not authorization else 403,
+                                "this changes the server, so it needs the operator's token: send the header "
+                                "Authorization: Bearer <token> (`sdlab serve` prints the token when it starts)",
+                                headers={"WWW-Authenticate": "Bearer"})
+    return check_token
 
 
 # ---- the REST endpoints -------------------------------------------------------------------
@@ -88,10 +134,14 @@ def listed(store: FeedbackStore, item: StoredImage) -> dict[str, Any]:
     return entry
 
 
-def add_feedback_api(app: FastAPI, studio: Studio, models_dir: str | Path | None) -> FastAPI:
+def add_feedback_api(app: FastAPI, studio: Studio, models_dir: str | Path | None,
+                     limits: FinetuneLimits = FINETUNE_LIMITS, operator_token: str | None = None) -> FastAPI:
     """Add /feedback, /gallery and /finetune to `app`, over `studio.store`; new versions go to models_dir.
-    Without a store they answer 404 with how to start a server that has one."""
+    Without a store they answer 404 with how to start a server that has one. `operator_token`: what
+    POST and DELETE /finetune need (None: nothing)."""
     store = studio.store
+    limits = limits.checked()
+    operator = [Depends(operator_check(operator_token))]
     if store is None:
         return _answer_without_a_store(app)
     jobs: dict[str, FinetuneJob] = {}
@@ -126,11 +176,19 @@ def add_feedback_api(app: FastAPI, studio: Studio, models_dir: str | Path | None
         """A stored image: the PNG the app made, its parameters inside."""
         return FileResponse(find_image(store, image_id).path, media_type="image/png")
 
-    @app.post("/finetune", tags=["feedback"], status_code=202)
+    @app.get("/finetune/limits", tags=["feedback"])
+    def finetune_limits() -> dict[str, Any]:
+        """What one fine-tune may take here, how many versions are kept, and whether it needs the token."""
+        return {"max_steps": limits.max_steps, "max_minutes": limits.max_minutes,
+                "keep_versions": limits.keep_versions, "needs_token": operator_token is not None}
+
+    @app.post("/finetune", tags=["feedback"], status_code=202, dependencies=operator)
     def finetune(request: FinetuneRequest) -> dict[str, Any]:
         """Fine-tune this server's model on its liked images, in the background: poll GET /finetune/{job_id}.
 
         The new model is saved as a new version; the model this server serves does not change."""
+        check(request.steps <= limits.max_steps, f"steps is {request.steps}; this server allows at most "
+                                                 f"{limits.max_steps} per fine-tune (sdlab-tiny learns in 100–200)")
         config = FinetuneConfig(method=request.method, steps=request.steps, min_rating=request.min_rating,
                                 learning_rate=request.learning_rate).checked()
         with starting:
@@ -145,17 +203,28 @@ def add_feedback_api(app: FastAPI, studio: Studio, models_dir: str | Path | None
                                          f"rate some with POST /feedback {FeedbackRequest.example}, or lower "
                                          f"min_rating")
             examples = stored_examples(liked)
-            job = start_finetune(studio.pipe, examples, config, models_dir=models_dir)
+            job = start_finetune(studio.pipe, examples, config, models_dir=models_dir,
+                                 max_seconds=limits.max_minutes * 60, keep_versions=limits.keep_versions)
             jobs[job.id] = job
         return job.status().to_dict()
 
     @app.get("/finetune/{job_id}", tags=["feedback"])
     def finetune_status(job_id: str) -> dict[str, Any]:
         """Where a fine-tune is: queued, running (step, loss), done (the new version) or failed (the reason)."""
+        return finetune_status_of(job_id).status().to_dict()
+
+    @app.delete("/finetune/{job_id}", tags=["feedback"], dependencies=operator)
+    def finetune_cancel(job_id: str) -> dict[str, Any]:
+        """Cancel a fine-tune: it stops at its next step and ends "failed" (cancelled); no version is saved."""
+        job = finetune_status_of(job_id)
+        job.cancel("cancelled by DELETE /finetune/" + job_id)
+        return job.status().to_dict()
+
+    def finetune_status_of(job_id: str) -> FinetuneJob:
         if job_id not in jobs:
             raise HTTPException(404, f"no fine-tune job {job_id!r} on this server; POST /finetune starts one and "
                                      f"answers with its job_id")
-        return jobs[job_id].status().to_dict()
+        return jobs[job_id]
 
     return app
 
@@ -168,7 +237,7 @@ def _answer_without_a_store(app: FastAPI) -> FastAPI:
                                  f"sdlab.app.launch(pipe, feedback_dir=\"feedback\")")
 
     for path in ("/feedback", "/gallery", "/gallery/{name}", "/finetune", "/finetune/{job_id}"):
-        app.add_api_route(path, no_store, methods=["GET", "POST"], include_in_schema=False)
+        app.add_api_route(path, no_store, methods=["GET", "POST", "DELETE"], include_in_schema=False)
     return app
 
 

@@ -8,6 +8,7 @@ link is opt-in (`share=True`) and goes through Gradio's share servers, as
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import socket
 import sys
@@ -19,6 +20,8 @@ import uvicorn
 
 from ..errors import SdlabInputError
 from .factory import create_app
+from .feedback import FINETUNE_LIMITS, FinetuneLimits
+from .studio import MAX_WORK
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -154,6 +157,18 @@ def _listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+TOKEN_VARIABLE = "SDLAB_OPERATOR_TOKEN"
+
+
+def operator_token(host: str, share: bool, token: str | None = None) -> str | None:
+    """The token that fine-tuning needs: `token`, else $SDLAB_OPERATOR_TOKEN, else a new random one;
+    None (no token needed) when the server is reachable from this machine only."""
+    token = token or os.environ.get(TOKEN_VARIABLE) or None
+    if token is None and (share or host not in LOOPBACK):
+        token = secrets.token_urlsafe(18)
+    return token
+
+
 def _network_warning(host: str) -> None:
     if host not in LOOPBACK:
         print(f"WARNING: listening on {host}, not 127.0.0.1: every machine that can reach this one on the "
@@ -172,20 +187,25 @@ def _pipeline(model):
 
 def launch(pipe=None, *, host: str = "127.0.0.1", port: int = 0, share: bool = False, inline: bool | None = None,
            height: int = 760, max_queue: int = 16, face_restorer="auto", feedback_dir: str | Path | None = None,
-           models_dir: str | Path | None = None) -> Server:
+           models_dir: str | Path | None = None, max_work: float = MAX_WORK,
+           finetune_limits: FinetuneLimits = FINETUNE_LIMITS, token: str | None = None) -> Server:
     """Start the app in the background and show it in the notebook; `server.close()` stops it.
 
     pipe: a loaded pipeline or a model name (None: `sdlab.presets.default_model()`).
     port: 0 picks a free port. inline: show the UI in the output cell (default: in a notebook).
     feedback_dir: where to keep every image made, for ratings and fine-tuning (None: nowhere; a
     notebook passes a folder of its own, e.g. "feedback").
-    max_queue, face_restorer, models_dir: as for `create_app`.
+    max_queue, face_restorer, models_dir, max_work, finetune_limits: as for `create_app`.
+    token: the operator token /finetune needs when the server is reachable from other machines (a
+    host other than 127.0.0.1, or share): given, $SDLAB_OPERATOR_TOKEN, or a new one (printed).
     """
     _check_port(port)  # before loading a model
     _network_warning(host)
+    token = operator_token(host, share, token)
     app = create_app(_pipeline(pipe), max_queue=max_queue, face_restorer=face_restorer, feedback_dir=feedback_dir,
-                     models_dir=models_dir)
+                     models_dir=models_dir, max_work=max_work, finetune_limits=finetune_limits, operator_token=token)
     server = Server(app, host, port).start()
+    _print_token(token)
     if share:
         server.open_share_link()
     if inline is None:
@@ -197,24 +217,34 @@ def launch(pipe=None, *, host: str = "127.0.0.1", port: int = 0, share: bool = F
 
 def serve(model=None, host: str = "127.0.0.1", port: int = 7860, share: bool = False, max_queue: int = 16,
           face_restorer="auto", feedback_dir: str | Path | None = "feedback",
-          models_dir: str | Path | None = None) -> None:
+          models_dir: str | Path | None = None, max_work: float = MAX_WORK,
+          finetune_limits: FinetuneLimits = FINETUNE_LIMITS, token: str | None = None) -> None:
     """Serve the app until Ctrl-C (what `sdlab serve` runs): the UI at /, the REST API's docs at /docs.
 
     model: a loaded pipeline, or a preset/folder/hub id to load (None: the default model).
     feedback_dir: the feedback store, kept from one run to the next: ./feedback (where `sdlab
     finetune` looks), its fine-tuned versions in ./feedback/models. None: no store.
+    max_work, finetune_limits, token: as for `launch`.
     """
     _check_port(port)  # before loading a model
     _network_warning(host)
+    token = operator_token(host, share, token)
     app = create_app(_pipeline(model), max_queue=max_queue, face_restorer=face_restorer, feedback_dir=feedback_dir,
-                     models_dir=models_dir)
+                     models_dir=models_dir, max_work=max_work, finetune_limits=finetune_limits, operator_token=token)
     server = Server(app, host, port).start()
+    _print_token(token)
     print(f"sdlab app: {server.url}  (REST API docs: {server.docs_url}); Ctrl-C stops it", file=sys.stderr)
     if feedback_dir is not None:
         print(f"every image is kept, to be rated and searched, in {Path(feedback_dir).resolve()}", file=sys.stderr)
     if share and server.open_share_link():
         print(f"public link: {server.share_url}", file=sys.stderr)
     server.wait()
+
+
+def _print_token(token: str | None) -> None:
+    if token is not None:
+        print(f"operator token (POST and DELETE /finetune need the header 'Authorization: Bearer <token>'): "
+              f"{token}", file=sys.stderr)
 
 
 # ---- showing it in a notebook -------------------------------------------------------------

@@ -1,28 +1,38 @@
 """The one pipeline that the web UI and the REST API share, and the PNGs they hand out.
 
 A GPU runs one batch at a time, and one call at a time keeps a request's time its own. So every
-request takes its turn: one
-generation at a time, at most `max_queue` requests in line (the running one included), and
-the rest are told to come back in a moment. Gradio's queue does the same for the UI and
-shows each person their place in the line. With a feedback store, `record()` keeps every
-image made, so that it can be rated (see `sdlab.app.feedback`).
+request takes its turn in a `Line`: one generation at a time, at most `max_queue` requests in
+line (the running one included), and the rest are told to come back in a moment (503 with
+Retry-After). The line is fair: when the pipeline is free, the client served longest ago goes
+next, so one student's ten requests do not hold back another's one. Work nobody waits for is
+dropped: a request whose client went away leaves the line, or stops between two denoising steps.
+A request may ask for at most `max_work` image-steps at the model's own size (see `work_of`).
+With a feedback store, `record()` keeps every image made, so that it can be rated.
 """
 from __future__ import annotations
 
+import itertools
 import threading
+from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import gradio as gr
 from PIL import Image
 
-from ..errors import SdlabInputError, warnings_of_this_thread
-from ..generation import GeneratedImage, Generation, generate
+from ..errors import SdlabInputError, check, warnings_of_this_thread
+from ..generation import MAX_WORK, GeneratedImage, Generation, GenerationCancelled, generate, model_defaults, work_of
 from ..metadata import PARAMETERS_KEY, format_parameters
 from ..pipelines import model_name
+from ..seeds import default_size
 
 
 class BusyError(RuntimeError):
     """More requests are in line than the server accepts; the client should retry later."""
+
+
+class ClientGone(RuntimeError):
+    """The client that asked for the work went away, so nobody waits for it."""
 
 
 @contextmanager
@@ -34,38 +44,115 @@ def as_gradio_error():
         raise gr.Error(str(err), print_exception=False) from None
 
 
+def never() -> bool:
+    return False
+
+
+@dataclass(eq=False)
+class _Ticket:
+    client: str
+    number: int
+    gone: Callable[[], bool]
+
+
+class Line:
+    """One turn at a time, at most `size` requests in line (the running one included); the next
+    turn goes to the waiting client that was served longest ago (first come among its requests);
+    a waiting request whose `gone()` turns true leaves the line (`ClientGone`)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._cond = threading.Condition()
+        self._waiting: list[_Ticket] = []
+        self._running: _Ticket | None = None
+        self._served: dict[str, int] = {}  # client: when its last turn began
+        self._numbers = itertools.count()
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._waiting) + (self._running is not None)
+
+    def _next(self) -> _Ticket | None:
+        alive = [t for t in self._waiting if not t.gone()]
+        return min(alive, key=lambda t: (self._served.get(t.client, -1), t.number)) if alive else None
+
+    @contextmanager
+    def turn(self, client: str = "", gone: Callable[[], bool] = never, poll: float = 0.2):
+        with self._cond:
+            self._waiting = [t for t in self._waiting if not t.gone()]  # dead requests do not fill the line
+            if len(self._waiting) + (self._running is not None) >= self.size:
+                raise BusyError(f"the server is busy: {self.size} requests are in line (at most {self.size}); "
+                                f"try again in a few seconds")
+            ticket = _Ticket(client, next(self._numbers), gone)
+            self._waiting.append(ticket)
+            while self._running is not None or self._next() is not ticket:
+                if gone():
+                    if ticket in self._waiting:  # another request may have cleared it away already
+                        self._waiting.remove(ticket)
+                    self._cond.notify_all()
+                    raise ClientGone("the client went away while waiting in line")
+                self._cond.wait(poll)
+            self._waiting.remove(ticket)
+            self._running = ticket
+            self._served[client] = ticket.number
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._running = None
+                self._cond.notify_all()
+
+
 class Studio:
-    """A pipeline behind a bounded line: `studio.generate(...)` is `sdlab.generate(pipe, ...)`
+    """A pipeline behind a fair, bounded line: `studio.generate(...)` is `sdlab.generate(pipe, ...)`
     run in turn, returning the result and the warnings it raised (e.g. a truncated prompt)."""
 
-    def __init__(self, pipe, max_queue: int = 16, store=None):
+    def __init__(self, pipe, max_queue: int = 16, store=None, max_work: float = MAX_WORK):
         self.pipe = pipe
         self.store = store  # a sdlab.feedback.FeedbackStore that keeps every image made (None: none is kept)
         self.model = model_name(pipe)
-        self.max_queue = max_queue
-        self.in_line = 0  # requests running or waiting
-        self._counter = threading.Lock()
-        self._turn = threading.Lock()
+        self.max_work = max_work
+        self.line = Line(max_queue)
 
-    @contextmanager
-    def turn(self):
-        """Wait for this request's turn with the pipeline (BusyError if the line is full)."""
-        with self._counter:
-            if self.in_line >= self.max_queue:
-                raise BusyError(f"the server is busy: {self.in_line} requests are in line (at most "
-                                f"{self.max_queue}); try again in a few seconds")
-            self.in_line += 1
-        try:
-            with self._turn:
-                yield self.pipe
-        finally:
-            with self._counter:
-                self.in_line -= 1
+    @property
+    def max_queue(self) -> int:
+        """How many requests may be in line (the running one included)."""
+        return self.line.size
 
-    def generate(self, prompt, **kwargs) -> tuple[Generation, list[str]]:
-        """`sdlab.generate(pipe, prompt, **kwargs)` in turn, and the messages of its warnings."""
-        with self.turn() as pipe, warnings_of_this_thread() as caught:  # not those of requests beside it
-            result = generate(pipe, prompt, **kwargs)
+    @max_queue.setter
+    def max_queue(self, size: int) -> None:
+        self.line.size = size
+
+    @property
+    def in_line(self) -> int:
+        """Requests running or waiting."""
+        return len(self.line)
+
+    def check_work(self, num_images_per_prompt=1, num_inference_steps=None, height=None, width=None,
+                   prompts: int = 1) -> None:
+        """Refuse, before it waits in line, a request for more than `max_work` image-steps."""
+        images = prompts * (num_images_per_prompt if isinstance(num_images_per_prompt, int) else 1)
+        steps = num_inference_steps if isinstance(num_inference_steps, int) else model_defaults(self.pipe)[0]
+        height = height if isinstance(height, int) else None
+        width = width if isinstance(width, int) else None
+        work = work_of(self.pipe, images, steps, height, width)
+        size = default_size(self.pipe)
+        check(work <= self.max_work,
+              f"{images} image(s) × {steps} steps at {width or size}×{height or size} is {work:g} image-steps at "
+              f"the model's own {size}×{size}; this server allows {self.max_work:g} per request: ask for fewer "
+              f"images or steps, or a smaller size")
+
+    def generate(self, prompt, client: str = "", gone: Callable[[], bool] = never,
+                 **kwargs) -> tuple[Generation, list[str]]:
+        """`sdlab.generate(pipe, prompt, **kwargs)` in turn, and the messages of its warnings.
+        `gone()`: whether the client went away; then its work stops (`ClientGone`)."""
+        self.check_work(kwargs.get("num_images_per_prompt", 1), kwargs.get("num_inference_steps"),
+                        kwargs.get("height"), kwargs.get("width"), len(prompt) if isinstance(prompt, list) else 1)
+        with self.line.turn(client, gone), warnings_of_this_thread() as caught:  # not those of requests beside it
+            try:
+                result = generate(self.pipe, prompt, should_stop=gone, **kwargs)
+            except GenerationCancelled:
+                raise ClientGone("the client went away during its generation") from None
         return result, caught
 
     def record(self, result: Generation, user: str = "") -> list[int | None]:

@@ -31,9 +31,9 @@ from .training import (
                        noise_scheduler_for,
                        sample_timesteps,
 )
-from .versions import VERSION_FILE, ModelVersion, list_versions, load_version
+from .versions import VERSION_FILE, ModelVersion, list_versions, load_version, prune_versions
 
 __all__ = ["Example", "encode_examples", "stored_examples", "training_examples", "FINETUNE_TURN", "STATES",
            "FinetuneJob", "FinetuneStatus", "start_finetune", "FULL_SAVE_MAX_PARAMETERS", "LORA_FILE", "LORA_TARGETS",
            "FinetuneConfig", "diffusion_loss", "finetune", "noise_scheduler_for", "sample_timesteps", "VERSION_FILE",
-           "ModelVersion", "list_versions", "load_version"]
+           "ModelVersion", "list_versions", "load_version", "prune_versions"]

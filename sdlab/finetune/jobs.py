@@ -12,7 +12,7 @@ from ..errors import SdlabInputError, writable_folder
 from ..feedback import now
 from .examples import Example, training_examples
 from .training import FinetuneConfig, base_model, finetune
-from .versions import ModelVersion
+from .versions import ModelVersion, prune_versions
 
 STATES = ("queued", "running", "done", "failed")  # what FinetuneStatus.state can be
 
@@ -47,8 +47,11 @@ FINETUNE_TURN = threading.Lock()  # fine-tunes in one process take turns: later 
 class FinetuneJob:
     """`finetune()` in a background thread. `status()` any time; `wait()` for the ModelVersion."""
 
-    def __init__(self, pipe, examples: list[Example], config: FinetuneConfig, models_dir, name: str | None = None):
+    def __init__(self, pipe, examples: list[Example], config: FinetuneConfig, models_dir, name: str | None = None,
+                 max_seconds: float | None = None, keep_versions: int | None = None):
         self.id = uuid.uuid4().hex[:8]
+        self.max_seconds, self.keep_versions = max_seconds, keep_versions
+        self._stop_reason = "the fine-tune was cancelled"
         self.version: ModelVersion | None = None
         self.error: BaseException | None = None
         self._args = (pipe, examples, config, models_dir, name)
@@ -74,9 +77,16 @@ class FinetuneJob:
         """True while the job is queued or training."""
         return self._thread.is_alive()
 
-    def cancel(self) -> None:
+    def cancel(self, reason: str = "the fine-tune was cancelled") -> None:
         """Stop at the next step (the job ends "failed", with the reason)."""
+        if not self._cancel.is_set():
+            self._stop_reason = reason
         self._cancel.set()
+
+    def _should_stop(self, began: float) -> bool:
+        if self.max_seconds is not None and time.perf_counter() - began > self.max_seconds:
+            self.cancel(f"stopped at the time limit of {self.max_seconds / 60:g} minutes; ask for fewer steps")
+        return self._cancel.is_set()
 
     def wait(self, timeout: float | None = None) -> ModelVersion:
         """Block until the job ends; the new version, or the job's error raised here."""
@@ -95,19 +105,22 @@ class FinetuneJob:
             try:
                 self.version = finetune(pipe, examples, config, models_dir=models_dir, name=name,
                                         on_step=lambda step, loss: self._update(step=step, loss=loss),
-                                        should_stop=self._cancel.is_set)
+                                        should_stop=lambda: self._should_stop(began))
+                if self.keep_versions is not None:
+                    prune_versions(self.version.folder.parent.parent, self.version.name, self.keep_versions)
                 end = dict(state="done", version=str(self.version.folder), model=self.version.label,
                            message=f"saved {self.version.label}")
             except Exception as err:  # the reason goes into the status; wait() re-raises it
                 self.error = err
-                reason = str(err) if isinstance(err, (SdlabInputError, InterruptedError)) else \
-                    f"{type(err).__name__}: {err}"
+                reason = self._stop_reason if isinstance(err, InterruptedError) else str(err) \
+                    if isinstance(err, SdlabInputError) else f"{type(err).__name__}: {err}"
                 end = dict(state="failed", message=reason)
             self._update(**end, finished_at=now(), seconds=round(time.perf_counter() - began, 2))
 
 
 def start_finetune(pipe, source, config: FinetuneConfig | None = None, *, models_dir: str | Path,
-                   name: str | None = None) -> FinetuneJob:
+                   name: str | None = None, max_seconds: float | None = None,
+                   keep_versions: int | None = None) -> FinetuneJob:
     """Start `finetune()` in the background and return the job at once.
 
     The liked images are read and everything is checked now, so zero liked images, or a models_dir
@@ -116,4 +129,5 @@ def start_finetune(pipe, source, config: FinetuneConfig | None = None, *, models
     config = (config or FinetuneConfig()).checked()
     examples = training_examples(source, config.min_rating)
     base_model(pipe, config)
-    return FinetuneJob(pipe, examples, config, writable_folder(models_dir, "models_dir"), name).start()
+    return FinetuneJob(pipe, examples, config, writable_folder(models_dir, "models_dir"), name, max_seconds,
+                       keep_versions).start()

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..errors import check, is_whole, writable_folder
+from ..errors import check, is_number, is_whole, writable_folder
 from ..feedback import LIKED, now
 from ..pipelines import _loading_bars, _progress_enabled, model_name
 from ..presets import find_preset
@@ -46,18 +46,17 @@ class FinetuneConfig:
     def checked(self) -> "FinetuneConfig":
         """This config, after checking every value (a SdlabInputError names the wrong one)."""
         check(self.method in ("lora", "full"), f"method must be 'lora' or 'full', got {self.method!r}")
-        check(isinstance(self.steps, int) and 1 <= self.steps <= 100_000,
+        check(is_whole(self.steps) and 1 <= self.steps <= 100_000,
               f"steps must be 1–100000, got {self.steps!r}")
-        check(isinstance(self.batch_size, int) and self.batch_size >= 1,
+        check(is_whole(self.batch_size) and self.batch_size >= 1,
               f"batch_size must be ≥ 1, got {self.batch_size!r}")
-        check(isinstance(self.rank, int) and 1 <= self.rank <= 256,
+        check(is_whole(self.rank) and 1 <= self.rank <= 256,
               f"rank must be 1–256, got {self.rank!r}; 4–16 is typical")
         check(self.learning_rate is None
-              or (isinstance(self.learning_rate, (int, float)) and 0 < self.learning_rate <= 1),
+              or (is_number(self.learning_rate) and 0 < self.learning_rate <= 1),
               f"learning_rate must be above 0 and at most 1, got {self.learning_rate!r}; None picks 1e-3 for LoRA, "
               f"1e-4 for full")
-        check(all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                  for v in (self.caption_dropout, self.high_noise_share))
+        check(all(is_number(v) for v in (self.caption_dropout, self.high_noise_share))
               and 0 <= self.caption_dropout < 1 and 0 <= self.high_noise_share <= 1,
               f"caption_dropout and high_noise_share are shares between 0 and 1, got {self.caption_dropout!r} "
               f"and {self.high_noise_share!r}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -51,6 +52,16 @@ def list_versions(models_dir: str | Path, name: str | None = None) -> list[Model
     """Every saved version under `models_dir` (of one `name`, or all), oldest first."""
     found = [read_version(f.parent) for f in sorted(Path(models_dir).glob(f"{name or '*'}/v*/{VERSION_FILE}"))]
     return sorted((v for v in found if v is not None), key=lambda v: (v.name, v.number))
+
+
+def prune_versions(models_dir: str | Path, name: str, keep: int) -> list[ModelVersion]:
+    """Delete all but the newest `keep` versions of `name` (a retention rule); the ones deleted."""
+    check(isinstance(keep, int) and not isinstance(keep, bool) and keep >= 1,
+          f"keep must be a whole number ≥ 1, got {keep!r}")
+    old = list_versions(models_dir, name)[:-keep]
+    for version in old:
+        shutil.rmtree(version.folder)
+    return old
 
 
 def _publish(tmp: Path, models_dir: Path, name: str, info: dict) -> ModelVersion:

@@ -1,0 +1,389 @@
+"""A careless or hostile client of the class server, and PNGs that lie to `sdlab regenerate`.
+
+Every case gets a 4xx (or a CLI error that says what to change), never a 500 or a traceback; the
+server keeps serving throughout, and what it stored stays whole. Loopback only, on `tiny-random`.
+"""
+import io
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+import sdlab
+import sdlab.app
+from sdlab import cli
+from sdlab import finetune as finetune_module
+from sdlab.app.feedback import FinetuneLimits
+from sdlab.app.studio import BusyError, ClientGone, Line, Studio
+from sdlab.errors import SdlabInputError
+from sdlab.feedback import MAX_COMMENT_CHARS
+from sdlab.generation import MAX_PROMPT_CHARS, GenerationCancelled
+from sdlab.metadata import read_params, regenerate, save_png
+
+PROMPT = "a small red circle on a blue background"
+TOKEN = "operator-secret"
+
+
+@pytest.fixture(scope="module")
+def app(tiny_pipe, tmp_path_factory):
+    return sdlab.app.create_app(tiny_pipe, face_restorer=None, feedback_dir=tmp_path_factory.mktemp("feedback"),
+                                max_queue=4, finetune_limits=FinetuneLimits(max_steps=50, keep_versions=2),
+                                operator_token=TOKEN)
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def live(app):
+    server = sdlab.app.Server(app, "127.0.0.1", 0).start()
+    yield server
+    server.close()
+
+
+def stored_count(client) -> int:
+    return len(client.get("/gallery", params={"limit": 200}).json()["images"])
+
+
+def assert_store_whole(client):
+    """Every stored image is listed, served and readable, with the parameters it was made with."""
+    for entry in client.get("/gallery", params={"limit": 200}).json()["images"]:
+        png = client.get(entry["url"])
+        assert png.status_code == 200
+        assert read_params(Image.open(io.BytesIO(png.content))).to_dict() == entry["parameters"]
+
+
+# ---- types and text -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("body, words", [
+    ({"steps": "2"}, ["steps", "got '2'", "a whole number"]),
+    ({"num_inference_steps": True}, ["num_inference_steps", "got True"]),
+    ({"cfg_scale": "7.5"}, ["cfg_scale", "got '7.5'", "a number"]),
+    ({"seed": 1.5}, ["seed", "got 1.5"]),
+    ({"number_of_images": False}, ["number_of_images", "got False"]),
+    ({"width": "64"}, ["width", "got '64'"]),
+])
+def test_numbers_must_be_numbers_not_strings_or_booleans(client, body, words):
+    response = client.post("/text2img", json={"prompt": PROMPT} | body)
+    assert response.status_code == 422 and all(w in response.json()["detail"] for w in words), response.text
+
+
+def test_a_finetune_with_a_string_for_a_number_is_refused(client):
+    response = client.post("/finetune", json={"steps": 2, "min_rating": "4"}, headers={"Authorization":
+                                                                                        f"Bearer {TOKEN}"})
+    assert response.status_code == 422 and "min_rating" in response.json()["detail"]
+
+
+def test_a_huge_negative_prompt_is_refused_at_once_with_a_short_answer(client):
+    before = stored_count(client)
+    start = time.monotonic()
+    response = client.post("/text2img", json={"prompt": PROMPT, "negative_prompt": "blurry " * 500_000})
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert f"the limit is {MAX_PROMPT_CHARS}" in detail and len(response.content) < 2000
+    assert time.monotonic() - start < 10 and stored_count(client) == before
+
+
+def test_the_limits_are_named_in_the_openapi_schema(client):
+    schema = client.get("/openapi.json").json()["components"]["schemas"]
+    assert schema["Text2ImgRequest"]["properties"]["prompt"]["maxLength"] == MAX_PROMPT_CHARS
+    assert schema["FeedbackRequest"]["properties"]["comment"]["maxLength"] == MAX_COMMENT_CHARS
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/text2img", '{"prompt": "a cat \\ud800"}'),
+    ("/text2img", '{"prompt": "a cat", "negative_prompt": "\\udfff"}'),
+    ("/feedback", '{"image_id": 1, "rating": 5, "comment": "nice \\ud800"}'),
+    ("/feedback", '{"image_id": 1, "rating": 5, "user": "\\ud800"}'),
+])
+def test_a_lone_surrogate_is_a_422_not_a_500(client, path, body):
+    response = client.post(path, content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert "Unicode" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("path", ["/feedback", "/finetune"])
+def test_small_endpoints_refuse_a_big_body_before_reading_it(client, path):
+    announced = client.post(path, content=b"{}", headers={"Content-Type": "application/json",
+                                                          "content-length": str(50 * 2**20)})
+    assert announced.status_code == 413 and "the limit for" in announced.json()["detail"]
+
+    def chunks():  # no Content-Length: refused once what was read passes the limit
+        yield b'{"comment": "'
+        for _ in range(200):
+            yield b"x" * 1024
+    streamed = client.post(path, content=chunks(), headers={"Content-Type": "application/json"})
+    assert streamed.status_code == 413 and "64 KB" in streamed.json()["detail"]
+
+
+# ---- the line: bounded work, fairness, nobody's work done for nobody ---------------------------
+
+def test_a_request_for_too_much_work_is_refused_before_it_waits(client):
+    response = client.post("/text2img", json={"prompt": PROMPT, "number_of_images": 64, "steps": 500})
+    assert response.status_code == 422
+    assert all(w in response.json()["detail"] for w in ("64 image(s) × 500 steps", "allows 1600", "fewer"))
+
+
+def test_the_line_gives_the_next_turn_to_the_client_served_longest_ago():
+    line, order = Line(10), []
+
+    def request(client, name):
+        with line.turn(client):
+            order.append(name)
+
+    threads = []
+    with line.turn("teacher"):  # the pipeline is busy while the requests arrive
+        for client, name in [("a", "a1"), ("a", "a2"), ("a", "a3"), ("b", "b1")]:
+            threads.append(threading.Thread(target=request, args=(client, name)))
+            threads[-1].start()
+            while len(line) < len(threads) + 1:
+                time.sleep(0.005)
+    for thread in threads:
+        thread.join(10)
+    assert order == ["a1", "b1", "a2", "a3"]  # b's one request does not wait behind all of a's
+
+
+def test_a_waiting_request_whose_client_left_leaves_the_line():
+    line, gone, outcome = Line(2), threading.Event(), []
+
+    def wait_in_line():
+        try:
+            with line.turn("b", gone.is_set):
+                outcome.append("ran")
+        except ClientGone:
+            outcome.append("left")
+
+    with line.turn("a"):
+        waiting = threading.Thread(target=wait_in_line)
+        waiting.start()
+        _wait_until(lambda: len(line) == 2)
+        with pytest.raises(BusyError, match="at most 2"):  # full of live requests
+            with line.turn("c"):
+                pass
+        gone.set()
+        waiting.join(5)
+        assert outcome == ["left"] and len(line) == 1  # only the running one: a place is free again
+    assert len(line) == 0
+
+
+def test_a_generation_whose_client_left_stops_between_steps(tiny_pipe):
+    asked = []
+
+    def stop_after_three():
+        asked.append(1)
+        return len(asked) > 3
+
+    with pytest.raises(GenerationCancelled, match="after denoising step"):
+        sdlab.generate(tiny_pipe, PROMPT, num_inference_steps=30, seed=1, should_stop=stop_after_three)
+    assert len(asked) == 4  # asked after each step: stopped at the fourth of 30
+
+    studio = Studio(tiny_pipe)
+    left = threading.Event()
+    calls = []
+
+    def gone():
+        calls.append(1)
+        if len(calls) > 5:
+            left.set()
+        return left.is_set()
+
+    with pytest.raises(ClientGone):
+        studio.generate(PROMPT, num_inference_steps=30, gone=gone)
+    assert studio.in_line == 0 and len(calls) < 30
+
+
+def _post_and_leave(server, body: dict) -> socket.socket:
+    data = json.dumps(body).encode()
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    sock.sendall(b"POST /text2img HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
+    return sock
+
+
+def _wait_until(condition, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_clients_that_give_up_do_not_fill_the_line(live, app, client):
+    """The probe's case: after `max_queue` abandoned requests every generation got 503 for good."""
+    studio = app.state.studio
+    before = stored_count(client)
+    with studio.line.turn("teacher"):  # the pipeline is busy: the requests wait in line
+        sockets = []
+        for seed in range(studio.max_queue - 1):
+            sockets.append(_post_and_leave(live, {"prompt": PROMPT, "seed": seed, "steps": 2}))
+            _wait_until(lambda: studio.in_line == len(sockets) + 1)
+        full = httpx.post(live.url + "text2img", json={"prompt": PROMPT, "steps": 1}, timeout=30)
+        assert full.status_code == 503 and full.headers["retry-after"] == "5"  # truly full of live requests
+        for sock in sockets:
+            sock.close()
+        _wait_until(lambda: studio.in_line == 1)  # they left the line; only the held turn is left
+    after = httpx.post(live.url + "text2img", json={"prompt": PROMPT, "seed": 7, "steps": 2}, timeout=60)
+    assert after.status_code == 200, after.text
+    assert stored_count(client) == before + 1  # nothing was made for the clients that left
+    assert_store_whole(client)
+
+
+# ---- fine-tuning is the operator's ---------------------------------------------------------------
+
+def _liked(client):
+    images = client.post("/text2img", json={"prompt": PROMPT, "number_of_images": 2, "steps": 2, "seed": 3}).json()
+    for image in images["images"]:
+        assert client.post("/feedback", json={"image_id": image["image_id"], "rating": 5}).status_code == 200
+
+
+def _wait_job(client, job_id) -> dict:
+    _wait_until(lambda: client.get(f"/finetune/{job_id}").json()["state"] not in ("queued", "running"), 120)
+    return client.get(f"/finetune/{job_id}").json()
+
+
+def test_finetuning_needs_the_operator_token_and_stays_within_the_limits(client):
+    _liked(client)
+    assert client.get("/finetune/limits").json() == {"max_steps": 50, "max_minutes": 30.0, "keep_versions": 2,
+                                                     "needs_token": True}
+    nobody = client.post("/finetune", json={"steps": 1})
+    assert nobody.status_code == 401 and "operator's token" in nobody.json()["detail"]
+    wrong = client.post("/finetune", json={"steps": 1}, headers={"Authorization": "Bearer guess"})
+    assert wrong.status_code == 403
+    operator = {"Authorization": f"Bearer {TOKEN}"}
+    too_long = client.post("/finetune", json={"steps": 100000, "method": "full"}, headers=operator)
+    assert too_long.status_code == 422 and "at most 50" in too_long.json()["detail"]
+
+    with finetune_module.FINETUNE_TURN:  # queued behind another fine-tune
+        job = client.post("/finetune", json={"steps": 50}, headers=operator).json()
+        assert client.delete(f"/finetune/{job['job_id']}").status_code == 401
+        cancelled = client.delete(f"/finetune/{job['job_id']}", headers=operator)
+        assert cancelled.status_code == 200
+    ended = _wait_job(client, job["job_id"])
+    assert ended["state"] == "failed" and "cancelled by DELETE" in ended["message"] and ended["version"] is None
+    assert client.delete("/finetune/nope", headers=operator).status_code == 404
+
+    folders = []
+    for _ in range(3):  # the server keeps the newest two versions
+        job = client.post("/finetune", json={"steps": 1}, headers=operator).json()
+        done = _wait_job(client, job["job_id"])
+        assert done["state"] == "done", done
+        folders.append(Path(done["version"]))
+    assert [f.is_dir() for f in folders] == [False, True, True]
+    assert sorted(p.name for p in folders[0].parent.iterdir()) == [folders[1].name, folders[2].name]
+
+
+def test_a_finetune_stops_at_the_time_limit(tiny_pipe, tmp_path):
+    app = sdlab.app.create_app(tiny_pipe, face_restorer=None, feedback_dir=tmp_path / "feedback",
+                               finetune_limits=FinetuneLimits(max_minutes=1e-5))
+    with TestClient(app) as client:
+        _liked(client)
+        job = client.post("/finetune", json={"steps": 50}).json()  # on loopback without a token
+        ended = _wait_job(client, job["job_id"])
+    assert ended["state"] == "failed" and "time limit" in ended["message"], ended
+
+
+def test_limits_that_make_no_sense_are_refused():
+    with pytest.raises(SdlabInputError, match="max_steps"):
+        FinetuneLimits(max_steps=True).checked()
+    with pytest.raises(SdlabInputError, match="keep_versions"):
+        FinetuneLimits(keep_versions=0).checked()
+
+
+def test_the_token_is_needed_only_off_this_machine(monkeypatch):
+    from sdlab.app.server import operator_token
+
+    monkeypatch.delenv("SDLAB_OPERATOR_TOKEN", raising=False)
+    assert operator_token("127.0.0.1", share=False) is None
+    assert len(operator_token("0.0.0.0", share=False)) >= 20
+    assert operator_token("127.0.0.1", share=True) is not None
+    monkeypatch.setenv("SDLAB_OPERATOR_TOKEN", "from-env")
+    assert operator_token("0.0.0.0", share=False) == "from-env"
+    assert operator_token("0.0.0.0", share=False, token="given") == "given"
+
+
+def test_the_server_still_answers_after_all_of_it(client):
+    assert client.get("/health").json()["status"] == "ok"
+    assert client.post("/text2img", json={"prompt": PROMPT, "steps": 1}).status_code == 200
+    assert_store_whole(client)
+
+
+# ---- PNGs that lie to regenerate ---------------------------------------------------------
+
+def _png_saying(tmp_path, text: str, zip: bool = False) -> Path:
+    info = PngInfo()
+    info.add_text("parameters", text, zip=zip)
+    path = tmp_path / "lie.png"
+    Image.new("RGB", (64, 64)).save(path, pnginfo=info)
+    return path
+
+
+GOOD = "Steps: 2, Sampler: PNDM, CFG scale: 7.5, Seed: 1, Size: 64x64, Model: tiny-random"
+
+
+@pytest.mark.parametrize("settings, words", [
+    (GOOD.replace("Steps: 2", "Steps: abc"), ["Steps is 'abc'", "a whole number"]),
+    (GOOD.replace("Size: 64x64", "Size: 64"), ["Size is '64'", "width x height"]),
+    (GOOD.replace("Size: 64x64", "Size: 60x64"), ["width 60", "multiple of 8"]),
+    (GOOD.replace("CFG scale: 7.5", "CFG scale: nan"), ["CFG scale is 'nan'", "finite"]),
+    (GOOD + ", Batch size: 2, Batch pos: 5", ["Batch pos is 5", "0–1"]),
+    (GOOD + ", Batch size: 2, Batch pos: -1", ["Batch pos is -1"]),
+    (GOOD.replace("Steps: 2", "Steps: 500").replace("64x64", "2048x2048") + ", Batch size: 64, Batch pos: 0",
+     ["64 image(s) × 500 steps at 2048×2048", "--force"]),
+    (GOOD.replace("Model: tiny-random", "Model: /tmp/somewhere/model"), ["/tmp/somewhere/model", "--trust-model"]),
+])
+def test_regenerate_refuses_lying_metadata_naming_the_field(tmp_path, capsys, settings, words):
+    png = _png_saying(tmp_path, f"{PROMPT}\n{settings}")
+    assert cli.main(["regenerate", str(png), "--out", str(tmp_path / "out.png")]) == 2
+    err = capsys.readouterr().err
+    assert all(w in err for w in words), err
+    assert "Traceback" not in err and not (tmp_path / "out.png").exists()
+
+
+def test_regenerate_refuses_a_text_chunk_bomb(tmp_path, capsys):
+    png = _png_saying(tmp_path, "Steps: 1, " * 400_000, zip=True)  # 4 MB of text, a few KB stored
+    assert png.stat().st_size < 100_000
+    assert cli.main(["regenerate", str(png), "--out", str(tmp_path / "out.png")]) == 2
+    assert "not an image PIL can read" in capsys.readouterr().err
+
+
+def test_regenerate_loads_a_named_folder_only_when_trusted_and_says_why_it_fails(tmp_path, capsys):
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", '
+                                             '"UNet2DConditionModel"]}')
+    (broken / "unet").mkdir()
+    (broken / "unet" / "config.json").write_text("{ not json")
+    png = _png_saying(tmp_path, f"{PROMPT}\n" + GOOD.replace("Model: tiny-random", f"Model: {broken}"))
+    assert cli.main(["regenerate", str(png), "--out", str(tmp_path / "out.png")]) == 2
+    assert "--trust-model" in capsys.readouterr().err
+    assert cli.main(["regenerate", str(png), "--out", str(tmp_path / "out.png"), "--trust-model"]) == 2
+    err = capsys.readouterr().err
+    assert str(broken) in err and "Traceback" not in err
+    # --model: the image is made with the model given (it differs from the blank PNG: exit 1, said so)
+    with pytest.raises(SystemExit) as different:
+        cli.main(["regenerate", str(png), "--out", str(tmp_path / "out.png"), "--model", "tiny-random"])
+    assert different.value.code == 1
+    assert "DIFFERENT" in capsys.readouterr().out and (tmp_path / "out.png").is_file()
+
+
+def test_regenerate_runs_a_job_above_the_limit_only_when_forced(tiny_pipe, tmp_path, monkeypatch):
+    import sdlab.metadata
+
+    made = sdlab.generate(tiny_pipe, PROMPT, seed=4, num_inference_steps=3)[0]
+    path = save_png(made, tmp_path / "made.png")
+    assert regenerate(path, tiny_pipe).params == made.params  # within the limit: runs unasked
+    monkeypatch.setattr(sdlab.metadata, "MAX_WORK", 2)
+    with pytest.raises(SdlabInputError, match="1 image\\(s\\) × 3 steps .* 3 image-steps .*force=True"):
+        regenerate(path, tiny_pipe)
+    again = regenerate(path, tiny_pipe, force=True)
+    assert again.params == made.params and np.array_equal(np.asarray(again.image), np.asarray(made.image))
