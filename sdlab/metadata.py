@@ -92,22 +92,28 @@ def format_parameters(params: GenerationParams) -> str:
 _PAIR = re.compile(r'\s*([\w ]+):\s*("(?:\\.|[^"])*"|[^,]*)(?:,|$)')
 
 
-def parse_parameters(text: str) -> GenerationParams:
-    """GenerationParams from an A1111 `parameters` text (the inverse of `format_parameters`); a field
-    that is not what sdlab or AUTOMATIC1111 writes is a SdlabInputError naming it and its value."""
-    check(len(text) <= MAX_PARAMETERS_CHARS, f"the PNG's parameters are {len(text)} characters; sdlab writes at "
-                                             f"most {MAX_PARAMETERS_CHARS}: this is not a parameters text it made")
+def split_parameters(text: str) -> tuple[str, str, dict[str, str]]:
+    """An A1111 `parameters` text as (prompt, negative prompt, {setting: value as written})."""
     *head, last = text.strip().split("\n")
     pairs = {key.strip(): value.strip().strip('"') for key, value in _PAIR.findall(last)}
-    if "Steps" not in pairs:
-        raise SdlabInputError("these PNG parameters have no 'Steps: …' line; was the image saved by "
-                              "sdlab or AUTOMATIC1111?")
     prompt_lines, negative = [], ""
     for i, line in enumerate(head):
         if line.startswith("Negative prompt:"):
             negative = "\n".join([line[len("Negative prompt:"):].strip()] + head[i + 1:])
             break
         prompt_lines.append(line)
+    return "\n".join(prompt_lines), negative, pairs
+
+
+def parse_parameters(text: str) -> GenerationParams:
+    """GenerationParams from an A1111 `parameters` text (the inverse of `format_parameters`); a field
+    that is not what sdlab or AUTOMATIC1111 writes is a SdlabInputError naming it and its value."""
+    check(len(text) <= MAX_PARAMETERS_CHARS, f"the PNG's parameters are {len(text)} characters; sdlab writes at "
+                                             f"most {MAX_PARAMETERS_CHARS}: this is not a parameters text it made")
+    prompt, negative, pairs = split_parameters(text)
+    if "Steps" not in pairs:
+        raise SdlabInputError("these PNG parameters have no 'Steps: …' line; was the image saved by "
+                              "sdlab or AUTOMATIC1111?")
     size = pairs.get("Size", "512x512")
     match = re.fullmatch(r"(\d{1,5})x(\d{1,5})", size)
     check(match is not None, f"Size is {size!r} in the PNG's parameters; it must be width x height, e.g. 64x64")
@@ -122,7 +128,7 @@ def parse_parameters(text: str) -> GenerationParams:
                     from None
     values.setdefault("model", "unknown")
     values.setdefault("seed", None)
-    params = GenerationParams(prompt="\n".join(prompt_lines), negative_prompt=negative, width=width,
+    params = GenerationParams(prompt=prompt, negative_prompt=negative, width=width,
                               height=height, **values)
     _check_params(params)
     return params

@@ -238,6 +238,19 @@ def test_a_body_announced_too_large_is_refused_before_reading(client):
     assert response.status_code == 413 and "smaller images" in response.json()["detail"]
 
 
+def test_the_original_services_paths_and_nulls_are_accepted(client):
+    """The FastAPI service this course grew out of documented POST /text2img/ (with a slash), and its
+    clients send null for the optional fields."""
+    response = client.post("/text2img/", json={"prompt": PROMPT, "negative_prompt": None, "seed": None, "steps": 2,
+                                               "number_of_images": None, "cfg_scale": None, "width": None})
+    assert response.status_code == 200, response.text
+    made = response.json()["images"]
+    assert len(made) == 1 and made[0]["parameters"]["negative_prompt"] == ""
+    start = b64png(start_image())
+    assert client.post("/img2img/", json={"prompt": PROMPT, "image": start, "strength": None,
+                                          "steps": 2}).status_code == 200
+
+
 # ---- the line for the pipeline ------------------------------------------------------------
 
 def test_full_line_answers_503_and_the_waiting_request_still_succeeds(live, app):

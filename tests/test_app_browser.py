@@ -51,3 +51,31 @@ def test_a_browser_generates_an_image(browser, server, tmp_path):
     REPORT.parent.mkdir(exist_ok=True)
     shutil.copy(shot, REPORT)
     assert Image.open(shot).size[0] >= 1000
+
+
+def test_the_api_docs_render_from_files_the_server_serves(browser, server):
+    """/docs and /redoc load Swagger UI and ReDoc from the server itself: a classroom may be offline."""
+    from openapi_spec_validator import validate
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as seen
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    for page in ("docs", "redoc"):
+        html = httpx.get(server.url + page, timeout=30).text
+        assets = [part.split('"')[1] for part in html.split("src=")[1:]] + \
+                 [part.split('"')[1] for part in html.split('href=')[1:] if part.startswith('"')]
+        assert assets and all(url.startswith("/") for url in assets), assets  # nothing from a CDN
+        for url in assets:
+            assert httpx.get(server.url.rstrip("/") + url, timeout=30).status_code == 200, url
+    browser.get(server.url + "docs")
+    operation = (By.ID, "operations-generate-text2img_text2img_post")
+    WebDriverWait(browser, 60).until(seen.presence_of_element_located(operation))
+    assert "AUTOMATIC1111" in browser.find_element(By.CSS_SELECTOR, ".swagger-ui").text
+    browser.get(server.url + "redoc")
+    WebDriverWait(browser, 60).until(seen.text_to_be_present_in_element((By.CSS_SELECTOR, "h1"), "sdlab"))
+
+    schema = httpx.get(server.url + "openapi.json", timeout=30).json()
+    validate(schema)  # a valid OpenAPI document, which names every field the server accepts
+    text2img = schema["components"]["schemas"]["Text2ImgRequest"]["properties"]
+    assert {"cfg_scale", "steps", "number_of_images"} <= set(text2img)
+    assert "mask" in schema["components"]["schemas"]["InpaintingRequest"]["properties"]

@@ -45,17 +45,28 @@ EXAMPLE_PROMPT = "a small red circle on a blue background"
 
 # ---- request and response bodies ---------------------------------------------------------
 
+def aliases_in_schema(schema: dict[str, Any], model: type[BaseModel]) -> None:
+    """List each field's other names in the published schema too, so that clients built from it may
+    send them (the schema forbids what it does not list)."""
+    for name, info in model.model_fields.items():
+        for alias in getattr(info.validation_alias, "choices", [])[1:]:
+            schema["properties"][alias] = schema["properties"][name] | {"title": alias,
+                                                                        "description": f"another name for {name}"}
+
+
 class _Request(BaseModel):
     """The fields every generation endpoint takes (None: the model's default)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)  # strict: "20" or true is not a number
+    # strict: "20" or true is not a number
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=aliases_in_schema)
     example: ClassVar[str] = '{"prompt": "' + EXAMPLE_PROMPT + '", "seed": 42}'  # shown in error messages
     hints: ClassVar[dict[str, str]] = {}  # field: what to send, where a type error needs more than its type
 
     prompt: str = Field(description=f"what to draw, at most {MAX_PROMPT_CHARS} characters (CLIP reads the first "
                                     f"77 tokens)", examples=[EXAMPLE_PROMPT],
                         json_schema_extra={"maxLength": MAX_PROMPT_CHARS})  # checked by generate(): one rule
-    negative_prompt: str = Field("", description=f"what to steer away from, at most {MAX_PROMPT_CHARS} characters",
+    negative_prompt: str | None = Field("", description=f"what to steer away from, at most {MAX_PROMPT_CHARS} "
+                                                   f"characters (null: none)",
                                  json_schema_extra={"maxLength": MAX_PROMPT_CHARS})
     seed: int | None = Field(None, description="seed of the first image; image k gets seed + k. "
                                                "null or -1: a random seed (echoed in the response)")
@@ -63,8 +74,9 @@ class _Request(BaseModel):
                                             description="denoising steps, 1–500 (alias: steps)")
     guidance_scale: float | None = Field(None, validation_alias=AliasChoices("guidance_scale", "cfg_scale"),
                                          description="classifier-free guidance, 0–50 (alias: cfg_scale)")
-    num_images_per_prompt: int = Field(1, validation_alias=AliasChoices("num_images_per_prompt", "number_of_images"),
-                                       description="how many images, 1–64 (alias: number_of_images)")
+    num_images_per_prompt: int | None = Field(
+        1, validation_alias=AliasChoices("num_images_per_prompt", "number_of_images"),
+        description="how many images, 1–64 (alias: number_of_images)")
     width: int | None = Field(None, description="pixels, a multiple of 8")
     height: int | None = Field(None, description="pixels, a multiple of 8")
     scheduler: str | None = Field(None, description="a name from GET /schedulers, e.g. 'DPM++ 2M' or 'K_EULER'")
@@ -73,12 +85,12 @@ class _Request(BaseModel):
 
 class Text2ImgRequest(_Request):
     variation_seed: int | None = Field(None, description="mix each image's noise with this seed's noise")
-    variation_strength: float = Field(0.0, description="0: the seed's image, 1: the variation seed's image")
+    variation_strength: float | None = Field(0.0, description="0: the seed's image, 1: the variation seed's image")
 
 
 class Img2ImgRequest(_Request):
     image: str = Field(description="the start image: base64 PNG or JPEG (a data: URL works too)")
-    strength: float = Field(0.8, description="how much to change the image, (0, 1]")
+    strength: float | None = Field(0.8, description="how much to change the image, (0, 1]")
 
 
 class InpaintingRequest(Img2ImgRequest):
@@ -104,6 +116,9 @@ class GenerationResponse(BaseModel):
 
 
 REQUESTS = {"/text2img": Text2ImgRequest, "/img2img": Img2ImgRequest, "/inpainting": InpaintingRequest}
+#: AUTOMATIC1111's routes (`sdlab.app.a1111`), for the body limits set here
+A1111_IMAGE_ROUTES = ["/sdapi/v1/txt2img", "/sdapi/v1/img2img", "/sdapi/v1/png-info"]
+A1111_SMALL_ROUTES = ["/sdapi/v1/options"]
 
 
 # ---- images in and out --------------------------------------------------------------------
@@ -189,10 +204,11 @@ def _run(studio: Studio, request: _Request, gone: Callable[[], bool] = lambda: F
     fields = request.model_dump(exclude={"model", "image", "mask_image"})
     if fields["seed"] == -1:  # AUTOMATIC1111's "random"
         fields["seed"] = None
+    fields = {key: value for key, value in fields.items() if value is not None or key == "prompt"}  # null: default
     image = images.get("image")
     if image is not None:  # the work is that of the image's size, unless another is asked for
-        fields["height"] = fields["height"] or image.height // SIZE_MULTIPLE * SIZE_MULTIPLE or None
-        fields["width"] = fields["width"] or image.width // SIZE_MULTIPLE * SIZE_MULTIPLE or None
+        fields.setdefault("height", image.height // SIZE_MULTIPLE * SIZE_MULTIPLE or None)
+        fields.setdefault("width", image.width // SIZE_MULTIPLE * SIZE_MULTIPLE or None)
     result, warnings = studio.generate(fields.pop("prompt"), client=client, gone=gone, **fields, **images)
     image_ids = studio.record(result)
     out = [ImageOut(image_id=image_id, image=encode_png(png_bytes(item)), seed=item.params.seed,
@@ -224,6 +240,11 @@ def add_api(app: FastAPI, studio: Studio) -> FastAPI:
         image = await run_in_threadpool(decode_image, body.image, "image")
         mask = await run_in_threadpool(decode_image, body.mask_image, "mask_image")
         return await served(request, body, image=image, mask_image=mask)
+
+    for path, endpoint in (("/text2img", text2img), ("/img2img", img2img), ("/inpainting", inpainting)):
+        # the paths the FastAPI service this course grew out of documented, with their trailing slash
+        app.add_api_route(path + "/", endpoint, methods=["POST"], response_model=GenerationResponse,
+                          include_in_schema=False)
 
     @app.get("/models", tags=["about"])
     async def models() -> dict[str, Any]:
@@ -277,7 +298,8 @@ def _add_error_handlers(app: FastAPI) -> None:
         return JSONResponse(status_code=422, content={"detail": "; ".join(e["message"] for e in errors),
                                                       "errors": errors})
 
-    limits = {path: MAX_BODY_BYTES for path in REQUESTS} | {path: MAX_SMALL_BODY_BYTES for path in BODIES}
+    limits = {path: MAX_BODY_BYTES for path in list(REQUESTS) + A1111_IMAGE_ROUTES} | {
+        path: MAX_SMALL_BODY_BYTES for path in list(BODIES) + A1111_SMALL_ROUTES}
     app.add_middleware(BodyLimit, limits=limits)
 
 

@@ -5,10 +5,12 @@ from pathlib import Path
 
 import gradio as gr
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from .. import __version__
 from ..feedback import FeedbackStore
 from ..generation import MAX_IMAGES, MAX_PROMPT_CHARS, MAX_SIZE, MAX_STEPS
+from .a1111 import add_a1111_api
 from .api import MAX_BODY_BYTES, MAX_IMAGE_BYTES, MAX_SMALL_BODY_BYTES, add_api
 from .face_repair import find_restorer
 from .feedback import FINETUNE_LIMITS, FinetuneLimits, add_feedback_api
@@ -49,7 +51,8 @@ def create_app(pipe, *, max_queue: int = 16, face_restorer="auto", feedback_dir:
     """
     store = FeedbackStore(feedback_dir) if feedback_dir is not None else None
     studio = Studio(pipe, max_queue=max_queue, store=store, max_work=max_work)
-    app = FastAPI(title="sdlab", version=__version__,
+    # /docs and /redoc with their scripts served from here: a classroom may have no internet
+    app = FastAPIOffline(title="sdlab", version=__version__,
                   description="Stable Diffusion over HTTP: text to image, image to image, inpainting. "
                               "The web UI is at /; every image comes back as a PNG that keeps its parameters."
                               + limits_text(max_queue, max_work, finetune_limits, operator_token is not None))
@@ -58,6 +61,7 @@ def create_app(pipe, *, max_queue: int = 16, face_restorer="auto", feedback_dir:
     if store is not None and models_dir is None:
         models_dir = Path(feedback_dir) / "models"
     add_feedback_api(app, studio, models_dir, finetune_limits, operator_token)
+    add_a1111_api(app, studio, models_dir, operator_token)
     if face_restorer == "auto":
         face_restorer = find_restorer()
     app.state.ui = build_ui(studio, face_restorer)

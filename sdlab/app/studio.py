@@ -113,6 +113,12 @@ class Studio:
         self.model = model_name(pipe)
         self.max_work = max_work
         self.line = Line(max_queue)
+        self.progress = (0, 0)  # denoising steps done and to do in the running generation
+
+    def switch(self, pipe, name: str | None = None) -> None:
+        """Serve `pipe` from now on: it takes over between two generations (its turn in line)."""
+        with self.line.turn("operator"):
+            self.pipe, self.model = pipe, name or model_name(pipe)
 
     @property
     def max_queue(self) -> int:
@@ -148,11 +154,22 @@ class Studio:
         `gone()`: whether the client went away; then its work stops (`ClientGone`)."""
         self.check_work(kwargs.get("num_images_per_prompt", 1), kwargs.get("num_inference_steps"),
                         kwargs.get("height"), kwargs.get("width"), len(prompt) if isinstance(prompt, list) else 1)
+        steps = kwargs.get("num_inference_steps") or model_defaults(self.pipe)[0]
+        if kwargs.get("image") is not None:  # image to image runs the last `strength` of the steps
+            steps = max(1, int(steps * kwargs.get("strength", 0.8)))
+
+        def step_done() -> bool:
+            self.progress = (self.progress[0] + 1, steps)
+            return gone()
+
         with self.line.turn(client, gone), warnings_of_this_thread() as caught:  # not those of requests beside it
+            self.progress = (0, steps)
             try:
-                result = generate(self.pipe, prompt, should_stop=gone, **kwargs)
+                result = generate(self.pipe, prompt, should_stop=step_done, **kwargs)
             except GenerationCancelled:
                 raise ClientGone("the client went away during its generation") from None
+            finally:
+                self.progress = (0, 0)
         return result, caught
 
     def record(self, result: Generation, user: str = "") -> list[int | None]:

@@ -1,0 +1,285 @@
+"""AUTOMATIC1111's web API (`/sdapi/v1/…`), for the clients that speak it: `webuiapi`, image
+editors' plug-ins, chat bots, scripts written for a Stable Diffusion web UI.
+
+    POST /sdapi/v1/txt2img, /img2img     A1111's fields; {"images": [base64 PNG…], "parameters", "info"}
+    GET  /sdapi/v1/samplers, /schedulers, /sd-models, /options, /progress, /scripts
+    POST /sdapi/v1/options               {"sd_model_checkpoint": "…"} switches the model (operator)
+    POST /sdapi/v1/png-info              the parameters a PNG carries
+
+The same line, limits and feedback store serve both APIs: an image made here is kept and rated
+like any other. A1111's request models carry many fields for features this server does not have
+(hires fix, scripts, ControlNet); their defaults are accepted and ignored, and asking for one
+of those features is a 422 that says so, rather than an image made without it.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+from fastapi import Depends, FastAPI, Request
+from PIL import ImageOps
+from pydantic import BaseModel, ConfigDict, Field
+
+from .. import __version__
+from ..errors import check
+from ..finetune import list_versions, load_version
+from ..metadata import PARAMETERS_KEY, format_parameters, png_bytes, split_parameters
+from ..pipelines import load_pipeline
+from ..presets import PRESETS, find_preset
+from ..schedulers import ALIASES, schedulers_for
+from .api import decode_image, encode_png, while_connected
+from .feedback import operator_check
+from .studio import Studio
+
+PREFIX = "/sdapi/v1"
+#: A1111's schedulers (the noise-level spacing of its samplers) that sdlab's samplers can follow.
+SCHEDULERS = {"automatic": "Automatic", "karras": "Karras"}
+KARRAS = {"DPM++ 2M": "DPM++ 2M Karras", "LMS": "LMS Karras"}
+
+
+class _A1111Request(BaseModel):
+    """The fields of A1111's processing requests that sdlab acts on (others are ignored)."""
+
+    model_config = ConfigDict(extra="ignore")
+    example: ClassVar[str] = '{"prompt": "a small red circle on a blue background", "steps": 20}'
+    hints: ClassVar[dict[str, str]] = {}
+
+    prompt: str = ""
+    negative_prompt: str | None = ""
+    seed: int = Field(-1, strict=True, description="-1: random")
+    subseed: int = Field(-1, strict=True, description="the variation seed (-1: random)")
+    subseed_strength: float = Field(0.0, strict=True, description="0: the seed's image, 1: the subseed's")
+    steps: int | None = Field(None, strict=True, description="denoising steps (null: the model's default)")
+    cfg_scale: float | None = Field(None, strict=True, description="guidance (null: the model's default)")
+    width: int | None = Field(None, strict=True, description="pixels (null or 0: the model's size)")
+    height: int | None = Field(None, strict=True, description="pixels (null or 0: the model's size)")
+    sampler_name: str | None = Field(None, description="GET /sdapi/v1/samplers (null: the model's)")
+    sampler_index: str | None = Field(None, description="an older name for sampler_name")
+    scheduler: str | None = Field(None, description="'automatic' or 'karras' (GET /sdapi/v1/schedulers)")
+    batch_size: int = Field(1, strict=True, ge=1)
+    n_iter: int = Field(1, strict=True, ge=1, description="batches; their seeds follow on")
+    send_images: bool = True
+    override_settings: dict[str, Any] = Field(default_factory=dict)
+    # features this server does not have: accepted when off, a 422 when asked for
+    enable_hr: bool = False
+    restore_faces: bool | None = False
+    tiling: bool | None = False
+    script_name: str | None = None
+    alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
+
+
+class A1111Txt2Img(_A1111Request):
+    pass
+
+
+class A1111Img2Img(_A1111Request):
+    init_images: list[str] = Field(description="the start image, base64 (one)")
+    denoising_strength: float = Field(0.75, strict=True, description="how much to change the image, (0, 1]")
+    mask: str | None = Field(None, description="base64 mask: white = repaint (inpainting)")
+    inpainting_mask_invert: int = Field(0, strict=True, description="1: repaint the black part instead")
+    resize_mode: int = Field(0, strict=True, description="0 (just resize) only")
+
+
+class PngInfoRequest(BaseModel):
+    image: str = Field(description="a PNG, base64 (a data: URL works too)")
+
+
+def _refuse_missing_features(body: _A1111Request) -> None:
+    asked = [name for name, on in (("enable_hr (hires fix)", body.enable_hr), ("restore_faces", body.restore_faces),
+                                   ("tiling", body.tiling), ("script_name", body.script_name)) if on]
+    asked += [f"alwayson_scripts[{name!r}]" for name, script in body.alwayson_scripts.items()
+              if isinstance(script, dict) and script.get("args") not in (None, [], [False])]
+    check(not asked, f"{', '.join(asked)}: this server does not have that; leave it out (face repair is the "
+                     f"web UI's panel and sdlab.faces)")
+
+
+def _sampler(body: _A1111Request) -> str | None:
+    name = body.sampler_name or body.sampler_index
+    scheduler = (body.scheduler or "automatic").lower()
+    check(scheduler in SCHEDULERS, f"scheduler {body.scheduler!r} is not offered here; use one of "
+                                   f"{sorted(SCHEDULERS)} (GET /sdapi/v1/schedulers)")
+    if scheduler == "karras" and name is not None:
+        check(name in KARRAS or name.endswith("Karras"), f"sampler {name!r} has no Karras version here; use "
+                                                         f"{sorted(KARRAS)} with scheduler 'karras'")
+        name = KARRAS.get(name, name)
+    return name
+
+
+def _generation_fields(studio: Studio, body: _A1111Request) -> dict[str, Any]:
+    """A1111's request as `generate()`'s keyword arguments."""
+    _refuse_missing_features(body)
+    wanted = body.override_settings.get("sd_model_checkpoint")
+    check(wanted in (None, studio.model), f"override_settings asks for the model {wanted!r}, but this server "
+                                          f"serves {studio.model!r}; leave it out (POST /sdapi/v1/options "
+                                          f"switches the model for everyone)")
+    fields = dict(negative_prompt=body.negative_prompt or "", seed=None if body.seed == -1 else body.seed,
+                  num_images_per_prompt=body.batch_size * body.n_iter, num_inference_steps=body.steps,
+                  guidance_scale=body.cfg_scale, width=body.width or None, height=body.height or None,
+                  scheduler=_sampler(body))
+    if body.subseed_strength > 0:
+        fields |= dict(variation_seed=body.subseed if body.subseed != -1 else int(time.time_ns() % 2**32),
+                       variation_strength=body.subseed_strength)
+    return fields
+
+
+def _info(studio: Studio, result, image_ids: list[int | None], warnings: list[str]) -> dict[str, Any]:
+    """A1111's `info`: the parameters of the batch and of each image."""
+    params = [item.params for item in result]
+    first = params[0]
+    return {"prompt": first.prompt, "all_prompts": [p.prompt for p in params],
+            "negative_prompt": first.negative_prompt, "all_negative_prompts": [p.negative_prompt for p in params],
+            "seed": first.seed, "all_seeds": [p.seed for p in params],
+            "subseed": first.variation_seed if first.variation_seed is not None else -1,
+            "all_subseeds": [p.variation_seed if p.variation_seed is not None else -1 for p in params],
+            "subseed_strength": first.variation_strength, "width": first.width, "height": first.height,
+            "sampler_name": first.scheduler, "scheduler": "Automatic", "cfg_scale": first.guidance_scale,
+            "steps": first.num_inference_steps, "batch_size": len(params), "restore_faces": False,
+            "sd_model_name": studio.model, "sd_model_hash": None, "denoising_strength": first.strength,
+            "seed_resize_from_w": -1, "seed_resize_from_h": -1, "extra_generation_params": {},
+            "index_of_first_image": 0, "infotexts": [format_parameters(p) for p in params], "styles": [],
+            "job_timestamp": time.strftime("%Y%m%d%H%M%S"), "clip_skip": 1,
+            "is_using_inpainting_conditioning": False, "version": f"sdlab {__version__}",
+            "image_ids": image_ids, "warnings": warnings}
+
+
+def _answer(studio: Studio, body: _A1111Request, gone: Callable[[], bool], client: str, **inputs) -> dict[str, Any]:
+    fields = _generation_fields(studio, body)
+    result, warnings = studio.generate(body.prompt, client=client, gone=gone, **fields, **inputs)
+    image_ids = studio.record(result)
+    images = [encode_png(png_bytes(item)) for item in result] if body.send_images else []
+    return {"images": images, "parameters": body.model_dump(exclude_none=False),
+            "info": json.dumps(_info(studio, result, image_ids, warnings))}
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
+# ---- models the server offers ----------------------------------------------------------------
+
+def offered_models(studio: Studio, models_dir: str | Path | None) -> dict[str, str]:
+    """title → what `load_pipeline`/`load_version` loads: the loaded model, the presets that need no
+    download, and the fine-tuned versions in models_dir."""
+    offered = {studio.model: studio.model}
+    offered |= {name: name for name, preset in PRESETS.items() if preset.offline}
+    if models_dir is not None and Path(models_dir).is_dir():
+        offered |= {version.label: str(version.folder) for version in list_versions(models_dir)
+                    if str(version.folder) != studio.model}
+    return offered
+
+
+def _sd_model(title: str, source: str) -> dict[str, Any]:
+    return {"title": title, "model_name": title, "hash": None, "sha256": None,
+            "filename": source if find_preset(source) is None else f"preset:{source}", "config": None}
+
+
+def _load(source: str):
+    """The pipeline for an offered model: a preset, or a fine-tuned version's folder."""
+    return load_pipeline(source) if find_preset(source) is not None else load_version(source)
+
+
+def add_a1111_api(app: FastAPI, studio: Studio, models_dir: str | Path | None = None,
+                  operator_token: str | None = None) -> FastAPI:
+    """Add AUTOMATIC1111's `/sdapi/v1` routes to `app`, over the same studio as the course's API."""
+    operator = [Depends(operator_check(operator_token))]
+    switching = threading.Lock()
+
+    @app.post(PREFIX + "/txt2img", tags=["AUTOMATIC1111"])
+    async def txt2img(body: A1111Txt2Img, request: Request) -> dict[str, Any]:
+        """A1111's text to image: `images` are base64 PNGs, `info` a JSON string of their parameters."""
+        return await while_connected(request, lambda gone: _answer(studio, body, gone, _client(request)))
+
+    @app.post(PREFIX + "/img2img", tags=["AUTOMATIC1111"])
+    async def img2img(body: A1111Img2Img, request: Request) -> dict[str, Any]:
+        """A1111's image to image, and inpainting with `mask` (white = repaint)."""
+        check(len(body.init_images) == 1, f"init_images holds {len(body.init_images)} images; send exactly one")
+        check(body.resize_mode == 0, f"resize_mode {body.resize_mode} is not offered; send 0 (just resize)")
+        inputs = {"image": decode_image(body.init_images[0], "init_images[0]"), "strength": body.denoising_strength}
+        if body.mask:
+            mask = decode_image(body.mask, "mask").convert("L")
+            inputs["mask_image"] = ImageOps.invert(mask) if body.inpainting_mask_invert else mask
+        image = inputs["image"]
+        body = body.model_copy(update={"width": body.width or image.width // 8 * 8,
+                                       "height": body.height or image.height // 8 * 8})
+        return await while_connected(request, lambda gone: _answer(studio, body, gone, _client(request), **inputs))
+
+    @app.get(PREFIX + "/samplers", tags=["AUTOMATIC1111"])
+    def samplers() -> list[dict[str, Any]]:
+        """The samplers that run the loaded model, with their other names."""
+        names = schedulers_for(studio.pipe.scheduler.config)
+        return [{"name": name, "aliases": sorted(a for a, n in ALIASES.items() if n == name), "options": {}}
+                for name in names]
+
+    @app.get(PREFIX + "/schedulers", tags=["AUTOMATIC1111"])
+    def schedulers() -> list[dict[str, Any]]:
+        """A1111's noise-level spacings that these samplers follow ('karras': DPM++ 2M Karras, LMS Karras)."""
+        return [{"name": name, "label": label, "aliases": None, "default_rho": -1, "need_inner_model": False}
+                for name, label in SCHEDULERS.items()]
+
+    @app.get(PREFIX + "/sd-models", tags=["AUTOMATIC1111"])
+    def sd_models() -> list[dict[str, Any]]:
+        """The models this server can switch to (POST /sdapi/v1/options): the loaded one, the offline
+        presets and the fine-tuned versions."""
+        return [_sd_model(title, source) for title, source in offered_models(studio, models_dir).items()]
+
+    @app.get(PREFIX + "/options", tags=["AUTOMATIC1111"])
+    def options() -> dict[str, Any]:
+        """The settings A1111 clients read: the loaded model above all."""
+        return {"sd_model_checkpoint": studio.model, "sd_checkpoint_hash": None, "samples_format": "png",
+                "sd_vae": "Automatic", "CLIP_stop_at_last_layers": 1, "eta_noise_seed_delta": 0}
+
+    @app.post(PREFIX + "/options", tags=["AUTOMATIC1111"], dependencies=operator)
+    def set_options(settings: dict[str, Any]) -> None:
+        """Switch the model with {"sd_model_checkpoint": a title from /sdapi/v1/sd-models}; it is loaded
+        between two requests, for everyone. Other settings are ignored."""
+        wanted = settings.get("sd_model_checkpoint")
+        if wanted is None or wanted == studio.model:
+            return None
+        offered = offered_models(studio, models_dir)
+        check(isinstance(wanted, str) and wanted in offered,
+              f"sd_model_checkpoint {wanted!r} is not a model this server offers; choose one of {sorted(offered)} "
+              f"(GET /sdapi/v1/sd-models)")
+        with switching:
+            studio.switch(_load(offered[wanted]), wanted)
+        return None
+
+    @app.get(PREFIX + "/progress", tags=["AUTOMATIC1111"])
+    def progress() -> dict[str, Any]:
+        """How far the running generation is, and how many requests are in line."""
+        done, total = studio.progress
+        return {"progress": done / total if total else 0.0, "eta_relative": 0.0,
+                "state": {"skipped": False, "interrupted": False, "job": "", "job_count": studio.in_line,
+                          "job_timestamp": "", "job_no": 0, "sampling_step": done, "sampling_steps": total},
+                "current_image": None, "textinfo": None}
+
+    @app.get(PREFIX + "/scripts", tags=["AUTOMATIC1111"])
+    def scripts() -> dict[str, list[str]]:
+        """No scripts or extensions here."""
+        return {"txt2img": [], "img2img": []}
+
+    @app.post(PREFIX + "/png-info", tags=["AUTOMATIC1111"])
+    def png_info(body: PngInfoRequest) -> dict[str, Any]:
+        """The parameters text a PNG carries, and its fields."""
+        image = decode_image(body.image, "image")
+        text = image.info.get(PARAMETERS_KEY)
+        if not isinstance(text, str):
+            return {"info": "", "items": {}, "parameters": {}}
+        return {"info": text, "items": {PARAMETERS_KEY: text}, "parameters": parameter_fields(text)}
+
+    return app
+
+
+def parameter_fields(text: str) -> dict[str, Any]:
+    """A1111's parsed form of a parameters text: Prompt, Negative prompt, each setting, Size-1/Size-2."""
+    prompt, negative, pairs = split_parameters(text)
+    fields: dict[str, Any] = {"Prompt": prompt, "Negative prompt": negative}
+    for key, value in pairs.items():
+        if key == "Size" and "x" in value:
+            fields["Size-1"], fields["Size-2"] = value.split("x", 1)
+        else:
+            fields[key] = value
+    return fields
