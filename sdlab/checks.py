@@ -12,6 +12,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .tiny.captions import parse_prompt
+from .tiny.checker import read_scene
+
 
 class CheckFailed(AssertionError):
     """A self-check found a problem; the message says what to look at."""
@@ -119,9 +122,6 @@ def matches_reference(image, reference: str | Path, tolerance: int = 3) -> Passe
 
 def follows_prompt(image, prompt: str, attributes=("colour", "background", "shape")) -> Passed:
     """For sdlab-tiny: the checker reads the attributes the prompt names back from the pixels."""
-    from .tiny.captions import parse_prompt
-    from .tiny.checker import read_scene
-
     wanted = {k: v for k, v in parse_prompt(prompt).items() if k in attributes}
     if not wanted:
         raise CheckFailed(f"the prompt {prompt!r} names none of {attributes}; try 'a red circle on a blue background'")

@@ -10,17 +10,21 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import sys
+import time
 from pathlib import Path
 
 from .errors import SdlabInputError, writable_folder
+from .presets import PRESETS, default_model
+from .speed import ATTENTION_KERNELS, COMPILE_MODES
 
 
 def _generate(args) -> None:
-    from .generation import generate
-    from .metadata import save_png
-    from .pipelines import load_pipeline
+    from .generation import generate  # keeps `sdlab --help` fast
+    from .metadata import save_png  # keeps `sdlab --help` fast
+    from .pipelines import load_pipeline  # keeps `sdlab --help` fast
 
     out = writable_folder(args.out)  # before the work, so no image is made only to be lost
     pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, progress=not args.quiet)
@@ -34,11 +38,11 @@ def _generate(args) -> None:
 
 
 def _regenerate(args) -> None:
-    from .metadata import open_image, regenerate, save_png
+    from .metadata import open_image, regenerate, save_png  # keeps `sdlab --help` fast
 
     pipe = None
     if args.use_model is not None:  # not `model`: main() fills that with the default model
-        from .pipelines import load_pipeline
+        from .pipelines import load_pipeline  # keeps `sdlab --help` fast
 
         pipe = load_pipeline(args.use_model)
     item = regenerate(args.png, pipe, force=args.force, trust_model=args.trust_model)
@@ -53,7 +57,7 @@ def _regenerate(args) -> None:
 
 def _pixel_difference(before, after) -> str | None:
     """None for identical pixels, else how far apart they are (and why a level or two can be)."""
-    import numpy as np
+    import numpy as np  # keeps `sdlab --help` fast
 
     a, b = np.asarray(before.convert("RGB")).astype(int), np.asarray(after.convert("RGB")).astype(int)
     if a.shape != b.shape:
@@ -68,8 +72,8 @@ def _pixel_difference(before, after) -> str | None:
 
 
 def _train_tiny(args) -> None:
-    from .tiny.config import TinyConfig
-    from .tiny.train import TrainConfig, Trainer, export_pipeline
+    from .tiny.config import TinyConfig  # keeps `sdlab --help` fast
+    from .tiny.train import TrainConfig, Trainer, export_pipeline  # keeps `sdlab --help` fast
 
     fit = args.unet_steps == "auto"
     if args.minutes is not None and not args.minutes > 0:
@@ -99,7 +103,7 @@ def _train_tiny(args) -> None:
 def _default_data_workers() -> int:
     """Render training batches in worker processes where there are cores to spare (a GPU
     machine); on a small CPU machine the training itself needs the cores."""
-    import torch
+    import torch  # keeps `sdlab --help` fast
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return min(12, cores - 2) if torch.cuda.is_available() and cores > 4 else 0
@@ -115,17 +119,17 @@ def _steps_or_auto(text: str):
 
 
 def _eval_tiny(args) -> None:
-    from .generation import check_generate_inputs
-    from .pipelines import load_pipeline
-    from .seeds import default_size
-    from .tiny.evaluate import measure_adherence
-    from .tiny.world import held_out_scenes
+    from .generation import check_generate_inputs  # keeps `sdlab --help` fast
+    from .pipelines import load_pipeline  # keeps `sdlab --help` fast
+    from .seeds import default_size  # keeps `sdlab --help` fast
+    from .tiny.evaluate import measure_adherence  # keeps `sdlab --help` fast
+    from .tiny.world import held_out_scenes  # keeps `sdlab --help` fast
 
     count = args.n if args.n is not None else 64 if args.behaviour else 200
     scenes = held_out_scenes(count, seed=args.seed)  # a bad -n is refused before the model loads
     pipe = load_pipeline(args.model, progress=False)
     if args.behaviour:
-        from .tiny.evaluate import measure_behaviour
+        from .tiny.evaluate import measure_behaviour  # keeps `sdlab --help` fast
 
         behaviour = measure_behaviour(pipe, scenes, seed=args.seed,
                                       progress=lambda text: print(f"... {text}", file=sys.stderr, flush=True))
@@ -142,7 +146,7 @@ def _eval_tiny(args) -> None:
 
 
 def _course(args) -> None:
-    from . import course
+    from . import course  # keeps `sdlab --help` fast
 
     if args.action == "build":
         for path in course.build(args.solutions, args.notebooks):
@@ -157,8 +161,8 @@ def _course(args) -> None:
 
 
 def _serve(args) -> None:
-    from .app import serve
-    from .app.feedback import FinetuneLimits
+    from .app import serve  # keeps `sdlab --help` fast
+    from .app.feedback import FinetuneLimits  # keeps `sdlab --help` fast
 
     limits = FinetuneLimits(args.max_finetune_steps, args.max_finetune_minutes, args.keep_versions)
     serve(args.model, host=args.host, port=args.port, share=args.share, max_queue=args.max_queue,
@@ -166,9 +170,9 @@ def _serve(args) -> None:
 
 
 def _feedback_demo(args) -> None:
-    from .finetune import FinetuneConfig
-    from .pipelines import load_pipeline
-    from .tiny.preference import preference_demo
+    from .finetune import FinetuneConfig  # keeps `sdlab --help` fast
+    from .pipelines import load_pipeline  # keeps `sdlab --help` fast
+    from .tiny.preference import preference_demo  # keeps `sdlab --help` fast
 
     pipe = load_pipeline(args.model, progress=False)
     result = preference_demo(pipe, colour=args.colour, rating_images=args.images, test_images=args.test_images,
@@ -185,11 +189,9 @@ def _feedback_demo(args) -> None:
 
 
 def _finetune(args) -> None:
-    import time
-
-    from .feedback import FeedbackStore
-    from .finetune import Example, FinetuneConfig, start_finetune
-    from .pipelines import load_pipeline, model_name
+    from .feedback import FeedbackStore  # keeps `sdlab --help` fast
+    from .finetune import Example, FinetuneConfig, start_finetune  # keeps `sdlab --help` fast
+    from .pipelines import load_pipeline, model_name  # keeps `sdlab --help` fast
 
     if not (Path(args.store) / "feedback.sqlite3").is_file():
         raise SdlabInputError(f"{args.store} holds no feedback store; give the folder that `sdlab serve` kept "
@@ -212,10 +214,10 @@ def _finetune(args) -> None:
 
 
 def _faces(args) -> None:
-    from PIL import Image, ImageOps
+    from PIL import Image, ImageOps  # keeps `sdlab --help` fast
 
-    from .faces import download_weights, restore_faces
-    from .metadata import open_image
+    from .faces import download_weights, restore_faces  # keeps `sdlab --help` fast
+    from .metadata import open_image  # keeps `sdlab --help` fast
 
     if args.download:
         print(download_weights(args.restorer, args.weights_dir))
@@ -238,7 +240,7 @@ def _faces(args) -> None:
 
 
 def _grade(args) -> None:
-    from .grading import grade
+    from .grading import grade  # keeps `sdlab --help` fast
 
     parameters = {"model": args.model, **{name: _literal(value) for name, value in args.parameter}}
     report = grade(args.submissions, args.against, args.out, timeout=args.timeout, jobs=args.jobs,
@@ -248,8 +250,6 @@ def _grade(args) -> None:
 
 def _literal(text: str):
     """'3' → 3, '0.5' → 0.5, 'None' → None; anything else stays a string (like papermill -p)."""
-    import ast
-
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
@@ -257,7 +257,7 @@ def _literal(text: str):
 
 
 def _bench(args) -> None:
-    from .bench import run
+    from .bench import run  # keeps `sdlab --help` fast
 
     images = 8 if args.quick else args.images
     for line in run(args.model, images=images, steps=args.steps, device=args.device, dtype=args.dtype,
@@ -269,16 +269,14 @@ def _bench(args) -> None:
 
 def _list(args) -> None:
     if args.command == "models":
-        from .presets import PRESETS
-
         for p in PRESETS.values():
             print(f"{p.name:12} {p.source:45} {p.description}")
     else:
-        from .schedulers import ALIASES, scheduler_names, schedulers_for
+        from .schedulers import ALIASES, scheduler_names, schedulers_for  # keeps `sdlab --help` fast
 
         names = scheduler_names()
         if not args.all:
-            from .pipelines import load_pipeline
+            from .pipelines import load_pipeline  # keeps `sdlab --help` fast
 
             names = schedulers_for(load_pipeline(args.model, progress=False).scheduler.config)
             left = [name for name in scheduler_names() if name not in names]
@@ -290,8 +288,7 @@ def _list(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .speed import ATTENTION_KERNELS, COMPILE_MODES
-    from .tiny.config import TinyConfig, TrainConfig
+    from .tiny.config import TinyConfig, TrainConfig  # keeps `import sdlab.cli` light (sdlab.tiny loads numpy and PIL)
 
     parser = argparse.ArgumentParser(prog="sdlab", description="Stable Diffusion course kit")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -479,8 +476,6 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     args = build_parser().parse_args(argv)
     if getattr(args, "model", "x") is None:
-        from .presets import default_model
-
         args.model = default_model()
     try:
         args.func(args)

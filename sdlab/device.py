@@ -5,6 +5,8 @@ float16 kernels and some give wrong results, so sdlab never picks it there.
 """
 from __future__ import annotations
 
+import os
+import platform
 from dataclasses import dataclass
 
 import torch
@@ -83,11 +85,8 @@ def pick_device(device: str | torch.device = "auto", dtype: str | torch.dtype = 
 
 def hardware_report() -> dict[str, str]:
     """What this machine offers for diffusion: versions, device, memory (no printing)."""
-    import os
-    import platform
-
-    import diffusers
-    import transformers
+    import diffusers  # heavy: loaded only for its version in the report
+    import transformers  # heavy: loaded only for its version in the report
 
     report = {"python": platform.python_version(), "torch": torch.__version__,
               "diffusers": diffusers.__version__, "transformers": transformers.__version__,

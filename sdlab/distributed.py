@@ -14,7 +14,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import SdlabInputError, writable_folder
+from .errors import SdlabInputError, check, writable_folder
+from .presets import default_model
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ def batches(jobs: list[Job], batch_size: int) -> list[list[Job]]:
 
 def run_batches(pipe, groups: list[list[Job]], **settings) -> list:
     """Generate each batch with one call; returns (job index, GeneratedImage) pairs."""
-    from .generation import generate
+    from .generation import generate  # heavy: sdlab.generation loads torch and diffusers
 
     done = []
     for chunk in groups:
@@ -52,10 +53,10 @@ def run_batches(pipe, groups: list[list[Job]], **settings) -> list:
 def generate_distributed(model: str, jobs: list[Job], batch_size: int = 8, **settings) -> list | None:
     """Split `jobs` over the processes accelerate started; the main process gets all results
     in job order (other processes get None)."""
-    from accelerate import PartialState
-    from accelerate.utils import gather_object
+    from accelerate import PartialState  # heavy: accelerate loads only to generate
+    from accelerate.utils import gather_object  # heavy: accelerate loads only to generate
 
-    from .pipelines import load_pipeline
+    from .pipelines import load_pipeline  # heavy: sdlab.pipelines loads torch and diffusers
 
     state = PartialState()
     pipe = load_pipeline(model, device=str(state.device) if state.device.type != "cpu" else "cpu", progress=False)
@@ -70,9 +71,8 @@ def generate_distributed(model: str, jobs: list[Job], batch_size: int = 8, **set
 
 def _check_settings(jobs: list[Job], args) -> None:
     """The generation settings and the output folder, before any process loads a model."""
-    from .errors import check
-    from .generation import MAX_GUIDANCE, MAX_STEPS
-    from .seeds import check_seed
+    from .generation import MAX_GUIDANCE, MAX_STEPS  # heavy: sdlab.generation loads torch and diffusers
+    from .seeds import check_seed  # heavy: sdlab.seeds loads torch
 
     check(args.steps is None or 1 <= args.steps <= MAX_STEPS,
           f"--steps must be from 1 to {MAX_STEPS}, got {args.steps}")
@@ -84,8 +84,7 @@ def _check_settings(jobs: list[Job], args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .metadata import save_png
-    from .presets import default_model
+    from .metadata import save_png  # heavy: sdlab.metadata loads torch and diffusers
 
     parser = argparse.ArgumentParser(prog="python -m sdlab.distributed",
                                      description="generate a prompt list over processes/GPUs (accelerate launch)")

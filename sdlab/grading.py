@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
+from tqdm.auto import tqdm
 
 from .errors import SdlabInputError, writable_folder
 from .grading_notebook import (
@@ -51,6 +52,7 @@ from .grading_notebook import (
     with_hidden_tests,
 )
 from .grading_report import COLUMNS, check_report_folders, save_result, write_report
+from .presets import default_model
 
 __all__ = [
     "ANSI", "COLUMNS", "KERNEL", "KERNEL_LOG", "STATUSES", "TIMEOUT_ENAME",
@@ -140,10 +142,6 @@ def grade(submissions, against: str | Path = "solutions", out: str | Path = "rep
     """Grade notebooks (files or folders) against the solutions of the same name; write the report
     to `out`. `parameters` go into each notebook's parameters cell where it has that name (default:
     the offline model). With no submissions, only rebuilds the report from what `out` holds."""
-    from tqdm.auto import tqdm
-
-    from .presets import default_model
-
     start, against, out = time.perf_counter(), Path(against), Path(out)
     submissions = [submissions] if isinstance(submissions, (str, Path)) else list(submissions)
     if not against.is_dir():

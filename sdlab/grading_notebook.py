@@ -162,8 +162,8 @@ def execute(nb: nbformat.NotebookNode, workdir: Path, timeout: float, env: dict,
     should the run fail), and why the run stopped early ("" when every cell ran). The kernel
     process's own output goes to `log` (a file), not to the terminal; each cell's outputs are
     kept to size as they arrive (`sdlab.grading_outputs`)."""
-    from nbclient import NotebookClient
-    from nbclient.exceptions import DeadKernelError
+    from nbclient import NotebookClient  # heavy: jupyter_client and zmq load only to run a notebook
+    from nbclient.exceptions import DeadKernelError  # heavy: jupyter_client and zmq load only to run a notebook
 
     class LimitedClient(NotebookClient):
         def output(self, outs, msg, display_id, cell_index):
@@ -293,8 +293,8 @@ def grade_notebook(sub: Submission, solution_text: str | None, images: Path | No
 
 
 def _grade_notebook(sub, solution, tests, images, timeout, parameters, env):
-    from papermill.iorw import load_notebook_node
-    from papermill.parameterize import parameterize_notebook
+    from papermill.iorw import load_notebook_node  # heavy: papermill loads only to grade
+    from papermill.parameterize import parameterize_notebook  # heavy: papermill loads only to grade
 
     try:
         nb = load_notebook_node(str(sub.path))  # papermill's reader: adds the metadata it needs

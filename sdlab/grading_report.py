@@ -80,7 +80,7 @@ def _page(title: str, body: str) -> str:
 
 def save_result(out: Path, sub: Submission, grades: list[Grade], nb, seconds: float) -> None:
     """Write out/<student>/<notebook>.{grade.json,ipynb,html}: one submission's share of the report."""
-    from nbconvert import HTMLExporter
+    from nbconvert import HTMLExporter  # heavy: nbconvert loads only to write the HTML
 
     folder = Path(out) / _slug(sub.student)
     folder.mkdir(parents=True, exist_ok=True)

@@ -128,7 +128,7 @@ def display_scale(image: Image.Image, target: int = 256) -> int:
 
 def show_image(image: Image.Image, scale: int | None = None) -> None:
     """Display one image in a notebook (scaled up with sharp pixels for tiny images)."""
-    from IPython.display import display
+    from IPython.display import display  # notebooks only (IPython)
 
     scale = display_scale(image) if scale is None else scale
     display(enlarge(image, scale))

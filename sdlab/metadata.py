@@ -17,7 +17,19 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from .errors import SdlabInputError, check
-from .generation import MAX_IMAGES, MAX_SIZE, MAX_STEPS, MAX_WORK, MIN_SIZE, GeneratedImage, GenerationParams, work_of
+from .generation import (
+    MAX_IMAGES,
+    MAX_SIZE,
+    MAX_STEPS,
+    MAX_WORK,
+    MIN_SIZE,
+    GeneratedImage,
+    GenerationParams,
+    generate,
+    work_of,
+)
+from .pipelines import load_pipeline
+from .presets import find_preset, tiny_model_dir
 from .seeds import MAX_SEED
 
 PARAMETERS_KEY = "parameters"
@@ -208,8 +220,6 @@ def read_params(png: str | Path | Image.Image) -> GenerationParams:
 def trusted_model(model: str) -> bool:
     """A preset, or a folder inside a `models` folder (the project's, this folder's or the feedback
     store's fine-tuned versions): what a PNG may name for `regenerate` to load without asking."""
-    from .presets import find_preset, tiny_model_dir
-
     if find_preset(model) is not None:
         return True
     shipped = tiny_model_dir()
@@ -234,9 +244,6 @@ def regenerate(png: str | Path | Image.Image, pipe=None, *, force: bool = False,
     force: start a job bigger than `MAX_WORK` image-steps at the model's own size (refused, with
     the estimate, without it).
     """
-    from .generation import generate
-    from .pipelines import load_pipeline
-
     params = read_params(png)
     if params.mode != "txt2img":
         raise SdlabInputError(f"regenerate() remakes text-to-image results; this image was made with "

@@ -11,8 +11,11 @@ import os
 import socket
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
+from diffusers.utils import logging as diffusers_logging
+from huggingface_hub import constants, login
 
 from .device import pick_device
 from .errors import SdlabInputError
@@ -34,8 +37,7 @@ def _progress_enabled(progress: bool | None) -> bool:
 @contextmanager
 def _loading_bars(enabled: bool):
     """Hide diffusers' and transformers' "Loading …" bars while loading, when asked to."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
+    from transformers.utils import logging as transformers_logging  # heavy: transformers loads with the first model
 
     if enabled:
         yield
@@ -58,10 +60,6 @@ def _hub_offline() -> bool:
 def _hub_reachable(timeout: float = 3.0) -> bool:
     """Can this machine open a connection to the Hugging Face Hub, or the mirror HF_ENDPOINT names?
     (No hang when offline.) Through a proxy only the proxy knows, so huggingface_hub tries."""
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
     if _hub_offline():
         return False
     if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
@@ -219,9 +217,10 @@ def load_pipeline(model: str = "sdlab-tiny", *, device: str = "auto", dtype: str
 
 def _load(kind: str, source, choice, safety_checker: bool | None):
     """The pipeline's components, built (`tiny-random`), read from a folder or from the hub."""
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline  # heavy: diffusers' pipeline classes load with the first model
 
     if kind == "builder":
+        # heavy: transformers' models, only for the models built in code
         from .testing import build_sd15_random_pipeline, build_tiny_random_pipeline
 
         if source.name == "sd15-random":
@@ -256,7 +255,7 @@ def txt2img_pipeline(pipe, scheduler=None):
 def img2img_pipeline(pipe, scheduler=None):
     """An image-to-image pipeline sharing `pipe`'s components (nothing is reloaded or copied), with
     `scheduler` instead of `pipe`'s if given."""
-    from diffusers import StableDiffusionImg2ImgPipeline
+    from diffusers import StableDiffusionImg2ImgPipeline  # heavy: diffusers' pipeline classes load only when used
 
     return _variant(StableDiffusionImg2ImgPipeline, pipe, scheduler)
 
@@ -264,7 +263,7 @@ def img2img_pipeline(pipe, scheduler=None):
 def inpaint_pipeline(pipe, scheduler=None):
     """An inpainting pipeline sharing `pipe`'s components (works with the plain 4-channel UNet), with
     `scheduler` instead of `pipe`'s if given."""
-    from diffusers import StableDiffusionInpaintPipeline
+    from diffusers import StableDiffusionInpaintPipeline  # heavy: diffusers' pipeline classes load only when used
 
     return _variant(StableDiffusionInpaintPipeline, pipe, scheduler)
 
@@ -296,7 +295,5 @@ def hub_login(token: str | None = None) -> str:
             token = None
     if not token:
         return "no Hugging Face token found (set HF_TOKEN); none is needed for sdlab-tiny, sd15 or sd-turbo"
-    from huggingface_hub import login
-
     login(token=token, add_to_git_credential=False)
     return "logged in to the Hugging Face Hub (the token is stored in the HF cache, not in this notebook)"

@@ -10,6 +10,10 @@ from collections import Counter
 from collections.abc import Iterator
 
 import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity
+from torch.profiler import profile as torch_profile
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 KINDS = ("convolution", "attention", "matmul", "norm")  # the work a diffusion model's time goes to
 #: how torch's ops and the GPU's kernels (cuDNN, cuBLAS, flash-attention, Triton's fused ones) name each kind;
@@ -26,16 +30,12 @@ def synchronize(device: torch.device) -> None:
 
 
 def _cpu_flash_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-    from torch.utils.flop_counter import sdpa_flop_count
-
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
 def count_flops(fn) -> Counter:
     """FLOPs of everything `fn()` runs, by kind (convolution, attention, matmul), with torch's
     FlopCounterMode. (torch does not count its CPU flash-attention kernel itself; this does.)"""
-    from torch.utils.flop_counter import FlopCounterMode
-
     cpu_flash = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_attention_flops}
     with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=cpu_flash) as counter:
         fn()
@@ -69,8 +69,6 @@ def _time_by_kind(prof, on_gpu: bool) -> tuple[Counter, float]:
     """Seconds by kind and in all: on a CPU the time of torch's ops, each op's own time going to the
     kind of its outermost caller with one; on a GPU the kernels' time, each kernel going to the kind
     of the op that launched it or else, as for the kernels a CUDA graph replays, of its own name."""
-    from torch.autograd import DeviceType
-
     spent, named, launched = Counter(), Counter(), Counter()
     cpu_events = [e for e in prof.events() if e.device_type == DeviceType.CPU]
     for event in cpu_events:
@@ -93,9 +91,6 @@ def _time_by_kind(prof, on_gpu: bool) -> tuple[Counter, float]:
 def profile(name: str, fn, device: torch.device, flops: Counter | None = None, top: int = 6) -> Iterator[str]:
     """Where the time of one `fn()` goes, by kind of work, with each kind's FLOPs (counted here
     unless given) and rate; then the `top` kernels (on a GPU; torch ops on a CPU) that took longest."""
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
-
     on_gpu = device.type == "cuda"
     flops = flops or count_flops(fn)
     fn()  # warm, after counting

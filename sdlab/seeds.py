@@ -88,7 +88,7 @@ def make_latents(pipe, seed: int, height: int | None = None, width: int | None =
 
     Passing these as `latents=` gives the same image as passing `generator=make_generator(seed)`.
     """
-    from diffusers.utils.torch_utils import randn_tensor
+    from diffusers.utils.torch_utils import randn_tensor  # heavy: diffusers loads only to make latents
 
     factor = pipe.vae_scale_factor
     height = default_size(pipe) if height is None else height

@@ -24,7 +24,7 @@ class PreferredKernelAttnProcessor:
     """
 
     def __init__(self, processor, kernel: str):
-        from torch.nn.attention import SDPBackend
+        from torch.nn.attention import SDPBackend  # heavy: the CLI's parser imports this module without torch
 
         self.processor, self.kernel = processor, kernel
         first = getattr(SDPBackend, ATTENTION_KERNELS[kernel])
@@ -33,7 +33,7 @@ class PreferredKernelAttnProcessor:
         self.order = [first] if first == SDPBackend.MATH else [first, *(b for b in rest if b != first)]
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
-        from torch.nn.attention import sdpa_kernel
+        from torch.nn.attention import sdpa_kernel  # heavy: the CLI's parser imports this module without torch
 
         with sdpa_kernel(self.order, set_priority=True):
             return self.processor(attn, hidden_states, encoder_hidden_states=encoder_hidden_states,
@@ -71,7 +71,7 @@ def speed_up(pipe, *, channels_last: bool = True, fuse_qkv: bool = False, attent
     it made SD 1.5's decode of 8 images 3.5x faster on an H100 (65 ms against 225 ms, 25 s to
     compile); not on a CPU, where the decode is a small share and compiling it costs more.
     """
-    import torch
+    import torch  # heavy: the CLI's parser imports this module without torch
 
     # 1. Check inputs
     mode = "default" if compile is True else compile or None

@@ -63,7 +63,7 @@ def load_clip_tokenizer():
     The files are passed positionally: in transformers 5 the `vocab_file=`/`merges_file=`
     keywords are silently ignored and the result gives wrong ids.
     """
-    from transformers import CLIPTokenizer
+    from transformers import CLIPTokenizer  # heavy: transformers loads with the first tokenizer
 
     return CLIPTokenizer(
         str(TOKENIZER_DIR / "vocab.json"),

@@ -36,7 +36,7 @@ class GenerationControls:
     def __init__(self, pipe, prompt: str = "a small red circle on a blue background", seed: int = 42,
                  num_inference_steps: int | None = None, guidance_scale: float | None = None,
                  scheduler: str | None = None, controls=ALL_CONTROLS, scale: int | None = None):
-        import ipywidgets as w
+        import ipywidgets as w  # notebooks only (ipywidgets is heavy)
 
         preset = find_preset(getattr(pipe, "sdlab_model_name", ""))
         self.pipe = pipe
@@ -103,7 +103,7 @@ class GenerationControls:
         self.run()
 
     def widget(self):
-        import ipywidgets as w
+        import ipywidgets as w  # notebooks only (ipywidgets is heavy)
 
         buttons = w.HBox([self.button, self.dice] if self.widgets["seed"] in self.shown else [self.button])
         return w.HBox([w.VBox(self.shown + [buttons, self.info]), self.image])
@@ -111,7 +111,7 @@ class GenerationControls:
 
 def explore(pipe, **settings) -> GenerationControls:
     """Show generation controls with one image already made (works headless too)."""
-    from IPython.display import display
+    from IPython.display import display  # notebooks only (IPython)
 
     controls = GenerationControls(pipe, **settings)
     result = controls.run()

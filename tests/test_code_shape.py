@@ -1,6 +1,8 @@
 """The package's shape: imports run downward (no circles, nothing imports back from a package's
 __init__), and imports inside functions are only for heavy or optional libraries."""
 import ast
+import io
+import tokenize
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "sdlab"
@@ -80,3 +82,31 @@ def test_no_module_imports_back_from_its_own_package():
     back = [(module, parent) for module, imports in import_graph().items()
             for parent in imports if module.startswith(parent + ".") and parent != "sdlab"]
     assert back == []
+
+
+def function_imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
+    """The import statements inside functions (methods and nested functions too), in line order."""
+    found = {}
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for inner in ast.walk(node):
+                if isinstance(inner, (ast.Import, ast.ImportFrom)):
+                    found[inner.lineno] = inner
+    return [found[line] for line in sorted(found)]
+
+
+def test_every_import_inside_a_function_says_why():
+    """A heavy or optional library, a Colab-only module, a cycle, a fast `sdlab --help`: the reason is
+    written beside the import (on any of its lines) or on the line just above it."""
+    missing = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text()
+        lines = text.splitlines()
+        commented = {token.start[0] for token in tokenize.generate_tokens(io.StringIO(text).readline)
+                     if token.type == tokenize.COMMENT}
+        for node in function_imports(ast.parse(text)):
+            beside = any(line in commented for line in range(node.lineno, node.end_lineno + 1))
+            above = node.lineno > 1 and lines[node.lineno - 2].strip().startswith("#")
+            if not (beside or above):
+                missing.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}")
+    assert missing == [], "imports inside functions with no comment saying why they are there:\n" + "\n".join(missing)

@@ -38,6 +38,7 @@ class FacesRestorer:
         return getattr(self._restorer, "name", None)
 
     def __call__(self, image: Image.Image, upscale: float = 2, weight: float = 0.5) -> Image.Image:
+        # optional: sdlab.faces loads on the first repair (find_restorer checks it is installed)
         from ..faces import load_restorer, restore_faces, weights_path
 
         with self._lock:  # one repair at a time, like generations

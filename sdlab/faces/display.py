@@ -52,15 +52,15 @@ def side_by_side(images: Sequence[Image.Image], labels: Sequence[str], height: i
 
 def show_faces(image: Image.Image, faces: Sequence[Face], scale: float = 1.0) -> None:
     """Display `image` with its detected faces drawn on it (PNG: sharp lines)."""
-    from IPython.display import display
+    from IPython.display import display  # notebooks only (IPython)
 
     display(draw_faces(image, faces, scale), include=["image/png"])
 
 
 def show_photo(image: Image.Image, quality: int = 90) -> None:
     """Display a photo as JPEG: a fraction of a PNG's size in the saved notebook, no visible loss."""
-    from IPython.display import Image as JupyterImage
-    from IPython.display import display
+    from IPython.display import Image as JupyterImage  # notebooks only (IPython)
+    from IPython.display import display  # notebooks only (IPython)
 
     buffer = io.BytesIO()
     image.convert("RGB").save(buffer, "JPEG", quality=quality)

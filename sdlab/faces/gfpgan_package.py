@@ -43,13 +43,14 @@ class FaceRestorationError(Exception):
 def import_gfpgan():
     """The GFPGANer class, importable on current torchvision (see the module's docstring)."""
     try:
+        # heavy: torchvision loads only for the gfpgan backend (the shim its basicsr needs)
         import torchvision.transforms._functional_tensor as functional_tensor
     except ImportError:  # an old torchvision that still has the public module
         functional_tensor = None
     if functional_tensor is not None:
         sys.modules.setdefault("torchvision.transforms.functional_tensor", functional_tensor)
     try:
-        from gfpgan import GFPGANer
+        from gfpgan import GFPGANer  # optional dependency (the gfpgan package)
     except ImportError as error:
         raise ImportError(f"backend='gfpgan' needs the gfpgan package ({error}); install it with: {INSTALL}  "
                           f"(or use backend='sdlab', which needs only spandrel)") from error
@@ -116,7 +117,7 @@ class GFPGANPackageRestorer:
         weight mixes GFPGANer's result with the plainly resized picture (GFPGANer itself ignores its
         `weight` for GFPGAN v1.3/v1.4).
         """
-        import cv2
+        import cv2  # optional dependency (the faces extra: opencv)
 
         helper = self.gfpganer.face_helper
         self.gfpganer.upscale = upscale

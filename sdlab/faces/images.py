@@ -71,7 +71,7 @@ def rgb_pixels(image: Image.Image) -> np.ndarray:
 
 def resize_pixels(pixels: np.ndarray, upscale: float) -> np.ndarray:
     """The whole picture made `upscale` times bigger (Lanczos, as GFPGAN does without a background model)."""
-    import cv2
+    import cv2  # optional dependency (the faces extra: opencv)
 
     if upscale == 1:
         return pixels.copy()

@@ -27,8 +27,8 @@ def restore_remote(image, url: str, *, upscale: float = 2, weight: float = 1.0,
     upscale, weight = check_upscale(upscale), check_weight(weight)
     check(isinstance(url, str) and url.strip() != "", f"url must be the app's address, got {url!r}")
     try:
-        import httpx
-        from gradio_client import Client, handle_file
+        import httpx  # optional dependency (gradio_client, with its httpx)
+        from gradio_client import Client, handle_file  # optional dependency (gradio_client, with its httpx)
     except ImportError:
         raise ImportError("restore_remote needs gradio_client: pip install gradio_client") from None
 

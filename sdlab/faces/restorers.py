@@ -75,7 +75,7 @@ class ClassicalRestorer:
         return f"ClassicalRestorer(smooth={self.smooth}, sharpen={self.sharpen}, radius={self.radius})"
 
     def __call__(self, crops: list[np.ndarray]) -> list[np.ndarray]:
-        import cv2
+        import cv2  # optional dependency (the faces extra: opencv)
 
         restored = []
         for crop in crops:
@@ -130,7 +130,7 @@ def _resolve_weights(restorer, folder) -> tuple[str, Path, str | None]:
 
 
 def _load_spandrel(path: Path, expected: str | None):
-    from spandrel import ModelLoader, UnsupportedModelError
+    from spandrel import ModelLoader, UnsupportedModelError  # optional dependency (the faces extra: spandrel)
 
     wanted = expected or "GFPGAN or RestoreFormer"
     try:

@@ -5,19 +5,16 @@ from __future__ import annotations
 import html
 import io
 
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from ..errors import SdlabInputError, check
+from ..grids import _font, display_scale, enlarge, image_grid
 from .records import StoredImage
 from .store import FeedbackStore
 
 
 def captioned_grid(items: list[StoredImage], cols: int = 8, cell: int = 96) -> Image.Image:
     """Stored images in a grid, each captioned with its id and mean rating (a PIL image)."""
-    from PIL import ImageDraw
-
-    from ..grids import _font, image_grid
-
     check(bool(items), "no images to show; search with fewer filters")
     font, band = _font(12), 16
     cards = []
@@ -32,9 +29,7 @@ def captioned_grid(items: list[StoredImage], cols: int = 8, cell: int = 96) -> I
 
 def rating_widget(store: FeedbackStore, image_ids: list[int], *, user: str = "", scale: int | None = None):
     """ipywidgets: each image with 1–5 star buttons, thumbs, a comment box and Save (writes to `store`)."""
-    import ipywidgets as w
-
-    from ..grids import display_scale, enlarge
+    import ipywidgets as w  # notebooks only (ipywidgets is heavy)
 
     cards = []
     for image_id in image_ids:

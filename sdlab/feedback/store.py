@@ -230,7 +230,7 @@ class FeedbackStore:
                "LEFT JOIN feedback f ON f.generation_id = g.id")
 
     def _stored(self, row) -> StoredImage:
-        from ..generation import GenerationParams
+        from ..generation import GenerationParams  # heavy: sdlab.generation loads torch and diffusers
 
         return StoredImage(id=row["id"], params=GenerationParams(**json.loads(row["params_json"])),
                            path=self.folder / row["image_path"], created_at=row["created_at"], user=row["user"],

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from diffusers import DDPMScheduler
 
 from ..errors import check, is_number, is_whole, writable_folder
 from ..feedback import LIKED, now
@@ -78,8 +79,6 @@ class FinetuneConfig:
 
 def noise_scheduler_for(pipe):
     """A DDPM scheduler with the pipeline's noise schedule and prediction type, for training."""
-    from diffusers import DDPMScheduler
-
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     kind = scheduler.config.prediction_type
     check(kind in ("epsilon", "v_prediction"), f"fine-tuning supports epsilon and v_prediction models, not {kind!r}")
@@ -120,7 +119,7 @@ def finetune(pipe, examples, config: FinetuneConfig | None = None, *, models_dir
     on_step(step, loss) is called after every step; should_stop() → True cancels the run.
     `pipe` itself is never changed; the new model is loaded with `load_version(version.folder)`.
     """
-    from accelerate import Accelerator
+    from accelerate import Accelerator  # heavy: accelerate loads only when training starts
 
     # 1. Check inputs, before any training: where the version goes too
     config = (config or FinetuneConfig()).checked()
@@ -139,7 +138,7 @@ def finetune(pipe, examples, config: FinetuneConfig | None = None, *, models_dir
     acc = Accelerator(cpu=pipe.device.type == "cpu")
     unet = copy.deepcopy(pipe.unet).float()
     if config.method == "lora":
-        from peft import LoraConfig
+        from peft import LoraConfig  # optional dependency (the finetune extra: peft)
 
         unet.requires_grad_(False)
         with torch.random.fork_rng(devices=[]):  # the adapters' random start comes from config.seed
@@ -229,7 +228,7 @@ def _save(pipe, unet, config: FinetuneConfig, folder: Path) -> None:
         unet = unet if unet.dtype == pipe.unet.dtype else unet.to(pipe.unet.dtype)
         _with_unet(pipe, unet).save_pretrained(folder, safe_serialization=True)
         return
-    from peft.utils import get_peft_model_state_dict
+    from peft.utils import get_peft_model_state_dict  # optional dependency (the finetune extra: peft)
 
     # peft's key names: diffusers reads them back exactly, time_emb_proj adapters included
     type(pipe).save_lora_weights(folder, unet_lora_layers=get_peft_model_state_dict(unet),

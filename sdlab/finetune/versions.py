@@ -10,7 +10,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from diffusers.utils import logging as diffusers_logging
+
 from ..errors import check
+from ..pipelines import load_pipeline
 
 VERSION_FILE = "sdlab_version.json"
 
@@ -84,8 +87,6 @@ def _publish(tmp: Path, models_dir: Path, name: str, info: dict) -> ModelVersion
 
 def load_version(folder: str | Path, *, device: str = "auto", dtype="auto"):
     """A pipeline for a saved version: its own pipeline folder, or its base model + its LoRA."""
-    from ..pipelines import load_pipeline
-
     folder = Path(folder)
     check((folder / VERSION_FILE).is_file(), f"{folder} is not a model version (no {VERSION_FILE} in it)")
     info = json.loads((folder / VERSION_FILE).read_text())
@@ -103,8 +104,6 @@ def load_version(folder: str | Path, *, device: str = "auto", dtype="auto"):
 @contextmanager
 def _quiet_diffusers():
     """Hide diffusers' notes while loading LoRA (e.g. "no LoRA keys for the text encoder": none are meant)."""
-    from diffusers.utils import logging as diffusers_logging
-
     level = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()
     try:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .captions import canonical_prompt
+from .captions import batch_tensors, canonical_prompt
 from .checker import adherence, score
 from .world import Scene
 
@@ -34,7 +34,7 @@ class Adherence:
 def measure_adherence(pipe, scenes: list[Scene], *, guidance_scale: float = 7.5, num_inference_steps: int = 20,
                       seed: int = 0, scheduler: str | None = None, batch_size: int = 32) -> Adherence:
     """Generate one image per scene from its canonical prompt and score them with the checker."""
-    from ..generation import generate
+    from ..generation import generate  # heavy: sdlab.generation loads torch and diffusers
 
     images, seconds = [], 0.0
     for start in range(0, len(scenes), batch_size):
@@ -52,9 +52,7 @@ def measure_adherence(pipe, scenes: list[Scene], *, guidance_scale: float = 7.5,
 def reconstruction_accuracy(vae, count: int = 256, seed: int = 0, web: bool = True) -> dict[str, float]:
     """How well the VAE alone keeps each attribute: encode → decode held-out renders (with their
     unnamed looks if `web`), then check."""
-    import torch
-
-    from .captions import batch_tensors
+    import torch  # heavy: the world and the checker work without torch
 
     pixels, _, scenes = batch_tensors(count, seed=seed, split="held_out", web=web)
     with torch.no_grad():
@@ -132,7 +130,7 @@ def plain_prompt(scene: Scene, with_position: bool) -> tuple[str, dict[str, str]
 
 
 def _images(pipe, prompts: list[str], seeds: list[int], batch_size: int = 32, **settings) -> list:
-    from ..generation import generate
+    from ..generation import generate  # heavy: sdlab.generation loads torch and diffusers
 
     images = []
     for start in range(0, len(prompts), batch_size):
@@ -154,7 +152,7 @@ def measure_behaviour(pipe, scenes: list[Scene], *, guidance_scales=BEHAVIOUR_GU
                       default_guidance: float | None = None, num_inference_steps: int = 20, seed: int = 0,
                       progress=None) -> Behaviour:
     """Measure the curves of `Behaviour` on `scenes` (held-out ones: combinations never trained on)."""
-    from ..generation import model_defaults
+    from ..generation import model_defaults  # heavy: sdlab.generation loads torch and diffusers
 
     default_guidance = model_defaults(pipe)[1] if default_guidance is None else default_guidance
     say = progress or (lambda text: None)

@@ -15,6 +15,10 @@ import numpy as np
 from ..errors import check, writable_folder
 from ..feedback import FeedbackStore
 from ..finetune import FinetuneConfig, ModelVersion, load_version, start_finetune
+from ..generation import generate
+from .checker import read_scene, score
+from .evaluate import measure_adherence
+from .world import COLOUR_NAMES, SHAPES, held_out_scenes
 
 
 @dataclass(frozen=True)
@@ -28,8 +32,6 @@ class ColourRater:
         return f"simulated rater (likes {self.colour})"
 
     def __call__(self, image) -> tuple[int, str]:
-        from .checker import read_scene
-
         seen = read_scene(image).colour
         return (5, f"yes, {seen}!") if seen == self.colour else (1, f"{seen or 'no shape'}; I wanted {self.colour}")
 
@@ -50,8 +52,6 @@ def open_colour_prompts(colour: str, held_out: bool = False) -> list[str]:
     The rated prompts and the held-out ones use different backgrounds (never `colour` itself), so
     "after" is measured on prompts the fine-tune never saw.
     """
-    from .world import COLOUR_NAMES, SHAPES
-
     backgrounds = [c for c in COLOUR_NAMES if c != colour][int(held_out)::2]
     return [f"a large {shape} on {'an' if bg[0] in 'aeiou' else 'a'} {bg} background"
             for bg in backgrounds for shape in SHAPES]
@@ -59,9 +59,6 @@ def open_colour_prompts(colour: str, held_out: bool = False) -> list[str]:
 
 def colour_counts(images) -> dict[str, int]:
     """How many images the checker reads as each object colour ("none": no object found)."""
-    from .checker import read_scene
-    from .world import COLOUR_NAMES
-
     counts = dict.fromkeys((*COLOUR_NAMES, "none"), 0)
     for image in images:
         counts[read_scene(image).colour or "none"] += 1
@@ -70,8 +67,6 @@ def colour_counts(images) -> dict[str, int]:
 
 def generate_batches(pipe, prompts: list[str], count: int, seed: int, **settings) -> list:
     """`count` images cycling through `prompts`, image k with seed `seed + k`, in batches of 32."""
-    from ..generation import generate
-
     prompts = [prompts[k % len(prompts)] for k in range(count)]
     results = []
     for start in range(0, count, 32):
@@ -82,8 +77,6 @@ def generate_batches(pipe, prompts: list[str], count: int, seed: int, **settings
 
 def _measure(pipe, prompts, colour, count, seed, settings) -> dict:
     """Share of `colour` objects, colour counts, and adherence to what the prompts do name."""
-    from .checker import score
-
     results = generate_batches(pipe, prompts, count, seed, **settings)
     images, prompts = [r.image for r in results], [r.params.prompt for r in results]
     counts = colour_counts(images)
@@ -125,9 +118,6 @@ def preference_demo(pipe, *, colour: str = "blue", store: FeedbackStore | None =
        *name* a colour whose object has it (`control_images` held-out scenes; 0 skips it).
     Returns the numbers (shares before/after, colour counts, time) and the images.
     """
-    from .evaluate import measure_adherence
-    from .world import COLOUR_NAMES, held_out_scenes
-
     check(colour in COLOUR_NAMES, f"colour must be one of {', '.join(COLOUR_NAMES)}, got {colour!r}")
     for name, value, least in (("rating_images", rating_images, 1), ("test_images", test_images, 1),
                                ("control_images", control_images, 0)):
@@ -174,7 +164,7 @@ def preference_demo(pipe, *, colour: str = "blue", store: FeedbackStore | None =
 
 def plot_preference(result: dict):
     """Bar chart: which colours the checker reads on the held-out prompts, before and after (a Figure)."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: matplotlib loads only to plot
 
     names = [n for n in result["before_counts"] if result["before_counts"][n] or result["after_counts"][n]]
     total = sum(result["before_counts"].values())

@@ -17,13 +17,19 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from tqdm.auto import tqdm
+from transformers import CLIPTextModel
 
 from ..errors import SdlabInputError, check, writable_folder
+from ..pipelines import part_is_whole
 from ..tokenizer import load_clip_tokenizer
 from .captions import batch_tensors
 from .config import TinyConfig, TrainConfig
+from .evaluate import measure_adherence, reconstruction_accuracy
 from .model import build_scheduler, build_text_encoder, build_unet, build_vae, widen_conv_in
+from .world import held_out_scenes
 
 
 def _lr_at(step: int, total: int, peak: float, warmup: int) -> float:
@@ -79,19 +85,21 @@ class _Batches(torch.utils.data.Dataset):
 
 
 class _StepsToDeadline:
-    """How many steps fit before a deadline, measured: times the steps after the first 20
-    (allocation, workers starting) for 300 steps or a tenth of the time left, whichever ends first."""
+    """How many steps fit before a deadline, measured: times the steps after a warm-up (the first
+    20 steps, or a tenth of the time left if that ends sooner: allocation, workers starting) for
+    300 steps or another tenth of the time, whichever ends first."""
 
     def __init__(self, step: int, deadline: float):
-        self.first, self.started, self.deadline = step + 20, None, deadline
         self.window = (deadline - time.time()) / 10
+        self.first, self.warm_until, self.started, self.deadline = step + 20, time.time() + self.window, None, deadline
         self.rate = 0.0
 
     def fit(self, step: int) -> int | None:
         """The total step count once measured (the 2 % margin keeps the last steps in time), else None."""
         now = time.time()
         if self.started is None:
-            self.started = now if step == self.first else None
+            if step >= self.first or now >= self.warm_until:  # warmed up: measure from here
+                self.first, self.started = step, now
             return None
         if step < self.first + 300 and now - self.started <= self.window:
             return None
@@ -101,8 +109,6 @@ class _StepsToDeadline:
 
 def _check_parts(option: str, folder: str | None, parts: tuple[str, ...]) -> None:
     """Refuse, before training, a pipeline folder that lacks one of `parts` (its config or weights)."""
-    from ..pipelines import part_is_whole
-
     for part in parts if folder else ():
         check(part_is_whole(Path(folder), part), f"{option} {folder} has no whole {part}/ (config.json and its "
                                                  f"weights): give a pipeline folder that export_pipeline wrote, "
@@ -113,8 +119,6 @@ class Trainer:
     """Holds the models, optimizers and progress; `run()` trains what is left and resumes."""
 
     def __init__(self, config: TrainConfig):
-        from accelerate import Accelerator
-
         self.cfg = config.checked()  # before anything is made
         self.out = writable_folder(config.out_dir, "--out")
         _check_parts("--vae-from", config.vae_from, ("vae",))
@@ -179,8 +183,6 @@ class Trainer:
 
     def _keep_trained_vae(self, folder: str) -> None:
         """Start from the VAE of an exported pipeline (phase 1 done): retrain only what comes after."""
-        from diffusers import AutoencoderKL
-
         if not (Path(folder) / "vae" / "config.json").is_file():
             raise SdlabInputError(f"{folder} has no vae/ folder; give a diffusers pipeline folder such as "
                                   f"models/sdlab-tiny")
@@ -195,9 +197,6 @@ class Trainer:
     def _start_from(self, folder: str) -> None:
         """Fine-tune an exported pipeline: its VAE is kept, its UNet and text encoder train on (a
         narrower `conv_in` is widened, see `widen_conv_in`)."""
-        from diffusers import UNet2DConditionModel
-        from transformers import CLIPTextModel
-
         self._keep_trained_vae(folder)
         unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet").state_dict()
         text = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder").state_dict()
@@ -340,16 +339,13 @@ class Trainer:
 
     def evaluate(self, count: int = 48) -> None:
         """Log held-out adherence of the current EMA weights (20 steps, guidance 7.5)."""
-        from .evaluate import measure_adherence
-        from .world import held_out_scenes
-
         result = measure_adherence(self.pipeline().to(self.device), held_out_scenes(count, seed=1))
         self.log(phase="eval", step=self.unet_step, **result.scores, time=time.time())
 
     # -- the result -----------------------------------------------------------------------
     def pipeline(self, ema: bool = True):
         """A StableDiffusionPipeline made of the current (EMA) weights, in float32 on the CPU."""
-        from diffusers import StableDiffusionPipeline
+        from diffusers import StableDiffusionPipeline  # heavy: diffusers' pipeline classes load only to export
 
         unwrap = self.acc.unwrap_model
         unet = copy.deepcopy(self.unet_ema.module if ema else unwrap(self.unet)).float().cpu().eval()
@@ -371,8 +367,6 @@ class Trainer:
         deadline = time.time() + (minutes * 60 if minutes else float("inf"))
         self.train_vae(deadline)
         if self.vae_step >= self.cfg.vae_steps and self.unet_step == 0:
-            from .evaluate import reconstruction_accuracy
-
             self.log(phase="vae_eval", step=self.vae_step, **reconstruction_accuracy(self.acc.unwrap_model(self.vae),
                                                                               web=self.cfg.web_world))
         if self.vae_step >= self.cfg.vae_steps:
