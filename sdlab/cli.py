@@ -146,7 +146,7 @@ def _eval_tiny(args) -> None:
 
 
 def _course(args) -> None:
-    from . import course  # keeps `sdlab --help` fast
+    from .grading import course  # keeps `sdlab --help` fast
 
     if args.action == "build":
         for path in course.build(args.solutions, args.notebooks):

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
+from sdlab.bench.profiling import count_flops
 from sdlab.cli import main
 from sdlab.errors import SdlabInputError
 from sdlab.pipelines import load_pipeline, speed_up
-from sdlab.profiling import count_flops
 from sdlab.sweeps import guidance_sweep
 from sdlab.testing import build_sd15_random_pipeline
 
@@ -133,7 +133,7 @@ def test_profiled_gpu_kernels_go_to_the_kind_of_their_op_or_else_of_their_name()
     from torch.autograd import DeviceType
     from torch.autograd.profiler_util import FunctionEvent
 
-    from sdlab.profiling import _kind_by_name, _time_by_kind
+    from sdlab.bench.profiling import _kind_by_name, _time_by_kind
 
     # kernel names as cuDNN, cuBLAS, torch's attention kernels and Triton give them on an H100
     assert [_kind_by_name(name) for name in (

@@ -14,8 +14,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from sdlab import course, grading, grading_outputs
+from sdlab import grading
 from sdlab.errors import SdlabInputError
+from sdlab.grading import course
+from sdlab.grading import outputs as grading_outputs
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 5  # seconds a cell may run in the arithmetic class; its cells take milliseconds

@@ -8,8 +8,8 @@ import nbformat
 import papermill
 import pytest
 
-from sdlab import course
 from sdlab.errors import SdlabInputError
+from sdlab.grading import course
 
 ROOT = Path(__file__).resolve().parent.parent
 SOLUTIONS = sorted((ROOT / "solutions").glob("[0-9][0-9]_*.ipynb"))

@@ -19,8 +19,8 @@ Each graded submission leaves in `out/<student>/` the executed notebook, its HTM
 scores (`<notebook>.grade.json`); `grades.csv` and the HTML index are made from all of them, so
 runs (or cluster jobs) over parts of a class add up to one report.
 
-This module finds the submissions and grades a batch of them; `sdlab.grading_notebook` grades
-one (the five steps above) and `sdlab.grading_report` writes the report. Their public names can
+This module finds the submissions and grades a batch of them; `sdlab.grading.notebook` grades
+one (the five steps above) and `sdlab.grading.report` writes the report. Their public names can
 be imported from here too.
 """
 from __future__ import annotations
@@ -35,8 +35,9 @@ from pathlib import Path
 import nbformat
 from tqdm.auto import tqdm
 
-from .errors import SdlabInputError, writable_folder
-from .grading_notebook import (
+from ..errors import SdlabInputError, writable_folder
+from ..presets import default_model
+from .notebook import (
     ANSI,
     KERNEL,
     KERNEL_LOG,
@@ -51,8 +52,7 @@ from .grading_notebook import (
     score,
     with_hidden_tests,
 )
-from .grading_report import COLUMNS, check_report_folders, save_result, write_report
-from .presets import default_model
+from .report import COLUMNS, check_report_folders, save_result, write_report
 
 __all__ = [
     "ANSI", "COLUMNS", "KERNEL", "KERNEL_LOG", "STATUSES", "TIMEOUT_ENAME",

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import nbformat
 
+from ..errors import SdlabInputError
 from .course import BEGIN_HIDDEN, END_HIDDEN, has_marker, marker
-from .errors import SdlabInputError
-from .grading_outputs import clip_error, limit_outputs
+from .outputs import clip_error, limit_outputs
 
 KERNEL = "python3"
 STATUSES = {  # every status but the first scores 0
@@ -161,7 +161,7 @@ def execute(nb: nbformat.NotebookNode, workdir: Path, timeout: float, env: dict,
     execute reply by index (also put in `replies`, if given, as they come, so that they are there
     should the run fail), and why the run stopped early ("" when every cell ran). The kernel
     process's own output goes to `log` (a file), not to the terminal; each cell's outputs are
-    kept to size as they arrive (`sdlab.grading_outputs`)."""
+    kept to size as they arrive (`sdlab.grading.outputs`)."""
     from nbclient import NotebookClient  # heavy: jupyter_client and zmq load only to run a notebook
     from nbclient.exceptions import DeadKernelError  # heavy: jupyter_client and zmq load only to run a notebook
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import nbformat
 
-from .errors import SdlabInputError
+from ..errors import SdlabInputError
 
 BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
 BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"

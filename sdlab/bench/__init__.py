@@ -7,7 +7,7 @@ against sdlab's batched calls, on the same images, measured in the same run.
 On a GPU, "auto" precision is float16, so sdlab's rows run in half precision while the course's
 way stays in float32 (what the original notebooks do); rows for each step in between show what
 batching, half precision, channels_last, the attention kernel and torch.compile each give.
-`--profile` adds where the time of one batch goes (`sdlab.profiling`).
+`--profile` adds where the time of one batch goes (`sdlab.bench.profiling`).
 """
 from __future__ import annotations
 
@@ -20,12 +20,12 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import SdlabInputError
-from .generation import MAX_IMAGES, generate, model_defaults
-from .pipelines import load_pipeline
+from ..errors import SdlabInputError
+from ..generation import MAX_IMAGES, generate, model_defaults
+from ..pipelines import load_pipeline
+from ..speed import speed_up
+from ..sweeps import guidance_sweep
 from .profiling import KINDS, count_flops, profile, share, synchronize
-from .speed import speed_up
-from .sweeps import guidance_sweep
 
 GUIDANCE_VALUES = [2, 5, 8, 11, 14, 17, 20]  # the course's guidance 2–21 sweep
 

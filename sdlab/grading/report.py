@@ -17,8 +17,8 @@ from pathlib import Path
 
 import nbformat
 
-from .errors import SdlabInputError
-from .grading_notebook import STATUSES, Grade, Submission
+from ..errors import SdlabInputError
+from .notebook import STATUSES, Grade, Submission
 
 COLUMNS = ("student", "notebook", "exercise", "points", "max", "status", "message")
 
