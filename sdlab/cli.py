@@ -166,7 +166,7 @@ def _serve(args) -> None:
 
     limits = FinetuneLimits(args.max_finetune_steps, args.max_finetune_minutes, args.keep_versions)
     serve(args.model, host=args.host, port=args.port, share=args.share, max_queue=args.max_queue,
-          max_work=args.max_work, finetune_limits=limits, token=args.operator_token)
+          max_work=args.max_work, max_side=args.max_side, finetune_limits=limits, token=args.operator_token)
 
 
 def _feedback_demo(args) -> None:
@@ -383,6 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "included); more get 503 with Retry-After")
     srv.add_argument("--max-work", type=float, default=1600, help="the most one request may ask for, in "
                      "image-steps at the model's own size (default 1600: 64 images at 25 steps)")
+    srv.add_argument("--max-side", type=int, default=None, help="the largest width or height served (default: 8 "
+                     "times the model's own size, e.g. 512 for sdlab-tiny)")
     srv.add_argument("--max-finetune-steps", type=int, default=1000, help="steps one fine-tune may ask for")
     srv.add_argument("--max-finetune-minutes", type=float, default=30, help="a fine-tune stops after this long")
     srv.add_argument("--keep-versions", type=int, default=5, help="fine-tuned versions kept (the oldest go)")

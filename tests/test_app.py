@@ -415,7 +415,8 @@ def test_the_cli_reaches_serve(monkeypatch):
     assert cli.main(["serve", "--model", "tiny-random", "--port", "0", "--max-work", "800", "--max-finetune-steps",
                      "300", "--keep-versions", "3", "--operator-token", "t"]) == 0
     assert called == {"model": "tiny-random", "host": "127.0.0.1", "port": 0, "share": False, "max_queue": 16,
-                      "max_work": 800, "finetune_limits": FinetuneLimits(300, 30, 3), "token": "t"}
+                      "max_work": 800, "max_side": None, "finetune_limits": FinetuneLimits(300, 30, 3),
+                      "token": "t"}
 
 
 # ---- face repair: a hook for sdlab.faces (any restore(image, upscale=, weight=) -> image) ---

@@ -27,6 +27,7 @@ from sdlab.errors import SdlabInputError
 from sdlab.feedback import MAX_COMMENT_CHARS
 from sdlab.generation import MAX_PROMPT_CHARS, GenerationCancelled
 from sdlab.metadata import read_params, regenerate, save_png
+from sdlab.seeds import default_size
 
 PROMPT = "a small red circle on a blue background"
 TOKEN = "operator-secret"
@@ -133,6 +134,17 @@ def test_a_request_for_too_much_work_is_refused_before_it_waits(client):
     response = client.post("/text2img", json={"prompt": PROMPT, "number_of_images": 64, "steps": 500})
     assert response.status_code == 422
     assert all(w in response.json()["detail"] for w in ("64 image(s) × 500 steps", "allows 1600", "fewer"))
+
+
+def test_sizes_far_above_the_models_own_are_refused_and_above_twice_it_warned(client, app):
+    size = default_size(app.state.studio.pipe)
+    too_big = client.post("/text2img", json={"prompt": PROMPT, "width": 12 * size, "height": 12 * size, "steps": 1})
+    assert too_big.status_code == 422
+    assert all(w in too_big.json()["detail"] for w in (f"width is {12 * size}", f"sides up to {8 * size}",
+                                                       f"own size is {size}×{size}"))
+    big = client.post("/text2img", json={"prompt": PROMPT, "width": 4 * size, "height": 4 * size, "steps": 1})
+    assert big.status_code == 200 and "more than twice" in big.json()["warnings"][0]
+    assert client.post("/text2img", json={"prompt": PROMPT, "steps": 1}).json()["warnings"] == []
 
 
 def test_the_line_gives_the_next_turn_to_the_client_served_longest_ago():

@@ -32,7 +32,7 @@ def limits_text(max_queue: int, max_work: float, finetune: FinetuneLimits, token
 
 
 def create_app(pipe, *, max_queue: int = 16, face_restorer="auto", feedback_dir: str | Path | None = None,
-               models_dir: str | Path | None = None, max_work: float = MAX_WORK,
+               models_dir: str | Path | None = None, max_work: float = MAX_WORK, max_side: int | None = None,
                finetune_limits: FinetuneLimits = FINETUNE_LIMITS, operator_token: str | None = None) -> FastAPI:
     """The FastAPI app: REST endpoints (docs at /docs) and the Gradio UI mounted at /.
 
@@ -46,11 +46,13 @@ def create_app(pipe, *, max_queue: int = 16, face_restorer="auto", feedback_dir:
     (see `sdlab.app.feedback`). None: no store, no image ids.
     models_dir: where /finetune saves new model versions (None: the `models` folder in feedback_dir).
     max_work: the most one request may ask for, in image-steps at the model's own size (see
-    `sdlab.app.studio.work_of`). finetune_limits: steps, minutes and kept versions of /finetune.
+    `sdlab.generation.work_of`). max_side: the largest width or height served (None: 8 × the model's
+    own size; more than twice it is served with a warning). finetune_limits: steps, minutes and kept
+    versions of /finetune.
     operator_token: what POST and DELETE /finetune need (`Authorization: Bearer …`); None: nothing.
     """
     store = FeedbackStore(feedback_dir) if feedback_dir is not None else None
-    studio = Studio(pipe, max_queue=max_queue, store=store, max_work=max_work)
+    studio = Studio(pipe, max_queue=max_queue, store=store, max_work=max_work, max_side=max_side)
     # /docs and /redoc with their scripts served from here: a classroom may have no internet
     app = FastAPIOffline(title="sdlab", version=__version__,
                   description="Stable Diffusion over HTTP: text to image, image to image, inpainting. "

@@ -21,10 +21,21 @@ import gradio as gr
 from PIL import Image
 
 from ..errors import SdlabInputError, check, warnings_of_this_thread
-from ..generation import MAX_WORK, GeneratedImage, Generation, GenerationCancelled, generate, model_defaults, work_of
+from ..generation import (
+    MAX_SIZE,
+    MAX_WORK,
+    GeneratedImage,
+    Generation,
+    GenerationCancelled,
+    generate,
+    model_defaults,
+    work_of,
+)
 from ..metadata import PARAMETERS_KEY, format_parameters
 from ..pipelines import model_name
 from ..seeds import default_size
+
+SIZE_FACTOR = 8  # the largest side served, in multiples of the model's own (--max-side sets it)
 
 
 class BusyError(RuntimeError):
@@ -107,8 +118,10 @@ class Studio:
     """A pipeline behind a fair, bounded line: `studio.generate(...)` is `sdlab.generate(pipe, ...)`
     run in turn, returning the result and the warnings it raised (e.g. a truncated prompt)."""
 
-    def __init__(self, pipe, max_queue: int = 16, store=None, max_work: float = MAX_WORK):
+    def __init__(self, pipe, max_queue: int = 16, store=None, max_work: float = MAX_WORK,
+                 max_side: int | None = None):
         self.pipe = pipe
+        self.max_side = max_side  # the largest width or height served (None: 8 × the model's own size)
         self.store = store  # a sdlab.feedback.FeedbackStore that keeps every image made (None: none is kept)
         self.model = model_name(pipe)
         self.max_work = max_work
@@ -130,6 +143,11 @@ class Studio:
         self.line.size = size
 
     @property
+    def largest_side(self) -> int:
+        """The largest width or height this server serves for its model."""
+        return self.max_side or min(MAX_SIZE, SIZE_FACTOR * default_size(self.pipe))
+
+    @property
     def in_line(self) -> int:
         """Requests running or waiting."""
         return len(self.line)
@@ -143,10 +161,24 @@ class Studio:
         width = width if isinstance(width, int) else None
         work = work_of(self.pipe, images, steps, height, width)
         size = default_size(self.pipe)
+        largest = self.largest_side
+        for name, value in (("width", width), ("height", height)):  # above MAX_SIZE: generate() says so
+            check(value is None or value <= largest or value > MAX_SIZE,
+                  f"{name} is {value}; this server serves sides up to {largest} for {self.model} (its own size is "
+                  f"{size}×{size}): ask for a smaller size")
         check(work <= self.max_work,
               f"{images} image(s) × {steps} steps at {width or size}×{height or size} is {work:g} image-steps at "
               f"the model's own {size}×{size}; this server allows {self.max_work:g} per request: ask for fewer "
               f"images or steps, or a smaller size")
+
+    def _size_warning(self, height, width) -> list[str]:
+        """Far above the model's own size, objects repeat or break: said beside the images."""
+        size = default_size(self.pipe)
+        height, width = (v if isinstance(v, int) and v > 0 else size for v in (height, width))
+        if max(height, width) <= 2 * size:
+            return []
+        return [f"{width}×{height} is more than twice {self.model}'s own {size}×{size}, the size it learned: "
+                f"expect repeated or broken objects; {size}×{size} draws them whole"]
 
     def generate(self, prompt, client: str = "", gone: Callable[[], bool] = never,
                  **kwargs) -> tuple[Generation, list[str]]:
@@ -162,6 +194,7 @@ class Studio:
             self.progress = (self.progress[0] + 1, steps)
             return gone()
 
+        big = self._size_warning(kwargs.get("height"), kwargs.get("width"))
         with self.line.turn(client, gone), warnings_of_this_thread() as caught:  # not those of requests beside it
             self.progress = (0, steps)
             try:
@@ -170,7 +203,7 @@ class Studio:
                 raise ClientGone("the client went away during its generation") from None
             finally:
                 self.progress = (0, 0)
-        return result, caught
+        return result, big + caught
 
     def record(self, result: Generation, user: str = "") -> list[int | None]:
         """Keep a result's images in the feedback store; their image ids (all None without a store)."""

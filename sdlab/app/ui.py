@@ -201,8 +201,9 @@ def build_ui(studio: Studio, face_restorer=None) -> gr.Blocks:
                             random_seed_button = gr.Button("random", scale=1, min_width=60)
                             reuse_seed_button = gr.Button("reuse last", scale=1, min_width=60)
                         with gr.Row():
-                            width = gr.Slider(64, MAX_UI_SIZE, size, step=8, label="Width")
-                            height = gr.Slider(64, MAX_UI_SIZE, size, step=8, label="Height")
+                            largest = min(MAX_UI_SIZE, studio.largest_side)  # the sliders follow the model
+                            width = gr.Slider(64, largest, size, step=8, label="Width")
+                            height = gr.Slider(64, largest, size, step=8, label="Height")
                         num_images = gr.Slider(1, MAX_UI_IMAGES, 1, step=1, label="Number of images")
                     with gr.Column(scale=3):
                         gallery = gr.Gallery(label="Images", columns=4, format="png", type="pil", elem_id="gallery",
