@@ -10,6 +10,7 @@ viewers read:
 from __future__ import annotations
 
 import io
+import math
 import re
 from pathlib import Path
 
@@ -49,7 +50,7 @@ def _decimal(text: str) -> float:
         value = float(text)
     except ValueError:
         raise ValueError("a number") from None
-    if value != value or value in (float("inf"), float("-inf")):
+    if not math.isfinite(value):
         raise ValueError("a finite number")
     return value
 

@@ -31,7 +31,7 @@ from ..metadata import PARAMETERS_KEY, format_parameters, png_bytes, split_param
 from ..pipelines import load_pipeline
 from ..presets import PRESETS, find_preset
 from ..schedulers import ALIASES, schedulers_for
-from .api import decode_image, encode_png, while_connected
+from .api import client_of, decode_image, encode_png, while_connected
 from .feedback import operator_check
 from .studio import Studio
 
@@ -155,10 +155,6 @@ def _answer(studio: Studio, body: _A1111Request, gone: Callable[[], bool], clien
             "info": json.dumps(_info(studio, result, image_ids, warnings))}
 
 
-def _client(request: Request) -> str:
-    return request.client.host if request.client else ""
-
-
 # ---- models the server offers ----------------------------------------------------------------
 
 def offered_models(studio: Studio, models_dir: str | Path | None) -> dict[str, str]:
@@ -191,7 +187,7 @@ def add_a1111_api(app: FastAPI, studio: Studio, models_dir: str | Path | None = 
     @app.post(PREFIX + "/txt2img", tags=["AUTOMATIC1111"])
     async def txt2img(body: A1111Txt2Img, request: Request) -> dict[str, Any]:
         """A1111's text to image: `images` are base64 PNGs, `info` a JSON string of their parameters."""
-        return await while_connected(request, lambda gone: _answer(studio, body, gone, _client(request)))
+        return await while_connected(request, lambda gone: _answer(studio, body, gone, client_of(request)))
 
     @app.post(PREFIX + "/img2img", tags=["AUTOMATIC1111"])
     async def img2img(body: A1111Img2Img, request: Request) -> dict[str, Any]:
@@ -202,10 +198,7 @@ def add_a1111_api(app: FastAPI, studio: Studio, models_dir: str | Path | None = 
         if body.mask:
             mask = decode_image(body.mask, "mask").convert("L")
             inputs["mask_image"] = ImageOps.invert(mask) if body.inpainting_mask_invert else mask
-        image = inputs["image"]
-        body = body.model_copy(update={"width": body.width or image.width // 8 * 8,
-                                       "height": body.height or image.height // 8 * 8})
-        return await while_connected(request, lambda gone: _answer(studio, body, gone, _client(request), **inputs))
+        return await while_connected(request, lambda gone: _answer(studio, body, gone, client_of(request), **inputs))
 
     @app.get(PREFIX + "/samplers", tags=["AUTOMATIC1111"])
     def samplers() -> list[dict[str, Any]]:

@@ -30,7 +30,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from .. import __version__
 from ..errors import SdlabInputError, check
-from ..generation import MAX_PROMPT_CHARS, MAX_SIZE, SIZE_MULTIPLE, GenerationParams
+from ..generation import MAX_PROMPT_CHARS, MAX_SIZE, GenerationParams
 from ..metadata import format_parameters, png_bytes
 from ..presets import PRESETS
 from ..schedulers import ALIASES, scheduler_name, scheduler_names, schedulers_for
@@ -194,7 +194,8 @@ async def while_connected(request: Request, work: Callable[[Callable[[], bool]],
         watcher.cancel()
 
 
-def _client(request: Request) -> str:
+def client_of(request: Request) -> str:
+    """Who asked, for the line's fairness: the client's address."""
     return request.client.host if request.client else ""
 
 
@@ -205,10 +206,6 @@ def _run(studio: Studio, request: _Request, gone: Callable[[], bool] = lambda: F
     if fields["seed"] == -1:  # AUTOMATIC1111's "random"
         fields["seed"] = None
     fields = {key: value for key, value in fields.items() if value is not None or key == "prompt"}  # null: default
-    image = images.get("image")
-    if image is not None:  # the work is that of the image's size, unless another is asked for
-        fields.setdefault("height", image.height // SIZE_MULTIPLE * SIZE_MULTIPLE or None)
-        fields.setdefault("width", image.width // SIZE_MULTIPLE * SIZE_MULTIPLE or None)
     result, warnings = studio.generate(fields.pop("prompt"), client=client, gone=gone, **fields, **images)
     image_ids = studio.record(result)
     out = [ImageOut(image_id=image_id, image=encode_png(png_bytes(item)), seed=item.params.seed,
@@ -221,7 +218,7 @@ def add_api(app: FastAPI, studio: Studio) -> FastAPI:
     """Add the REST endpoints and their error handling to `app`."""
 
     def served(request: Request, body: _Request, **images):
-        return while_connected(request, lambda gone: _run(studio, body, gone, _client(request), **images))
+        return while_connected(request, lambda gone: _run(studio, body, gone, client_of(request), **images))
 
     @app.post("/text2img", response_model=GenerationResponse, tags=["generate"])
     async def text2img(body: Text2ImgRequest, request: Request) -> GenerationResponse:

@@ -24,6 +24,7 @@ from ..errors import SdlabInputError, check, warnings_of_this_thread
 from ..generation import (
     MAX_SIZE,
     MAX_WORK,
+    SIZE_MULTIPLE,
     GeneratedImage,
     Generation,
     GenerationCancelled,
@@ -152,29 +153,38 @@ class Studio:
         """Requests running or waiting."""
         return len(self.line)
 
-    def check_work(self, num_images_per_prompt=1, num_inference_steps=None, height=None, width=None,
-                   prompts: int = 1) -> None:
-        """Refuse, before it waits in line, a request for more than `max_work` image-steps."""
-        images = prompts * (num_images_per_prompt if isinstance(num_images_per_prompt, int) else 1)
-        steps = num_inference_steps if isinstance(num_inference_steps, int) else model_defaults(self.pipe)[0]
-        height = height if isinstance(height, int) else None
-        width = width if isinstance(width, int) else None
-        work = work_of(self.pipe, images, steps, height, width)
-        size = default_size(self.pipe)
-        largest = self.largest_side
+    def _job(self, prompt, kwargs: dict) -> tuple[int, int, int, int]:
+        """A request's images, steps, height and width as generate() will take them (an image to
+        redraw gives its size when none is asked for); values generate() refuses count as defaults."""
+        size, image = default_size(self.pipe), kwargs.get("image")
+        count = kwargs.get("num_images_per_prompt", 1)
+        images = (len(prompt) if isinstance(prompt, list) else 1) * (count if isinstance(count, int) else 1)
+        steps = kwargs.get("num_inference_steps")
+        steps = steps if isinstance(steps, int) else model_defaults(self.pipe)[0]
+        sides = []
+        for name in ("height", "width"):
+            value = kwargs.get(name)
+            if value is None and image is not None and hasattr(image, name):
+                value = getattr(image, name) // SIZE_MULTIPLE * SIZE_MULTIPLE
+            sides.append(value if isinstance(value, int) and value > 0 else size)
+        return images, steps, *sides
+
+    def check_work(self, images: int, steps: int, height: int, width: int) -> None:
+        """Refuse, before it waits in line, a side above `largest_side` or more than `max_work` image-steps."""
+        size, largest = default_size(self.pipe), self.largest_side
         for name, value in (("width", width), ("height", height)):  # above MAX_SIZE: generate() says so
-            check(value is None or value <= largest or value > MAX_SIZE,
+            check(value <= largest or value > MAX_SIZE,
                   f"{name} is {value}; this server serves sides up to {largest} for {self.model} (its own size is "
                   f"{size}×{size}): ask for a smaller size")
+        work = work_of(self.pipe, images, steps, height, width)
         check(work <= self.max_work,
-              f"{images} image(s) × {steps} steps at {width or size}×{height or size} is {work:g} image-steps at "
+              f"{images} image(s) × {steps} steps at {width}×{height} is {work:g} image-steps at "
               f"the model's own {size}×{size}; this server allows {self.max_work:g} per request: ask for fewer "
               f"images or steps, or a smaller size")
 
-    def _size_warning(self, height, width) -> list[str]:
+    def _size_warning(self, height: int, width: int) -> list[str]:
         """Far above the model's own size, objects repeat or break: said beside the images."""
         size = default_size(self.pipe)
-        height, width = (v if isinstance(v, int) and v > 0 else size for v in (height, width))
         if max(height, width) <= 2 * size:
             return []
         return [f"{width}×{height} is more than twice {self.model}'s own {size}×{size}, the size it learned: "
@@ -184,9 +194,9 @@ class Studio:
                  **kwargs) -> tuple[Generation, list[str]]:
         """`sdlab.generate(pipe, prompt, **kwargs)` in turn, and the messages of its warnings.
         `gone()`: whether the client went away; then its work stops (`ClientGone`)."""
-        self.check_work(kwargs.get("num_images_per_prompt", 1), kwargs.get("num_inference_steps"),
-                        kwargs.get("height"), kwargs.get("width"), len(prompt) if isinstance(prompt, list) else 1)
-        steps = kwargs.get("num_inference_steps") or model_defaults(self.pipe)[0]
+        images, steps, height, width = self._job(prompt, kwargs)
+        self.check_work(images, steps, height, width)
+        big = self._size_warning(height, width)
         if kwargs.get("image") is not None:  # image to image runs the last `strength` of the steps
             steps = max(1, int(steps * kwargs.get("strength", 0.8)))
 
@@ -194,7 +204,6 @@ class Studio:
             self.progress = (self.progress[0] + 1, steps)
             return gone()
 
-        big = self._size_warning(kwargs.get("height"), kwargs.get("width"))
         with self.line.turn(client, gone), warnings_of_this_thread() as caught:  # not those of requests beside it
             self.progress = (0, steps)
             try:
