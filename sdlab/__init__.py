@@ -5,8 +5,8 @@ after its notebook concept. The module that serves each notebook:
 
     00_setup              sdlab.device, sdlab.presets      (hardware, the model registry)
     01_loading            sdlab.pipelines, sdlab.generation (load_pipeline, generate)
-    02_seeds_and_latents  sdlab.seeds, sdlab.metadata      (seeds, noise, variations, PNG parameters)
-    03_steps              sdlab.schedulers, sdlab.loop     (schedulers, the sampling loop by hand)
+    02_seeds_and_latents  sdlab.seeds, sdlab.vae           (seeds, noise, the VAE, img2img; sdlab.metadata)
+    03_steps              sdlab.loop, sdlab.trajectory     (schedulers, the noise schedule, the loop by hand)
     04_prompts            sdlab.tokenizer                  (tokens and the 77-token limit)
     05_guidance           sdlab.sweeps, sdlab.loop         (batched sweeps, the guidance formula)
     06_face_repair        sdlab.faces                      (detect, align, restore, paste back)
@@ -44,6 +44,12 @@ _EXPORTS = {
     "encode_prompts": "loop",
     "denoise": "loop",
     "decode": "loop",
+    "encode_image": "vae",
+    "decode_latents": "vae",
+    "show_channels": "vae",
+    "trajectory": "trajectory",
+    "show_trajectory": "trajectory",
+    "noise_levels": "schedulers",
     "set_scheduler": "schedulers",
     "image_grid": "grids",
     "labelled_grid": "grids",
@@ -74,10 +80,12 @@ if TYPE_CHECKING:  # what editors and type checkers see; at run time the names l
     from .metadata import read_params, regenerate, save_png
     from .pipelines import img2img_pipeline, inpaint_pipeline, load_pipeline
     from .presets import default_model
-    from .schedulers import scheduler_names, schedulers_for, set_scheduler
+    from .schedulers import noise_levels, scheduler_names, schedulers_for, set_scheduler
     from .seeds import make_generator, make_latents, slerp
     from .speed import speed_up
     from .tokenizer import load_clip_tokenizer
+    from .trajectory import show_trajectory, trajectory
+    from .vae import decode_latents, encode_image, show_channels
 
 
 def __getattr__(name: str):

@@ -52,15 +52,18 @@ def guide(noise_uncond: torch.Tensor, noise_cond: torch.Tensor, guidance_scale) 
 
 def denoise(unet, scheduler, noise: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor, *,
             num_inference_steps: int, guidance_scale=7.5, generator=None,
-            callback: Callable[[dict], None] | None = None) -> torch.Tensor:
+            callback: Callable[[dict], None] | None = None,
+            formula: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor] | None = None) -> torch.Tensor:
     """The denoising loop: latents made from `noise` (N × C × h × w, unit variance) under the prompts'
     embeddings `cond` and the unconditional `uncond` (N × 77 × width each).
 
     scheduler: any diffusers scheduler; a fresh copy of it is stepped, so the one given keeps its
     state. guidance_scale: one number or one per image (see `guide`). generator: for schedulers that
     draw noise at every step (ancestral ones), as in diffusers. callback: called after every step
-    with {"i", "t", "latents", "denoised"} ("denoised": the scheduler's estimate of the clean
-    latents, where it gives one, else None).
+    with {"i", "t", "latents", "denoised"} ("denoised": the estimate of the clean latents, the
+    scheduler's own where it gives one, else `clean_estimate`'s). formula: how to mix the two
+    predictions, formula(noise_uncond, noise_cond, guidance_scale) (notebook 05 has the student
+    write it); `guide` by default.
     """
     sched = fresh_copy(scheduler)  # set_timesteps and step change a scheduler's state
     sched.set_timesteps(num_inference_steps, device=noise.device)
@@ -71,11 +74,37 @@ def denoise(unet, scheduler, noise: torch.Tensor, cond: torch.Tensor, uncond: to
         for i, t in enumerate(sched.timesteps):
             model_input = sched.scale_model_input(torch.cat([latents] * 2), t)
             noise_uncond, noise_cond = unet(model_input, t, encoder_hidden_states=embeds).sample.chunk(2)
-            step = sched.step(guide(noise_uncond, noise_cond, guidance_scale), t, latents, **extra)
-            latents = step.prev_sample
+            guided = (formula or guide)(noise_uncond, noise_cond, guidance_scale)
+            step = sched.step(guided, t, latents, **extra)
             if callback is not None:
-                callback({"i": i, "t": t, "latents": latents, "denoised": getattr(step, "pred_original_sample", None)})
+                denoised = getattr(step, "pred_original_sample", None)
+                if denoised is None:  # PNDM, DPM++ and UniPC do not hand their estimate out
+                    denoised = clean_estimate(sched, model_input.chunk(2)[0], guided, t)
+                callback({"i": i, "t": t, "latents": step.prev_sample, "denoised": denoised})
+            latents = step.prev_sample
     return latents
+
+
+def clean_estimate(scheduler, model_input: torch.Tensor, model_output: torch.Tensor, t) -> torch.Tensor:
+    """The clean latents the model's output at timestep t points to: x̂₀ = (x_t − √(1−ᾱ_t)·ε) / √ᾱ_t
+    for a model that predicts the noise ε, x̂₀ = √ᾱ_t·x_t − √(1−ᾱ_t)·v for one that predicts v.
+
+    model_input: the scaled input the UNet saw (`scheduler.scale_model_input`, which puts every
+    scheduler's latents on the training scale x_t = √ᾱ_t·x₀ + √(1−ᾱ_t)·ε). t may fall between two
+    training timesteps (Euler's do); ᾱ is then interpolated.
+    """
+    table = scheduler.alphas_cumprod.double()
+    where = float(t)
+    low = min(int(where), len(table) - 1)
+    high = min(low + 1, len(table) - 1)
+    alpha_bar = (table[low] + (where - low) * (table[high] - table[low])).item()
+    signal, noise = alpha_bar ** 0.5, (1 - alpha_bar) ** 0.5
+    prediction = scheduler.config.prediction_type
+    if prediction == "epsilon":
+        return (model_input - noise * model_output) / signal
+    if prediction == "v_prediction":
+        return signal * model_input - noise * model_output
+    return model_output  # "sample": the model predicts x₀ itself
 
 
 def decode(vae, latents: torch.Tensor) -> torch.Tensor:

@@ -12,8 +12,10 @@ import inspect
 import json
 from contextlib import contextmanager
 
+import numpy as np
 from diffusers import (
     DDIMScheduler,
+    DDPMScheduler,
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
@@ -202,3 +204,26 @@ def using_scheduler(pipe, name: str | None):
         yield pipe
     finally:
         pipe.scheduler = old
+
+
+# SD 1.5's training noise schedule (its scheduler_config.json), so that the course can plot it
+# without downloading the model
+SD15_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+                 "beta_schedule": "scaled_linear"}
+
+
+def noise_levels(config) -> dict[str, np.ndarray]:
+    """The forward process a model was trained with: at every training timestep t, how much of the
+    clean image and how much noise a noised image holds.
+
+    `scheduler.add_noise(x0, noise, t)` returns `signal[t] · x0 + noise[t] · noise`, where
+    signal = √ᾱ_t and noise = √(1 − ᾱ_t) (ᾱ_t, `alphas_cumprod`, the product of 1 − β over the
+    first t steps), so signal² + noise² = 1. Returns {"t", "signal", "noise", "snr"} (snr =
+    signal² / noise², the signal-to-noise ratio). `config`: a scheduler's config or a dict such as
+    `SD15_SCHEDULE`.
+    """
+    config = dict(config)
+    keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas")
+    alphas_cumprod = DDPMScheduler(**{k: config[k] for k in keys if k in config}).alphas_cumprod.double().numpy()
+    signal, noise = np.sqrt(alphas_cumprod), np.sqrt(1 - alphas_cumprod)
+    return {"t": np.arange(len(alphas_cumprod)), "signal": signal, "noise": noise, "snr": signal**2 / noise**2}
