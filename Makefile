@@ -34,20 +34,20 @@ lab: install
 		--ServerApp.root_dir=$(CURDIR) --LabApp.default_url=/lab/tree/notebooks/00_setup.ipynb
 
 # two workers, one thread each (two torch processes with two threads each on two cores would
-# fight over them); a notebook's cells stay together on one worker (--dist loadfile)
-PYTEST := SDLAB_PROGRESS=0 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadfile
+# fight over them); an idle worker takes tests from the other's queue (--dist worksteal)
+PYTEST := SDLAB_PROGRESS=0 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist worksteal
 
 test: install lint
-	SDLAB_PROGRESS=0 $(BIN)/python -m pytest --durations=15
+	$(PYTEST) --durations=15
 
 # the quick subset for every change: lint, and the tests not marked slow (no notebooks, no browser)
 check: install lint
-	$(PYTEST) -m "not slow" --ignore=solutions
+	$(PYTEST) -m "not slow"
 
 lint: install
 	$(BIN)/ruff check sdlab tests
 
-# run the completed notebooks in place (their stored outputs are what nbval compares), then
+# run the completed notebooks in place (the tests compare the NBVAL_CHECK_OUTPUT cells with these), then
 # rebuild the blank ones
 course: install
 	cd solutions && for nb in [0-9][0-9]_*.ipynb; do \

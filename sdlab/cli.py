@@ -86,7 +86,8 @@ def _train_tiny(args) -> None:
                       mixed_precision=args.mixed_precision, data_workers=workers, vae_from=args.vae_from,
                       init_from=args.init_from, model=TinyConfig(unet_conv_in_kernel=args.conv_in_kernel),
                       high_noise_share=args.high_noise_share, high_noise_from=args.high_noise_from,
-                      compile=args.compile, vae_finetune_steps=args.vae_finetune_steps,
+                      compile=args.compile, compile_backend=args.compile_backend,
+                      vae_finetune_steps=args.vae_finetune_steps,
                       web_world=not args.plain_world)
     if args.unet_lr is not None:  # 0 too: the check says what is wrong with it
         cfg.unet_lr = args.unet_lr
@@ -288,7 +289,7 @@ def _list(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .tiny.config import TinyConfig, TrainConfig  # keeps `import sdlab.cli` light (sdlab.tiny loads numpy and PIL)
+    from .tiny.config import COMPILE_BACKENDS, TinyConfig, TrainConfig  # keeps `import sdlab.cli` light (numpy, PIL)
 
     parser = argparse.ArgumentParser(prog="sdlab", description="Stable Diffusion course kit")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -350,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--compile", action="store_true",
                        help="torch.compile the UNet and text encoder for training: fused kernels for a GPU, where "
                             "the tiny model's step is bound by kernel launches (compiling takes a minute or so)")
+    train.add_argument("--compile-backend", choices=COMPILE_BACKENDS, default=TrainConfig.compile_backend,
+                       help="with --compile: inductor generates fused kernels; aot_eager only traces the passes "
+                            "(a quick check that a model compiles)")
     train.add_argument("--eval-every", type=int, default=None, help="log held-out adherence every N UNet steps")
     train.add_argument("--mixed-precision", default="bf16", choices=["no", "bf16"])
     train.add_argument("--minutes", type=float, default=None, help="stop (with a checkpoint) after this long")

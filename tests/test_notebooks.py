@@ -1,7 +1,10 @@
 """The course itself: every solution notebook runs (papermill, parameters injected), blanks
-are in sync and stop at the first exercise with a clear message. nbval also runs the solutions
-as they are (see `addopts` in pyproject.toml)."""
+are in sync and stop at the first exercise with a clear message. Each notebook runs once: the run
+also compares the outputs of cells marked NBVAL_CHECK_OUTPUT with those stored in the notebook (as
+nbval does, through the same sanitising patterns, solutions/nbval_sanitize.cfg)."""
+import configparser
 import os
+import re
 from pathlib import Path
 
 import nbformat
@@ -74,6 +77,20 @@ def _run(path: Path, out: Path, parameters: dict | None = None):
                 os.environ[k] = v
 
 
+def _sanitizers() -> list[tuple[re.Pattern, str]]:
+    config = configparser.ConfigParser()
+    config.read(ROOT / "solutions" / "nbval_sanitize.cfg")
+    return [(re.compile(config[name]["regex"]), config[name]["replace"]) for name in config.sections()]
+
+
+def _text_of(cell, sanitizers) -> str:
+    text = "".join(o.get("text", "") if o.output_type == "stream" else o.get("data", {}).get("text/plain", "")
+                   for o in cell.outputs)
+    for pattern, replacement in sanitizers:
+        text = pattern.sub(replacement, text)
+    return text
+
+
 @pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.stem)
 def test_solution_notebook_executes(path, tmp_path):
     from sdlab.presets import default_model
@@ -83,6 +100,19 @@ def test_solution_notebook_executes(path, tmp_path):
     assert not [o for o in outputs if o.output_type == "error"]
     if path.stem != "00_setup":
         assert any("image/png" in o.get("data", {}) for o in outputs), "the notebook shows no image"
+    sanitizers, ran = _sanitizers(), {c.source: c for c in nb.cells if c.cell_type == "code"}
+    for stored in nbformat.read(path, as_version=4).cells:
+        if stored.cell_type == "code" and "NBVAL_CHECK_OUTPUT" in stored.source:
+            assert _text_of(ran[stored.source], sanitizers) == _text_of(stored, sanitizers), stored.source
+
+
+def test_checked_outputs_are_compared(tmp_path):
+    stored = nbformat.read(ROOT / "solutions" / "02_seeds_and_latents.ipynb", as_version=4)
+    checked = [c for c in stored.cells if c.cell_type == "code" and "NBVAL_CHECK_OUTPUT" in c.source]
+    assert checked and all(_text_of(c, _sanitizers()) for c in checked)  # outputs stored to compare with
+    late = nbformat.v4.new_code_cell("print('took 12.5 s at 0x7f00')", outputs=[
+        nbformat.v4.new_output("stream", name="stdout", text="took 12.5 s at 0x7f00")])
+    assert _text_of(late, _sanitizers()) == "took TIME at ADDRESS"
 
 
 @pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.stem)

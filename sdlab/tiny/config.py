@@ -36,6 +36,9 @@ class TinyConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
+COMPILE_BACKENDS = ("inductor", "aot_eager")
+
+
 @dataclass
 class TrainConfig:
     """How long and how hard to train (the model's sizes are in `TinyConfig`)."""
@@ -57,6 +60,9 @@ class TrainConfig:
     eval_every: int = 2000  # measure held-out adherence with the EMA weights this often
     data_workers: int = 0  # processes rendering batches ahead (0: render in the training process)
     compile: bool = False  # torch.compile the UNet and text encoder's training passes (fewer, fused kernels)
+    #: torch.compile's backend: "inductor" generates fused kernels; "aot_eager" traces the forward and
+    #: backward passes as inductor does but runs them with PyTorch's own kernels (no code generated: seconds)
+    compile_backend: str = "inductor"
     vae_from: str | None = None  # a diffusers folder whose trained VAE to keep (skips phase 1)
     #: with vae_from or init_from: train that VAE this many steps on this world first (0: keep it as it is);
     #: v4's world has shading and texture that v3's VAE, trained on flat colours, blurs
@@ -88,6 +94,8 @@ class TrainConfig:
         check(0 <= self.high_noise_share <= 1 and 0 <= self.high_noise_from < 1,
               f"high_noise_share must be in [0, 1] and high_noise_from in [0, 1), got {self.high_noise_share} and "
               f"{self.high_noise_from}")
+        check(self.compile_backend in COMPILE_BACKENDS, f"compile_backend must be one of "
+                                                        f"{', '.join(COMPILE_BACKENDS)}, got {self.compile_backend!r}")
         kernel = self.model.unet_conv_in_kernel
         check(kernel >= 1 and kernel % 2 == 1, f"the conv_in kernel must be odd (3, 17, ...) to keep the latent "
                                                f"size, got {kernel}")

@@ -290,7 +290,8 @@ class Trainer:
         scaling = vae.config.scaling_factor
         unet, text_encoder = self.unet.train(), self.text_encoder.train()
         # compiled calls share the modules' weights; checkpoints and the EMA see the plain modules
-        unet_call, text_call = (torch.compile(unet), torch.compile(text_encoder)) if cfg.compile \
+        unet_call, text_call = (torch.compile(unet, backend=cfg.compile_backend),
+                                torch.compile(text_encoder, backend=cfg.compile_backend)) if cfg.compile \
             else (unet, text_encoder)
         # random numbers drawn on the device: copying them there each step would make the CPU wait for the GPU
         generator = torch.Generator(self.device).manual_seed(cfg.seed + self.unet_step)
