@@ -7,7 +7,7 @@ after its notebook concept. The module that serves each notebook:
     01_loading            sdlab.pipelines, sdlab.generation (load_pipeline, generate)
     02_seeds_and_latents  sdlab.seeds, sdlab.vae           (seeds, noise, the VAE, img2img; sdlab.metadata)
     03_steps              sdlab.loop, sdlab.trajectory     (schedulers, the noise schedule, the loop by hand)
-    04_prompts            sdlab.tokenizer                  (tokens and the 77-token limit)
+    04_prompts            sdlab.attention, sdlab.prompts   (tokens, embeddings, attention maps, weights)
     05_guidance           sdlab.sweeps, sdlab.loop         (batched sweeps, the guidance formula)
     06_face_repair        sdlab.faces                      (detect, align, restore, paste back)
     07_web_app            sdlab.app                        (Gradio UI and REST API)
@@ -50,6 +50,9 @@ _EXPORTS = {
     "trajectory": "trajectory",
     "show_trajectory": "trajectory",
     "noise_levels": "schedulers",
+    "word_heatmaps": "attention",
+    "show_heatmaps": "attention",
+    "to_compel": "prompts",
     "set_scheduler": "schedulers",
     "image_grid": "grids",
     "labelled_grid": "grids",
@@ -70,6 +73,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # what editors and type checkers see; at run time the names load lazily below
+    from .attention import show_heatmaps, word_heatmaps
     from .device import pick_device
     from .faces import detect_faces, load_restorer, restore_faces, restore_remote
     from .feedback import FeedbackStore
@@ -80,6 +84,7 @@ if TYPE_CHECKING:  # what editors and type checkers see; at run time the names l
     from .metadata import read_params, regenerate, save_png
     from .pipelines import img2img_pipeline, inpaint_pipeline, load_pipeline
     from .presets import default_model
+    from .prompts import to_compel
     from .schedulers import noise_levels, scheduler_names, schedulers_for, set_scheduler
     from .seeds import make_generator, make_latents, slerp
     from .speed import speed_up

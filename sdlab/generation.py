@@ -17,6 +17,7 @@ from PIL import Image
 from .errors import SdlabWarning, check, check_text, is_number, is_whole, suggest_multiple
 from .pipelines import img2img_pipeline, inpaint_pipeline, model_name, txt2img_pipeline
 from .presets import find_preset
+from .prompts import embed_prompts, is_weighted, to_compel
 from .schedulers import check_scheduler_steps, fresh_copy, make_scheduler, resolve_scheduler_name, scheduler_name
 from .seeds import are_consecutive, check_variation, default_size, make_generator, seeds_for, variation_latents
 
@@ -259,6 +260,9 @@ def generate(pipe, prompt: str | list[str], *, negative_prompt: str | list[str] 
     # this call's own scheduler (schedulers keep state): the caller's pipeline is left as it is
     own_scheduler = make_scheduler(scheduler, pipe.scheduler.config) if scheduler else fresh_copy(pipe.scheduler)
     check_scheduler_steps(own_scheduler, num_inference_steps, from_noise=image is None, max_steps=MAX_STEPS)
+    weighted = [text for text in dict.fromkeys(prompts + negatives) if is_weighted(text)]
+    for text in weighted:
+        to_compel(text)  # a malformed weight is refused here, before any work
     for text in dict.fromkeys(prompts + negatives):
         warn_if_truncated(pipe.tokenizer, text)
 
@@ -280,6 +284,10 @@ def generate(pipe, prompt: str | list[str], *, negative_prompt: str | list[str] 
     call = dict(prompt=all_prompts, negative_prompt=all_negatives,
                 num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                 generator=[make_generator(s) for s in seeds], output_type="pil")
+    if weighted:  # the weights' embeddings instead of the text (plain prompts keep diffusers' own path)
+        embeds = embed_prompts(pipe.tokenizer, pipe.text_encoder, all_prompts + all_negatives)
+        del call["prompt"], call["negative_prompt"]
+        call |= dict(prompt_embeds=embeds[:len(all_prompts)], negative_prompt_embeds=embeds[len(all_prompts):])
     if mode == "txt2img":
         call |= dict(height=height, width=width, latents=latents)
     else:

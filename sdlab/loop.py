@@ -20,15 +20,20 @@ from collections.abc import Callable
 
 import torch
 
+from .prompts import embed_prompts, is_weighted
 from .schedulers import fresh_copy
 
 
 def encode_prompts(tokenizer, text_encoder, prompts: list[str], negative_prompts: list[str] | None = None,
                    device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(cond, uncond): the text encoder's last hidden states for `prompts` and for `negative_prompts`
-    ("" each by default), each N × 77 × width. Both are padded to the tokenizer's 77 tokens."""
+    ("" each by default), each N × 77 × width. Both are padded to the tokenizer's 77 tokens. Prompts
+    with weights (`(word:1.3)`, `word++`) are embedded with them (`sdlab.prompts`)."""
     device = device or text_encoder.device
     negatives = [""] * len(prompts) if negative_prompts is None else negative_prompts
+    if any(is_weighted(text) for text in [*prompts, *negatives]):  # (word:1.3), word++: see sdlab.prompts
+        both = embed_prompts(tokenizer, text_encoder, [*prompts, *negatives]).to(device)
+        return both[:len(prompts)], both[len(prompts):]
 
     def embed(texts: list[str]) -> torch.Tensor:
         ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,

@@ -234,28 +234,24 @@ _POSITION_GRID = (
 # Reading a scene
 # --------------------------------------------------------------------------
 
-def read_scene(image) -> Reading:
-    """Read shape, colour, background, position and size from an image's pixels.
-
-    Never raises on odd input: an image without a clear object gives a Reading
-    with shape=None (and background=None if even the border is not flat).
-    """
-    rgb = to_array(image)
+def _locate(rgb: np.ndarray) -> tuple[Reading, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """(what is known so far, the object's colour, its coverage, its mask): the object is None where
+    the image has none the checker can find (the Reading then says why, as far as it can)."""
     if rgb.ndim != 3 or min(rgb.shape[:2]) < 8:
-        return Reading()
+        return Reading(), None, None, None
     height, width = rgb.shape[:2]
 
     plane = _background_plane(rgb)
     bg_rgb = np.median(_border_pixels(rgb), axis=0)
     if np.mean(np.linalg.norm(_border_pixels(rgb - plane), axis=1) < BORDER_TOLERANCE) < 0.5:
-        return Reading()  # the border is not one colour: noise or clutter
-    background = nearest_colour(bg_rgb)
+        return Reading(), None, None, None  # the border is not one colour: noise or clutter
+    background = Reading(background=nearest_colour(bg_rgb))
 
     distance = np.linalg.norm(rgb - plane, axis=-1)
     blob = largest_component(distance > OBJECT_DISTANCE)
     area = blob.sum() / (height * width)
     if not MIN_OBJECT_AREA <= area <= MAX_OBJECT_AREA:
-        return Reading(background=background)
+        return background, None, None, None
 
     # The blob's most distant half is its interior, away from blurred edges.
     blob_distance = distance[blob]
@@ -265,7 +261,27 @@ def read_scene(image) -> Reading:
     coverage = _object_coverage(rgb, plane, obj_rgb, blob)
     mask = coverage > 0.5
     if not mask.any():
-        return Reading(background=background)
+        return background, None, None, None
+    return background, obj_rgb, coverage, mask
+
+
+def object_pixels(image) -> np.ndarray | None:
+    """The pixels of the image's object, as the checker finds them (True on the object), or None where
+    it finds none."""
+    return _locate(to_array(image))[3]
+
+
+def read_scene(image) -> Reading:
+    """Read shape, colour, background, position and size from an image's pixels.
+
+    Never raises on odd input: an image without a clear object gives a Reading
+    with shape=None (and background=None if even the border is not flat).
+    """
+    rgb = to_array(image)
+    known, obj_rgb, coverage, mask = _locate(rgb)
+    if mask is None:
+        return known
+    height, width = rgb.shape[:2]
     ys, xs = np.nonzero(mask)
     x_centre = (xs.min() + xs.max() + 1) / 2 / width
     y_centre = (ys.min() + ys.max() + 1) / 2 / height
@@ -275,7 +291,7 @@ def read_scene(image) -> Reading:
     return Reading(
         shape=shape,
         colour=nearest_colour(obj_rgb),
-        background=background,
+        background=known.background,
         position=_POSITION_GRID[_grid_cell(y_centre)][_grid_cell(x_centre)],
         size="large" if extent > SIZE_THRESHOLD else "small",
         confidence=confidence,
