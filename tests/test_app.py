@@ -18,6 +18,7 @@ from PIL.PngImagePlugin import PngInfo
 import sdlab
 import sdlab.app
 from sdlab.app import api, ui
+from sdlab.app.api import per_image
 from sdlab.app.feedback import FinetuneLimits
 from sdlab.app.studio import BusyError, Studio
 from sdlab.errors import SdlabInputError
@@ -106,8 +107,8 @@ def test_text2img_takes_the_seed_services_names_and_echoes_what_it_used(client, 
     assert response.status_code == 200, response.text
     out = response.json()
     assert out["model"] == "tiny-random" and out["seconds"] > 0
-    assert [image["seed"] for image in out["images"]] == [42, 43]
-    first = out["images"][0]
+    assert out["seeds"] == [42, 43]
+    first = per_image(out)[0]
     assert first["parameters"] == {
         "prompt": PROMPT, "seed": 42, "num_inference_steps": 3, "guidance_scale": 5.0, "height": 64, "width": 64,
         "scheduler": "Euler", "model": "tiny-random", "negative_prompt": "blurry", "mode": "txt2img",
@@ -124,22 +125,22 @@ def test_text2img_takes_the_seed_services_names_and_echoes_what_it_used(client, 
 
 def test_random_seed_is_echoed(client):
     out = client.post("/text2img", json={"prompt": PROMPT, "seed": -1, "steps": 1}).json()
-    seed = out["images"][0]["seed"]
+    seed = out["seeds"][0]
     again = client.post("/text2img", json={"prompt": PROMPT, "seed": seed, "steps": 1}).json()
-    assert again["images"][0]["image"] == out["images"][0]["image"]
+    assert again["images"][0] == out["images"][0]
 
 
 def test_img2img_and_inpainting(client):
     out = client.post("/img2img", json={"prompt": PROMPT, "image": "data:image/png;base64," + b64png(start_image()),
                                         "strength": 0.5, "seed": 1, "steps": 4}).json()
-    params = out["images"][0]["parameters"]
+    params = out["parameters"][0]
     assert params["mode"] == "img2img" and params["strength"] == 0.5 and \
-        decode(out["images"][0]["image"]).size == (64, 64)
+        decode(out["images"][0]).size == (64, 64)
 
     response = client.post("/inpainting", json={"prompt": PROMPT, "image": b64png(start_image()),
                                                 "mask": b64png(half_mask()), "seed": 1, "steps": 2, "strength": 1.0})
     assert response.status_code == 200, response.text
-    image = response.json()["images"][0]
+    image = per_image(response.json())[0]
     assert image["parameters"]["mode"] == "inpaint"
     assert read_params(decode(image["image"])).mode == "inpaint"
 
@@ -244,7 +245,7 @@ def test_the_original_services_paths_and_nulls_are_accepted(client):
     response = client.post("/text2img/", json={"prompt": PROMPT, "negative_prompt": None, "seed": None, "steps": 2,
                                                "number_of_images": None, "cfg_scale": None, "width": None})
     assert response.status_code == 200, response.text
-    made = response.json()["images"]
+    made = per_image(response.json())
     assert len(made) == 1 and made[0]["parameters"]["negative_prompt"] == ""
     start = b64png(start_image())
     assert client.post("/img2img/", json={"prompt": PROMPT, "image": start, "strength": None,
@@ -283,7 +284,7 @@ def test_concurrent_requests_all_succeed_in_turn(live, tiny_pipe):
     assert [r.status_code for r in responses] == [200] * len(seeds)
     for seed, response in zip(seeds, responses, strict=True):
         alone = sdlab.generate(tiny_pipe, PROMPT, seed=seed, num_inference_steps=2)[0].image
-        assert np.array_equal(pixels(decode(response.json()["images"][0]["image"])), pixels(alone))
+        assert np.array_equal(pixels(decode(response.json()["images"][0])), pixels(alone))
 
 
 def test_studio_refuses_beyond_its_line(tiny_pipe):
@@ -303,7 +304,7 @@ def test_ui_function_rest_and_gradio_client_give_the_identical_image(client, liv
     assert shown.last_seed == 5 and "Seed: 5" in shown.gallery[0][1] and "Time:" in shown.gallery[0][1]
     assert shown.images[0].info["parameters"].startswith(PROMPT)  # kept when Gradio writes the PNG
     rest = client.post("/text2img", json={"prompt": PROMPT, "seed": 5, "steps": 3, "cfg_scale": 6}).json()
-    assert np.array_equal(pixels(shown.images[0]), pixels(decode(rest["images"][0]["image"])))
+    assert np.array_equal(pixels(shown.images[0]), pixels(decode(rest["images"][0])))
 
     from gradio_client import Client
 
@@ -401,7 +402,7 @@ def test_serve_runs_until_stopped_and_keeps_images_in_its_folder(tiny_pipe, monk
     monkeypatch.setattr(sdlab.app.Server, "wait", stop_at_once)
     sdlab.app.serve(tiny_pipe, port=0)
     assert started["health"]["model"] == "tiny-random"
-    assert started["made"]["images"][0]["image_id"] == 1
+    assert started["made"]["image_ids"][0] == 1
     assert (tmp_path / "feedback" / "feedback.sqlite3").is_file()
     err = capsys.readouterr().err
     assert "/docs" in err and str(tmp_path / "feedback") in err
@@ -528,3 +529,66 @@ def test_a_chunked_body_is_refused_once_it_passes_the_limit(client):
     assert response.status_code == 413
     assert "the request body is more than that; the limit for /img2img is 48 MB" in response.text
     assert client.post("/text2img", json={"prompt": PROMPT, "steps": 1}).status_code == 200
+
+
+# ---- the original services' own clients -------------------------------------------------------
+
+def test_the_original_services_client_code_works_unchanged(live):
+    # seed 001's README example, copied as it is: only the address and the sizes (the tiny model's) differ
+    import requests
+
+    api_url = live.url + "text2img/"
+
+    prompt = "reinassance painting of a Penguin"
+    negative_prompt = "out of focus, comic"
+
+    request_body = {
+        "prompt": prompt,
+        "negative_prompt": negative_prompt,
+        "width": 64,
+        "height": 64,
+        "cfg_scale": 9,
+        "steps": 3,
+        "number_of_images": 2,
+        "seed": 5
+    }
+
+    response = requests.post(api_url, json=request_body)
+
+    def decode_image(img):
+        img = io.BytesIO(base64.b64decode(img))
+        img = Image.open(img)
+        return img
+
+    images_base64 = response.json()['images']
+    images = [decode_image(img) for img in images_base64]
+
+    assert [img.size for img in images] == [(64, 64), (64, 64)]
+    assert [read_params(img).seed for img in images] == [5, 6] and response.json()["seeds"] == [5, 6]
+    start, mask = images[0], Image.new("L", (64, 64), 255)
+    for path, extra in (("img2img/", {"image": b64png(start)}),
+                        ("inpainting/", {"image": b64png(start), "mask": b64png(mask)})):
+        body = request_body | extra | {"negative_prompt": None, "number_of_images": 1}
+        images = [decode_image(img) for img in requests.post(live.url + path, json=body).json()['images']]
+        assert len(images) == 1 and read_params(images[0]).mode in ("img2img", "inpaint")
+
+
+def test_a_get_returns_the_png_itself(client):
+    got = client.get("/text2img", params={"prompt": PROMPT, "seed": "42", "steps": "2", "cfg_scale": "6"})
+    assert got.status_code == 200 and got.headers["content-type"] == "image/png"
+    assert got.headers["x-seed"] == "42" and "max-age" in got.headers["cache-control"]
+    assert 'filename="42.png"' in got.headers["content-disposition"]
+    png = Image.open(io.BytesIO(got.content))
+    assert png.size == (64, 64) and read_params(png).prompt == PROMPT and read_params(png).guidance_scale == 6
+    posted = client.post("/text2img", json={"prompt": PROMPT, "seed": 42, "steps": 2, "cfg_scale": 6}).json()
+    assert got.content == base64.b64decode(posted["images"][0])  # the same image as the POST's
+    random = client.get("/text2img", params={"prompt": PROMPT, "steps": "1"})
+    assert random.headers["cache-control"] == "no-store"
+    bad = client.get("/text2img", params={"prompt": PROMPT, "steps": "many"})
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "steps"
+    several = client.get("/text2img", params={"prompt": PROMPT, "number_of_images": "2"})
+    assert several.status_code == 422 and "POST /text2img for several" in several.json()["detail"]
+    unknown = client.get("/text2img", params={"prompt": PROMPT, "colour": "red"})
+    assert unknown.status_code == 422 and "colour" in unknown.text
+    parameters = {p["name"] for p in client.get("/openapi.json").json()["paths"]["/text2img"]["get"]["parameters"]}
+    assert {"prompt", "seed", "num_inference_steps", "steps", "cfg_scale"} <= parameters

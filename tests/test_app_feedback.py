@@ -18,6 +18,7 @@ from PIL import Image
 import sdlab.app
 from sdlab import finetune as finetune_module
 from sdlab.app import feedback, ui
+from sdlab.app.api import per_image
 from sdlab.errors import SdlabInputError
 from sdlab.feedback import MAX_COMMENT_CHARS
 from sdlab.metadata import read_params
@@ -51,7 +52,7 @@ def fresh(tiny_pipe, tmp_path):
 def make(client, prompt=RED_CIRCLE, n=1, **fields) -> list[dict]:
     response = client.post("/text2img", json={"prompt": prompt, "num_images_per_prompt": n, **FAST, **fields})
     assert response.status_code == 200, response.text
-    return response.json()["images"]
+    return per_image(response.json())
 
 
 def rate(client, image_id, rating, comment="", **fields):
@@ -91,7 +92,7 @@ def test_every_image_comes_back_with_its_image_id(client, app):
     inpainted = client.post("/inpainting", json={"prompt": RED_CIRCLE, "image": b64png(start),
                                                  "mask_image": b64png(mask), **FAST}).json()
     for out, mode in ((redrawn, "img2img"), (inpainted, "inpaint")):
-        assert store.get(out["images"][0]["image_id"]).params.mode == mode
+        assert store.get(out["image_ids"][0]).params.mode == mode
 
 
 # ---- feedback -----------------------------------------------------------------------------

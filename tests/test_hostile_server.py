@@ -254,8 +254,8 @@ def test_clients_that_give_up_do_not_fill_the_line(live, app, client):
 
 def _liked(client):
     images = client.post("/text2img", json={"prompt": PROMPT, "number_of_images": 2, "steps": 2, "seed": 3}).json()
-    for image in images["images"]:
-        assert client.post("/feedback", json={"image_id": image["image_id"], "rating": 5}).status_code == 200
+    for image_id in images["image_ids"]:
+        assert client.post("/feedback", json={"image_id": image_id, "rating": 5}).status_code == 200
 
 
 def _wait_job(client, job_id) -> dict:

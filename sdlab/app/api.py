@@ -24,9 +24,9 @@ from typing import Any, ClassVar, TypeVar
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from PIL import Image, UnidentifiedImageError
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from .. import __version__
 from ..errors import SdlabInputError, check
@@ -98,21 +98,28 @@ class InpaintingRequest(Img2ImgRequest):
                             description="base64 mask the size of image: white = repaint, black = keep (alias: mask)")
 
 
-class ImageOut(BaseModel):
-    image_id: int | None = Field(None, description="the image in the server's feedback store: rate it with "
-                                                   "POST /feedback (null: the server keeps no store)")
-    image: str = Field(description="base64 PNG; its 'parameters' text chunk holds the parameters below")
-    seed: int
-    parameters: GenerationParams
-    infotext: str = Field(description="the parameters as AUTOMATIC1111 writes them")
-    seconds: float = Field(description="this image's share of the generation time")
-
-
 class GenerationResponse(BaseModel):
-    images: list[ImageOut]
+    """One list entry per image, in the same order in every list: `images` holds base64 PNGs, as the
+    FastAPI image service this course grew from returned them (its clients decode
+    `response.json()["images"]` directly); the lists beside it say what made each image."""
+    images: list[str] = Field(description="base64 PNGs; each PNG's 'parameters' text chunk holds its parameters")
+    image_ids: list[int | None] = Field(description="each image in the server's feedback store: rate it with "
+                                                    "POST /feedback (null: the server keeps no store)")
+    seeds: list[int | None] = Field(description="each image's seed")
+    parameters: list[GenerationParams] = Field(description="everything that made each image")
+    infotexts: list[str] = Field(description="each image's parameters as AUTOMATIC1111 writes them")
     seconds: float = Field(description="generation time of the whole batch (waiting in line not counted)")
     model: str
     warnings: list[str] = Field(default_factory=list, description="e.g. the part of a too-long prompt that was cut")
+
+
+def per_image(answer: dict) -> list[dict]:
+    """For a client: a generation response's lists as one dict per image, with the keys "image",
+    "image_id", "seed", "parameters" and "infotext"."""
+    keys = ("image", "image_id", "seed", "parameters", "infotext")
+    return [dict(zip(keys, row, strict=True))
+            for row in zip(answer["images"], answer["image_ids"], answer["seeds"], answer["parameters"],
+                           answer["infotexts"], strict=True)]
 
 
 REQUESTS = {"/text2img": Text2ImgRequest, "/img2img": Img2ImgRequest, "/inpainting": InpaintingRequest}
@@ -194,6 +201,24 @@ async def while_connected(request: Request, work: Callable[[Callable[[], bool]],
         watcher.cancel()
 
 
+def _from_query(request: Request, model: type[BaseModel]) -> BaseModel:
+    """A request body made from query parameters: their text is read as the fields' types ("42" → 42;
+    "abc" for a number is a 422 that names the parameter)."""
+    try:
+        return model.model_validate(dict(request.query_params), strict=False)
+    except ValidationError as err:
+        raise RequestValidationError([e | {"loc": ("query", *e["loc"])} for e in err.errors()]) from None
+
+
+def _query_parameters(model: type[BaseModel]) -> dict:
+    """The published schema's query parameters for a GET that takes `model`'s fields."""
+    schema = model.model_json_schema()
+    return {"parameters": [{"name": name, "in": "query", "required": name in schema.get("required", ()),
+                            "schema": {k: v for k, v in field.items() if k != "description"},
+                            "description": field.get("description", "")}
+                           for name, field in schema["properties"].items()]}
+
+
 def client_of(request: Request) -> str:
     """Who asked, for the line's fairness: the client's address."""
     return request.client.host if request.client else ""
@@ -208,10 +233,10 @@ def _run(studio: Studio, request: _Request, gone: Callable[[], bool] = lambda: F
     fields = {key: value for key, value in fields.items() if value is not None or key == "prompt"}  # null: default
     result, warnings = studio.generate(fields.pop("prompt"), client=client, gone=gone, **fields, **images)
     image_ids = studio.record(result)
-    out = [ImageOut(image_id=image_id, image=encode_png(png_bytes(item)), seed=item.params.seed,
-                    parameters=item.params, infotext=format_parameters(item.params), seconds=item.seconds)
-           for item, image_id in zip(result, image_ids, strict=True)]
-    return GenerationResponse(images=out, seconds=result.seconds, model=studio.model, warnings=warnings)
+    return GenerationResponse(images=[encode_png(png_bytes(item)) for item in result], image_ids=image_ids,
+                              seeds=[item.params.seed for item in result], parameters=[item.params for item in result],
+                              infotexts=[format_parameters(item.params) for item in result], seconds=result.seconds,
+                              model=studio.model, warnings=warnings)
 
 
 def add_api(app: FastAPI, studio: Studio) -> FastAPI:
@@ -237,6 +262,20 @@ def add_api(app: FastAPI, studio: Studio) -> FastAPI:
         image = await run_in_threadpool(decode_image, body.image, "image")
         mask = await run_in_threadpool(decode_image, body.mask_image, "mask_image")
         return await served(request, body, image=image, mask_image=mask)
+
+    @app.get("/text2img", tags=["generate"], response_class=Response, openapi_extra=_query_parameters(Text2ImgRequest),
+             responses={200: {"content": {"image/png": {}}, "description": "the image, its parameters in the PNG"}})
+    async def text2img_png(request: Request) -> Response:
+        """Text to image as a PNG body, from query parameters (the names of POST /text2img), so that
+        `<img src="/text2img?prompt=a+red+circle&seed=42">` shows it. One image per request."""
+        body = _from_query(request, Text2ImgRequest)
+        check(body.num_images_per_prompt in (None, 1), "a GET answers with one PNG: ask for one image (leave out "
+                                                       "number_of_images), or POST /text2img for several")
+        answer = await served(request, body)
+        seed = answer.seeds[0]
+        cache = "public, max-age=86400" if request.query_params.get("seed") not in (None, "", "-1") else "no-store"
+        return Response(base64.b64decode(answer.images[0]), media_type="image/png", headers={
+            "Content-Disposition": f'inline; filename="{seed}.png"', "Cache-Control": cache, "X-Seed": str(seed)})
 
     for path, endpoint in (("/text2img", text2img), ("/img2img", img2img), ("/inpainting", inpainting)):
         # the paths the FastAPI service this course grew out of documented, with their trailing slash
