@@ -79,3 +79,20 @@ def test_the_api_docs_render_from_files_the_server_serves(browser, server):
     text2img = schema["components"]["schemas"]["Text2ImgRequest"]["properties"]
     assert {"cfg_scale", "steps", "number_of_images"} <= set(text2img)
     assert "mask" in schema["components"]["schemas"]["InpaintingRequest"]["properties"]
+
+
+def test_an_img_tag_shows_the_get_routes_png(browser, server):
+    """A web page can show a generated image with nothing but <img src="…/text2img?prompt=…">."""
+    from urllib.parse import quote
+
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    source = f"{server.url}text2img?prompt={quote(PROMPT)}&seed=7&steps=2"
+    browser.get(server.url + "health")  # a page of the server's own, where the tag is added
+    browser.execute_script("const i = document.createElement('img'); i.id = 'made'; i.src = arguments[0];"
+                           "document.body.appendChild(i)", source)
+    loaded = "const i = document.getElementById('made'); return i.complete ? i.naturalWidth : -1"
+    WebDriverWait(browser, 60).until(lambda b: b.execute_script(loaded) != -1)
+    assert browser.execute_script(loaded) == 64  # loaded and decoded: the model's 64 pixels
+    png = Image.open(io.BytesIO(httpx.get(source, timeout=60).content))
+    assert read_params(png).seed == 7
