@@ -138,7 +138,8 @@ def _eval_tiny(args) -> None:
         return
     for guidance in args.guidance:  # every value before the first evaluation
         for steps in args.steps:
-            check_generate_inputs([""], 1, steps, guidance, default_size(pipe), default_size(pipe), 1.0, None, None)
+            check_generate_inputs([""], num_inference_steps=steps, guidance_scale=guidance,
+                                  height=default_size(pipe), width=default_size(pipe))
     for guidance in args.guidance:
         for steps in args.steps:
             result = measure_adherence(pipe, scenes, guidance_scale=guidance, num_inference_steps=steps,

@@ -125,9 +125,10 @@ def check_size(name: str, value) -> int:
     return value
 
 
-def check_generate_inputs(prompts, num_images_per_prompt, num_inference_steps, guidance_scale,
-                          height, width, strength, image, mask_image) -> None:
-    """Reject bad arguments before any work, naming the argument, the value and the fix."""
+def check_generate_inputs(prompts, *, num_inference_steps, guidance_scale, height, width, num_images_per_prompt=1,
+                          strength=1.0, image=None, mask_image=None) -> None:
+    """Reject bad arguments before any work, naming the argument, the value and the fix (the rule every
+    entry point that generates checks through: generate, sweeps, widgets, the CLI, the trajectory)."""
     check(len(prompts) > 0 and all(isinstance(p, str) for p in prompts),
           f"prompt must be a string or a non-empty list of strings, got {prompts!r:.200}")
     for text in dict.fromkeys(prompts):
@@ -253,8 +254,9 @@ def generate(pipe, prompt: str | list[str], *, negative_prompt: str | list[str] 
     height = default_size(pipe) if height is None else height  # None, not 0: 0 is refused below
     width = default_size(pipe) if width is None else width
     scheduler = resolve_scheduler_name(scheduler) if scheduler is not None else None
-    check_generate_inputs(prompts, num_images_per_prompt, num_inference_steps, guidance_scale,
-                          height, width, strength, image, mask_image)
+    check_generate_inputs(prompts, num_images_per_prompt=num_images_per_prompt,
+                          num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, height=height,
+                          width=width, strength=strength, image=image, mask_image=mask_image)
     negatives = negative_prompts(negative_prompt, prompts)
     check_noise_inputs(image, latents, variation_seed, variation_strength)
     # this call's own scheduler (schedulers keep state): the caller's pipeline is left as it is

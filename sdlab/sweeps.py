@@ -189,7 +189,7 @@ def guidance_sweep(pipe, prompt: str, guidance_values, seed: int = 0, *, negativ
     height = default_size(pipe) if height is None else height
     width = default_size(pipe) if width is None else width
     for g in values:  # each value as one image: more values than one call holds are swept in chunks
-        check_generate_inputs([prompt], 1, steps, g, height, width, 1.0, None, None)
+        check_generate_inputs([prompt], num_inference_steps=steps, guidance_scale=g, height=height, width=width)
     values = [float(g) for g in values]
     seed = check_seed(seed)
     name = resolve_scheduler_name(scheduler) if scheduler else scheduler_name(pipe.scheduler)

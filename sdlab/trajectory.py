@@ -66,8 +66,7 @@ def trajectory(pipe, prompt: str, *, seed: int = 0, num_inference_steps: int | N
     steps = default_steps if num_inference_steps is None else num_inference_steps
     guidance = default_guidance if guidance_scale is None else guidance_scale
     size = default_size(pipe)
-    check_generate_inputs(prompts=[prompt], num_images_per_prompt=1, num_inference_steps=steps,
-                          guidance_scale=guidance, height=size, width=size, strength=1.0, image=None, mask_image=None)
+    check_generate_inputs([prompt], num_inference_steps=steps, guidance_scale=guidance, height=size, width=size)
     own = make_scheduler(resolve_scheduler_name(scheduler), pipe.scheduler.config) if scheduler \
         else fresh_copy(pipe.scheduler)
     check_scheduler_steps(own, steps)

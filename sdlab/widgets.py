@@ -43,7 +43,8 @@ class GenerationControls:
         steps, guidance = model_defaults(pipe)
         steps = steps if num_inference_steps is None else num_inference_steps
         guidance = guidance if guidance_scale is None else guidance_scale
-        check_generate_inputs([prompt], 1, steps, guidance, default_size(pipe), default_size(pipe), 1.0, None, None)
+        check_generate_inputs([prompt], num_inference_steps=steps, guidance_scale=guidance,
+                              height=default_size(pipe), width=default_size(pipe))
         check_seed(seed)
         self.scale = scale or max(1, 256 // (preset.size if preset else 512))
         style = {"description_width": "140px"}
