@@ -8,10 +8,11 @@ cross-attention layers hear it louder or softer. Two syntaxes are in use, and sd
 - **AUTOMATIC1111's**: `(word:1.3)`, `(word)` (×1.1), `((word))` (×1.21), `[word]` (÷1.1),
   nesting multiplies; `\\(` and `\\)` are a literal parenthesis.
 
-A prompt that uses compel's weights (a number right after `)`, or `+`/`-` right after a word) is
-read as compel's syntax; any other prompt with `(`, `)`, `[` or `]` as AUTOMATIC1111's, converted
-to compel's (`to_compel`). A prompt without any of these is not weighted at all and takes the
-plain path: its images are the same as before weights existed. The embeddings are compel's
+A prompt that uses compel's weights (a number right after `)` with no space and no letter after
+it, or `+`/`-` right after a word or a `)`) is read as compel's syntax; any other prompt with
+`(`, `)`, `[` or `]` as AUTOMATIC1111's, converted to compel's (`to_compel`). A prompt without
+any of these is not weighted at all and takes the plain path: its images are the same as before
+weights existed. The embeddings are compel's
 (`Compel(tokenizer, text_encoder)`); the weights stay in the prompt's text, so the PNG parameters
 record them and `regenerate` reproduces the image.
 """
@@ -25,7 +26,7 @@ from .errors import SdlabInputError
 
 MAX_WEIGHT = 10.0
 UP, DOWN = 1.1, 1 / 1.1  # AUTOMATIC1111's ( ) and [ ]
-_COMPEL_WEIGHT = re.compile(r"\)\s*[-+]?(\d+(\.\d*)?|\.\d+)|\w[+-]+(?=[\s,.;:)]|$)")
+_COMPEL_WEIGHT = re.compile(r"\)(\d+(\.\d*)?|\.\d+)(?![\w.])|[\w)][+-]+(?=[\s,.;:)]|$)")
 _A1111_MARK = re.compile(r"[()\[\]]")
 _A1111_TOKEN = re.compile(r"\\[()\[\]\\]|\\|\(|\[|:\s*([^)]*?)\s*\)|\)|]|[^\\()\[\]:]+|:")
 
@@ -99,10 +100,13 @@ def to_compel(prompt: str) -> str:
     (`a (red:1.3) circle` → `a (red)1.3 circle`)."""
     if is_compel(prompt) or not _A1111_MARK.search(prompt):
         return prompt
-    out = []
+    out, after_weight = [], False
     for text, weight in parse_a1111(prompt):
         text = re.sub(r"([()])", r"\\\1", text)  # a literal parenthesis stays literal in compel
-        if abs(weight - 1) < 1e-9 or not text.strip():
+        if after_weight and re.match(r"[\d.+-]", text):
+            text = " " + text  # "(masterpiece)1.1" then "1girl": not one number "1.11girl"
+        after_weight = abs(weight - 1) >= 1e-9 and bool(text.strip())
+        if not after_weight:
             out.append(text)
         else:
             lead, core, trail = re.match(r"(\s*)(.*?)(\s*)$", text, re.S).groups()

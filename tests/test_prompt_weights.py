@@ -30,6 +30,8 @@ PLAIN = "a red circle on a white background"
     (r"a \(literal\) circle", r"a \(literal\) circle"),
     ("a (red)1.4 circle++", "a (red)1.4 circle++"),  # compel's own syntax passes through
     ("a circle-- on white", "a circle-- on white"),
+    ("a (red circle)+ on white", "a (red circle)+ on white"),
+    ("(masterpiece)1girl", "(masterpiece)1.1 1girl"),  # a number running into a word is text: A1111's ×1.1
 ])
 def test_automatic1111_syntax_becomes_compels(a1111, compel):
     assert is_weighted(a1111) and to_compel(a1111) == compel
