@@ -47,7 +47,6 @@ _EXPORTS = {
     "encode_image": "vae",
     "decode_latents": "vae",
     "show_channels": "vae",
-    "trajectory": "trajectory",
     "show_trajectory": "trajectory",
     "noise_levels": "schedulers",
     "word_heatmaps": "attention",
@@ -89,7 +88,7 @@ if TYPE_CHECKING:  # what editors and type checkers see; at run time the names l
     from .seeds import make_generator, make_latents, slerp
     from .speed import speed_up
     from .tokenizer import load_clip_tokenizer
-    from .trajectory import show_trajectory, trajectory
+    from .trajectory import show_trajectory
     from .vae import decode_latents, encode_image, show_channels
 
 
