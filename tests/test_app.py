@@ -574,16 +574,25 @@ def test_the_original_services_client_code_works_unchanged(live):
 
 
 def test_a_get_returns_the_png_itself(client):
-    got = client.get("/text2img", params={"prompt": PROMPT, "seed": "42", "steps": "2", "cfg_scale": "6"})
+    got = client.get("/text2img", params={"prompt": PROMPT, "seed": "42", "steps": "2", "cfg_scale": "6",
+                                          "model": "tiny-random"})
     assert got.status_code == 200 and got.headers["content-type"] == "image/png"
-    assert got.headers["x-seed"] == "42" and "max-age" in got.headers["cache-control"]
+    assert got.headers["x-seed"] == "42" and "max-age" in got.headers["cache-control"]  # seed and model: fixed
     assert 'filename="42.png"' in got.headers["content-disposition"]
     png = Image.open(io.BytesIO(got.content))
     assert png.size == (64, 64) and read_params(png).prompt == PROMPT and read_params(png).guidance_scale == 6
     posted = client.post("/text2img", json={"prompt": PROMPT, "seed": 42, "steps": 2, "cfg_scale": 6}).json()
     assert got.content == base64.b64decode(posted["images"][0])  # the same image as the POST's
-    random = client.get("/text2img", params={"prompt": PROMPT, "steps": "1"})
-    assert random.headers["cache-control"] == "no-store"
+    for path in ("/text2img/", "/generate", "/api/generate/"):  # the addresses image front ends call
+        again = client.get(path, params={"prompt": PROMPT, "seed": "42", "steps": "2", "guidance_scale": "6"})
+        assert again.status_code == 200 and again.content == got.content, path
+        assert again.headers["cache-control"] == "no-store"  # no model named: it may be switched
+    random = client.get("/text2img", params={"prompt": PROMPT, "steps": "1", "seed": ""})  # a cleared field
+    assert random.status_code == 200 and random.headers["cache-control"] == "no-store"
+    twice = client.get("/text2img?prompt=a+circle&steps=2&steps=3")
+    assert twice.status_code == 422 and "steps given more than once" in twice.json()["detail"]
+    bad_path = client.get("/api/generate", params={"prompt": PROMPT, "steps": "x"})
+    assert bad_path.status_code == 422 and bad_path.json()["errors"][0]["field"] == "steps"
     bad = client.get("/text2img", params={"prompt": PROMPT, "steps": "many"})
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "steps"
     several = client.get("/text2img", params={"prompt": PROMPT, "number_of_images": "2"})

@@ -114,11 +114,20 @@ def test_a_lone_surrogate_is_a_422_not_a_500(client, path, body):
     assert "Unicode" in response.json()["detail"]
 
 
+def test_a_generation_path_with_its_trailing_slash_has_the_same_body_limit(client):
+    announced = client.post("/img2img/", content=b"{}", headers={"Content-Type": "application/json",
+                                                                 "content-length": str(60 * 2**20)})
+    assert announced.status_code == 413 and "the limit for /img2img is 48 MB" in announced.json()["detail"]
+
+
 @pytest.mark.parametrize("path", ["/feedback", "/finetune"])
 def test_small_endpoints_refuse_a_big_body_before_reading_it(client, path):
     announced = client.post(path, content=b"{}", headers={"Content-Type": "application/json",
                                                           "content-length": str(50 * 2**20)})
     assert announced.status_code == 413 and "the limit for" in announced.json()["detail"]
+    slashed = client.post(path + "/", content=b"{}", headers={"Content-Type": "application/json",
+                                                              "content-length": str(50 * 2**20)})
+    assert slashed.status_code == 413  # the other spelling of the path has the same limit
 
     def chunks():  # no Content-Length: refused once what was read passes the limit
         yield b'{"comment": "'

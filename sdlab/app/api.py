@@ -201,11 +201,20 @@ async def while_connected(request: Request, work: Callable[[Callable[[], bool]],
         watcher.cancel()
 
 
+def _route(path: str) -> str:
+    """A path without its trailing slash ("/" stays "/"): the routes answer both spellings."""
+    return path.rstrip("/") or "/"
+
+
 def _from_query(request: Request, model: type[BaseModel]) -> BaseModel:
     """A request body made from query parameters: their text is read as the fields' types ("42" → 42;
-    "abc" for a number is a 422 that names the parameter)."""
+    "abc" for a number is a 422 that names the parameter). An empty value (a cleared form field) is
+    left out; a parameter given twice is refused."""
+    twice = sorted({key for key in request.query_params if len(request.query_params.getlist(key)) > 1})
+    check(not twice, f"{', '.join(twice)} given more than once in the query: give each parameter once")
+    fields = {key: value for key, value in request.query_params.items() if value != ""}
     try:
-        return model.model_validate(dict(request.query_params), strict=False)
+        return model.model_validate(fields, strict=False)
     except ValidationError as err:
         raise RequestValidationError([e | {"loc": ("query", *e["loc"])} for e in err.errors()]) from None
 
@@ -273,9 +282,15 @@ def add_api(app: FastAPI, studio: Studio) -> FastAPI:
                                                        "number_of_images), or POST /text2img for several")
         answer = await served(request, body)
         seed = answer.seeds[0]
-        cache = "public, max-age=86400" if request.query_params.get("seed") not in (None, "", "-1") else "no-store"
+        # the same URL makes the same image only with its seed and its model named (the model may be switched)
+        fixed = request.query_params.get("seed") not in (None, "", "-1") and request.query_params.get("model")
+        cache = "public, max-age=86400" if fixed else "no-store"
         return Response(base64.b64decode(answer.images[0]), media_type="image/png", headers={
             "Content-Disposition": f'inline; filename="{seed}.png"', "Cache-Control": cache, "X-Seed": str(seed)})
+
+    # the GET's other addresses: with a trailing slash, and the generate paths image front ends call
+    for path in ("/text2img/", "/generate", "/generate/", "/api/generate", "/api/generate/"):
+        app.add_api_route(path, text2img_png, methods=["GET"], response_class=Response, include_in_schema=False)
 
     for path, endpoint in (("/text2img", text2img), ("/img2img", img2img), ("/inpainting", inpainting)):
         # the paths the FastAPI service this course grew out of documented, with their trailing slash
@@ -326,7 +341,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def bad_body(request: Request, err: RequestValidationError):
-        model = (REQUESTS | BODIES).get(request.url.path)
+        model = (REQUESTS | BODIES).get(_route(request.url.path))
         by_field = {}  # one message per field (a field of two types, e.g. 5 or "up", fails as both)
         for e in err.errors():
             by_field.setdefault(_field(e), {"field": _field(e) or None, "message": _explain(e, model)})
@@ -359,10 +374,10 @@ class BodyLimit:
         return f"the request body {told}; the limit for {path} is {_megabytes(limit)}: {fix}"
 
     async def __call__(self, scope, receive, send):
-        limit = self.limits.get(scope.get("path")) if scope["type"] == "http" else None
+        path = _route(scope.get("path", ""))  # "/img2img/" is /img2img: the same limit
+        limit = self.limits.get(path) if scope["type"] == "http" else None
         if limit is None:
             return await self.app(scope, receive, send)
-        path = scope["path"]
         size = dict(scope["headers"]).get(b"content-length", b"")
         if size.isdigit() and int(size) > limit:
             return await JSONResponse(status_code=413, content={"detail": self._too_large(path, int(size), limit)})(
