@@ -23,6 +23,7 @@ from PIL import Image
 from .errors import SdlabInputError, check
 from .generation import generate
 from .grids import display_scale, enlarge, labelled_grid
+from .seeds import default_size
 
 
 class Heatmaps(dict):
@@ -92,8 +93,8 @@ def word_heatmaps(pipe, prompt: str, *, seed: int = 0, **generate_kwargs) -> Hea
           "word_heatmaps makes one image from the prompt: leave out num_images_per_prompt and image")
     words = _words(pipe.tokenizer, prompt)
     check(words, f"the tokenizer finds no words in {prompt!r}")
-    height = generate_kwargs.get("height") or pipe.unet.config.sample_size * pipe.vae_scale_factor
-    width = generate_kwargs.get("width") or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    height = generate_kwargs.get("height") or default_size(pipe)
+    width = generate_kwargs.get("width") or default_size(pipe)
     latent_size = (height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
     original = dict(pipe.unet.attn_processors)
     collected: dict = {}

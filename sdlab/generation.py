@@ -18,7 +18,7 @@ from .errors import SdlabWarning, check, check_text, is_number, is_whole, sugges
 from .pipelines import img2img_pipeline, inpaint_pipeline, model_name, txt2img_pipeline
 from .presets import find_preset
 from .prompts import embed_prompts, is_weighted, to_compel
-from .schedulers import check_scheduler_steps, fresh_copy, make_scheduler, resolve_scheduler_name, scheduler_name
+from .schedulers import check_scheduler_steps, own_scheduler, resolve_scheduler_name, scheduler_name
 from .seeds import are_consecutive, check_variation, default_size, make_generator, seeds_for, variation_latents
 
 MAX_IMAGES = 64  # per call; sweeps split bigger jobs
@@ -260,8 +260,8 @@ def generate(pipe, prompt: str | list[str], *, negative_prompt: str | list[str] 
     negatives = negative_prompts(negative_prompt, prompts)
     check_noise_inputs(image, latents, variation_seed, variation_strength)
     # this call's own scheduler (schedulers keep state): the caller's pipeline is left as it is
-    own_scheduler = make_scheduler(scheduler, pipe.scheduler.config) if scheduler else fresh_copy(pipe.scheduler)
-    check_scheduler_steps(own_scheduler, num_inference_steps, from_noise=image is None, max_steps=MAX_STEPS)
+    call_scheduler = own_scheduler(pipe, scheduler)
+    check_scheduler_steps(call_scheduler, num_inference_steps, from_noise=image is None, max_steps=MAX_STEPS)
     weighted = [text for text in dict.fromkeys(prompts + negatives) if is_weighted(text)]
     for text in weighted:
         to_compel(text)  # a malformed weight is refused here, before any work
@@ -282,7 +282,7 @@ def generate(pipe, prompt: str | list[str], *, negative_prompt: str | list[str] 
     # 3. Run the pipeline once for the whole batch
     mode = "txt2img" if image is None else ("img2img" if mask_image is None else "inpaint")
     runner = {"txt2img": txt2img_pipeline, "img2img": img2img_pipeline, "inpaint": inpaint_pipeline}[mode](
-        pipe, scheduler=own_scheduler)
+        pipe, scheduler=call_scheduler)
     call = dict(prompt=all_prompts, negative_prompt=all_negatives,
                 num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                 generator=[make_generator(s) for s in seeds], output_type="pil")
@@ -299,7 +299,7 @@ def generate(pipe, prompt: str | list[str], *, negative_prompt: str | list[str] 
             call |= dict(mask_image=mask_image.resize((width, height), Image.NEAREST), height=height, width=width)
     if should_stop is not None:
         call["callback_on_step_end"] = _stop_when(should_stop)
-    used_scheduler = scheduler_name(own_scheduler)
+    used_scheduler = scheduler_name(call_scheduler)
     start = time.perf_counter()
     output = runner(**call)
     seconds = time.perf_counter() - start

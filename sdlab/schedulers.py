@@ -97,6 +97,12 @@ def fresh_copy(scheduler):
     return type(scheduler).from_config(scheduler.config)
 
 
+def own_scheduler(pipe, name: str | None):
+    """A scheduler for one call: `name`'s (resolved from any of its names), or a fresh copy of the
+    pipeline's own; schedulers keep state, so the pipeline's is never stepped."""
+    return make_scheduler(resolve_scheduler_name(name), pipe.scheduler.config) if name else fresh_copy(pipe.scheduler)
+
+
 def scheduler_name(scheduler) -> str:
     """The display name of a scheduler instance (the inverse of `make_scheduler`)."""
     karras = _uses_karras(scheduler)

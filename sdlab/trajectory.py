@@ -17,7 +17,7 @@ from PIL import Image
 from .generation import check_generate_inputs, model_defaults, negative_prompts
 from .grids import display_scale, enlarge, labelled_grid, show_image
 from .loop import denoise, encode_prompts
-from .schedulers import check_scheduler_steps, fresh_copy, make_scheduler, resolve_scheduler_name, scheduler_name
+from .schedulers import check_scheduler_steps, own_scheduler, scheduler_name
 from .seeds import default_size, make_latents
 from .vae import decode_latents
 
@@ -67,8 +67,7 @@ def trajectory(pipe, prompt: str, *, seed: int = 0, num_inference_steps: int | N
     guidance = default_guidance if guidance_scale is None else guidance_scale
     size = default_size(pipe)
     check_generate_inputs([prompt], num_inference_steps=steps, guidance_scale=guidance, height=size, width=size)
-    own = make_scheduler(resolve_scheduler_name(scheduler), pipe.scheduler.config) if scheduler \
-        else fresh_copy(pipe.scheduler)
+    own = own_scheduler(pipe, scheduler)
     check_scheduler_steps(own, steps)
     cond, uncond = encode_prompts(pipe.tokenizer, pipe.text_encoder, [prompt], negative_prompts(negative_prompt,
                                                                                                 [prompt]))

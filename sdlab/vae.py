@@ -25,10 +25,6 @@ from .grids import labelled_grid, show_image
 from .loop import decode
 
 
-def _latent_factor(pipe) -> int:
-    return pipe.vae_scale_factor
-
-
 def encode_image(pipe, image: Image.Image) -> torch.Tensor:
     """An image → its latents (1 × C × H/f × W/f), already multiplied by the VAE's scaling factor.
 
@@ -38,7 +34,7 @@ def encode_image(pipe, image: Image.Image) -> torch.Tensor:
     """
     check(isinstance(image, Image.Image), f"image must be a PIL image (e.g. Image.open(path)), got "
                                           f"{type(image).__name__}")
-    factor = _latent_factor(pipe)
+    factor = pipe.vae_scale_factor
     check(min(image.size) >= factor, f"image is {image.width}×{image.height} pixels; the VAE needs at least "
                                      f"{factor}×{factor} (give a bigger image)")
     image = image.convert("RGB")
@@ -58,8 +54,8 @@ def decode_latents(pipe, latents: torch.Tensor) -> list[Image.Image]:
           f"{tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__}")
     channels = pipe.vae.config.latent_channels
     check(latents.shape[1] == channels, f"latents have {latents.shape[1]} channels; this VAE decodes {channels} "
-                                        f"(latents are images × {channels} × height/{_latent_factor(pipe)} × "
-                                        f"width/{_latent_factor(pipe)})")
+                                        f"(latents are images × {channels} × height/{pipe.vae_scale_factor} × "
+                                        f"width/{pipe.vae_scale_factor})")
     pixels = decode(pipe.vae, latents.to(device=pipe.vae.device, dtype=pipe.vae.dtype))
     return pipe.image_processor.postprocess(pixels, output_type="pil")
 
