@@ -87,7 +87,7 @@ def _train_tiny(args) -> None:
                       init_from=args.init_from, model=TinyConfig(unet_conv_in_kernel=args.conv_in_kernel),
                       high_noise_share=args.high_noise_share, high_noise_from=args.high_noise_from,
                       compile=args.compile, compile_backend=args.compile_backend,
-                      vae_finetune_steps=args.vae_finetune_steps,
+                      vae_finetune_steps=args.vae_finetune_steps, summary_dropout=args.summary_dropout,
                       web_world=not args.plain_world)
     if args.unet_lr is not None:  # 0 too: the check says what is wrong with it
         cfg.unet_lr = args.unet_lr
@@ -347,6 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--high-noise-from", type=float, default=TrainConfig.high_noise_from,
                        help=f"those samples' timesteps start at this fraction of the schedule "
                             f"(default {TrainConfig.high_noise_from}; the layout is set above 0.9)")
+    train.add_argument("--summary-dropout", type=float, default=TrainConfig.summary_dropout,
+                       help="share of samples whose end and padding positions get the empty prompt's embeddings, "
+                            "so the UNet must read the words (default 0)")
     train.add_argument("--data-workers", type=int, default=None,
                        help="processes rendering batches ahead (default: 0 on a CPU, more beside a GPU)")
     train.add_argument("--compile", action="store_true",

@@ -10,7 +10,8 @@ from sdlab.cli import main
 from sdlab.errors import SdlabInputError
 from sdlab.tiny.config import TinyConfig
 from sdlab.tiny.model import build_unet, widen_conv_in
-from sdlab.tiny.train import TrainConfig, Trainer, _Batches
+from sdlab.tiny.train import TrainConfig, Trainer, _Batches, _token_ids, without_summary
+from sdlab.tokenizer import load_clip_tokenizer
 
 
 def _log(folder):
@@ -191,3 +192,23 @@ def test_plain_world_option_reaches_the_trainer(tmp_path):
     main(["train-tiny", "--out", str(tmp_path), "--vae-from", str(MODEL), "--batch-size", "1", "--unet-steps", "1",
           "--plain-world"])
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["config"]["web_world"] is False
+
+
+def test_summary_dropout_gives_the_chosen_captions_the_empty_prompts_end_and_padding():
+    tokenizer = load_clip_tokenizer()
+    ids = _token_ids(tokenizer, ["a red circle", "a big blue square at the top"])
+    empty_ids = _token_ids(tokenizer, [""])
+    text, empty = torch.randn(2, 77, 8), torch.randn(1, 77, 8)
+    out = without_summary(text, ids, empty, tokenizer.eos_token_id, torch.tensor([True, False]))
+    words = 1 + len(tokenizer.tokenize("a red circle"))  # the start token and the words keep their own
+    assert torch.equal(out[0, :words], text[0, :words]) and torch.equal(out[0, words:], empty[0, words:])
+    assert torch.equal(out[1], text[1])  # not chosen: unchanged
+    assert empty_ids[0, 1] == tokenizer.eos_token_id
+
+
+def test_summary_dropout_option_reaches_the_trainer_and_is_checked(tmp_path, capsys):
+    main(["train-tiny", "--out", str(tmp_path), "--vae-from", str(MODEL), "--batch-size", "2", "--unet-steps", "1",
+          "--summary-dropout", "0.5"])
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["config"]["summary_dropout"] == 0.5
+    assert main(["train-tiny", "--out", str(tmp_path / "b"), "--summary-dropout", "2"]) != 0
+    assert "summary_dropout must be in [0, 1]" in capsys.readouterr().err

@@ -51,6 +51,12 @@ class TrainConfig:
     unet_lr: float = 5e-4
     warmup_steps: int = 200
     caption_dropout: float = 0.1  # share of empty captions: what "no prompt" looks like, for guidance
+    #: share of samples whose end-of-text and padding positions get the empty prompt's embeddings. CLIP's
+    #: left-to-right encoder fills those positions with a summary of the whole prompt, and a UNet trained
+    #: with its text encoder from scratch learns to read the attributes there, not at the words (its
+    #: colour word's cross-attention is spread as evenly as the pixels); without the summary, it must
+    #: attend to the words
+    summary_dropout: float = 0.0
     object_weight: float = 10.0  # VAE loss weight on object pixels (small shapes must survive)
     kl_weight: float = 1e-6
     high_noise_share: float = 0.3  # extra samples at high noise, where layout and position are decided
@@ -89,6 +95,8 @@ class TrainConfig:
                                                                        f"got {value!r}")
         check(0 <= self.caption_dropout < 1 and 0 <= self.ema_decay < 1,
               f"caption_dropout and ema_decay must be in [0, 1), got {self.caption_dropout} and {self.ema_decay}")
+        check(isinstance(self.summary_dropout, (int, float)) and 0 <= self.summary_dropout <= 1,
+              f"summary_dropout must be in [0, 1], got {self.summary_dropout!r}")
         check(self.mixed_precision in ("no", "bf16"), f"mixed_precision must be 'no' or 'bf16', got "
                                                       f"{self.mixed_precision!r}")
         check(0 <= self.high_noise_share <= 1 and 0 <= self.high_noise_from < 1,

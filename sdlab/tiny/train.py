@@ -54,6 +54,17 @@ class _EMA:
         torch._foreach_lerp_(ema_params, [p.detach() for p in module.parameters()], 1 - decay)
 
 
+def without_summary(text: torch.Tensor, ids: torch.Tensor, empty: torch.Tensor, eos_id: int,
+                    chosen: torch.Tensor) -> torch.Tensor:
+    """The text embeddings with, for the `chosen` samples, every position from the first end-of-text
+    token on taken from `empty` (the empty prompt's embeddings, 1 x positions x width): only the
+    word positions still say what the caption says."""
+    positions = torch.arange(ids.shape[1], device=ids.device)
+    end = (ids == eos_id).int().argmax(dim=1)  # the first end token (the padding repeats it)
+    replace = chosen[:, None] & (positions[None] >= end[:, None])
+    return torch.where(replace[..., None], empty.to(text.dtype), text)
+
+
 def _token_ids(tokenizer, captions: list[str]) -> torch.Tensor:
     return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                      return_tensors="pt").input_ids
@@ -308,6 +319,7 @@ class Trainer:
             images, ids = next(data)
             drop = torch.rand(len(ids), generator=generator, device=self.device) < cfg.caption_dropout
             ids = torch.where(drop[:, None], empty_ids, ids)
+            no_summary = torch.rand(len(ids), generator=generator, device=self.device) < cfg.summary_dropout
             for group in self.unet_opt.param_groups:
                 group["lr"] = _lr_at(self.unet_step, cfg.unet_steps, cfg.unet_lr, cfg.warmup_steps)
             with torch.no_grad():
@@ -319,6 +331,9 @@ class Trainer:
             noisy, target = a * latents + s * noise, a * noise - s * latents  # v-prediction target
             with self.autocast():
                 text = text_call(ids)[0]
+                if cfg.summary_dropout:
+                    text = without_summary(text, ids, text_call(empty_ids)[0], self.tokenizer.eos_token_id,
+                                           no_summary)
                 pred = unet_call(noisy, t, text).sample
                 loss = F.mse_loss(pred.float(), target)
             self.acc.backward(loss)
