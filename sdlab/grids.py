@@ -121,9 +121,10 @@ def enlarge(image: Image.Image, scale: int) -> Image.Image:
 
 # ---- display (notebooks) ------------------------------------------------------------------
 
-def display_scale(image: Image.Image, target: int = 256) -> int:
-    """How much to enlarge an image for the screen: ×4 for sdlab-tiny's 64 px, ×1 for SD's 512."""
-    return max(1, target // max(image.width, image.height))
+def display_scale(image: Image.Image, target: int = 256, widest: int = 1024) -> int:
+    """How much to enlarge an image for the screen: ×4 for sdlab-tiny's 64 px, ×1 for SD's 512. A
+    strip of small images is enlarged by its short side, as long as it stays `widest` pixels wide."""
+    return max(1, min(target // min(image.width, image.height), widest // max(image.width, image.height)))
 
 
 def show_image(image: Image.Image, scale: int | None = None) -> None:

@@ -13,6 +13,7 @@ import json
 from contextlib import contextmanager
 
 import numpy as np
+import torch
 from diffusers import (
     DDIMScheduler,
     DDPMScheduler,
@@ -135,7 +136,29 @@ def _layout_problem(probe, num_inference_steps: int, from_noise: bool) -> str | 
     if from_noise and repeats > 1:
         return (f"its first {repeats} timesteps are all {int(first)}, and diffusers cannot start from a "
                 f"repeated timestep")
+    if from_noise and _adds_noise(probe) and not _steps_stay_finite(probe):
+        return (f"its arithmetic gives no number (NaN) on this schedule, whose first noise level is "
+                f"{float(probe.init_noise_sigma):.0f} times the image's")
     return None
+
+
+def _adds_noise(scheduler) -> bool:
+    """Whether a scheduler's step draws noise (it takes a generator): the ancestral samplers, whose
+    step takes the square root of a difference of sigmas (DDIM takes one too, for its eta)."""
+    return "generator" in inspect.signature(scheduler.step).parameters
+
+
+def _steps_stay_finite(probe) -> bool:
+    """Whether the laid-out steps, run from noise on a 2×2 latent with a model that predicts 0, keep
+    every value finite. A schedule that ends in pure noise gives the sigma-based samplers a huge
+    first sigma (sdlab-tiny's: 20291), and float32 rounding then makes "Euler a" take the square
+    root of a negative number at 3 steps: the image would be NaN, shown black."""
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.randn(1, 1, 2, 2, generator=generator) * probe.init_noise_sigma
+    for t in probe.timesteps:
+        probe.scale_model_input(sample, t)  # sets the step index the sigma-based samplers count with
+        sample = probe.step(torch.zeros_like(sample), t, sample, generator=generator).prev_sample
+    return bool(torch.isfinite(sample).all())
 
 
 #: The step counts every scheduler offered for a model must run (the course's sweeps use 1 to 50).

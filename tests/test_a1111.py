@@ -126,3 +126,36 @@ def test_an_unknown_model_and_the_operator_token(tiny_pipe, tmp_path):
                               headers={"Authorization": "Bearer tok"})
         assert unknown.status_code == 422 and "not a model this server offers" in unknown.json()["detail"]
         assert client.post("/sdapi/v1/txt2img", json={"prompt": PROMPT, "steps": "2"}).status_code == 422
+
+
+def test_extras_repair_faces_and_upscale_as_webuiapi_asks(tiny_pipe, api):
+    from skimage import data
+
+    from sdlab.app.face_repair import FacesRestorer
+    from sdlab.faces import restore_faces
+
+    photo = Image.fromarray(data.astronaut()).resize((192, 192))
+    app = sdlab.app.create_app(tiny_pipe, face_restorer=FacesRestorer())
+    server = sdlab.app.Server(app, "127.0.0.1", 0).start()
+    try:
+        client = webuiapi.WebUIApi(host="127.0.0.1", port=server.port)
+        assert [u["name"] for u in client.get_upscalers()] == ["None", "Lanczos"]
+        repaired = client.extra_single_image(photo, upscaler_1="Lanczos", upscaling_resize=2, gfpgan_visibility=0.8)
+        here = restore_faces(photo, "classical", upscale=2, weight=0.8).image
+        assert repaired.image.size == (384, 384) and np.abs(pixels(repaired.image) - pixels(here)).max() == 0
+        kept = client.extra_single_image(photo, gfpgan_visibility=1.0)  # upscaler "None": the size stays
+        assert kept.image.size == photo.size and not np.array_equal(pixels(kept.image), pixels(photo))
+        for fields, words in [({"codeformer_visibility": 0.5}, "CodeFormer is not offered"),
+                              ({"upscaler_1": "R-ESRGAN 4x+"}, "'R-ESRGAN 4x+' is not offered"),
+                              ({"upscaling_resize": 8, "upscaler_1": "Lanczos"}, "from 1 to 4")]:
+            with pytest.raises(RuntimeError) as refused:
+                client.extra_single_image(photo, **fields)
+            assert refused.value.args[0] == 422 and words in refused.value.args[1]
+    finally:
+        server.close()
+    # a server without face repair upscales, and says it cannot repair
+    only = api.extra_single_image(photo, upscaler_1="Lanczos", upscaling_resize=2)
+    assert np.array_equal(pixels(only.image), pixels(photo.resize((384, 384), Image.LANCZOS)))
+    with pytest.raises(RuntimeError) as refused:
+        api.extra_single_image(photo, gfpgan_visibility=0.5)
+    assert "no face repair" in refused.value.args[1]

@@ -122,3 +122,47 @@ def test_blank_notebook_stops_at_first_exercise_with_a_clear_message(path, tmp_p
         _run(blank, tmp_path / path.name, SMALL.get(path.stem, {}))
     assert err.value.ename == "NotImplementedError"
     assert "Exercise '" in err.value.evalue
+
+
+def _solution_lines(cell) -> list[str]:
+    """The code lines of an exercise cell's solutions (comments left out)."""
+    lines, inside = [], False
+    for line in cell.source.splitlines():
+        found = course.marker(line)
+        if found in (course.BEGIN_SOLUTION, course.END_SOLUTION):
+            inside = found == course.BEGIN_SOLUTION
+        elif inside and line.split("#")[0].strip():
+            lines.append(line.split("#")[0])
+    return lines
+
+
+def _squeezed(text: str) -> str:
+    return re.sub(r"\s+", "", text).replace("'", '"')
+
+
+def test_every_notebook_has_three_graded_exercises_whose_answers_are_not_in_the_blank():
+    total = 0
+    for path in SOLUTIONS:
+        solution = nbformat.read(path, as_version=4)
+        blank = course.blank_notebook(solution).cells
+        exercises = [c for c in solution.cells if c.cell_type == "code" and "exercise" in c.metadata.get("sdlab", {})]
+        graded = {c.metadata["sdlab"]["grade"] for c in solution.cells if "grade" in c.metadata.get("sdlab", {})}
+        names = [c.metadata["sdlab"]["exercise"] for c in exercises]
+        assert len(names) >= 3, f"{path.name} has {len(names)} exercises"
+        assert set(names) <= graded, f"{path.name}: no hidden test for {set(names) - graded}"
+        total += len(names)
+        for cell in exercises:
+            name, hint = cell.metadata["sdlab"]["exercise"], _squeezed(cell.metadata["sdlab"].get("hint", ""))
+            assert hint, f"{path.name} {name}: a hint says where to look"
+            at = next(i for i, c in enumerate(blank) if c.metadata.get("sdlab", {}).get("exercise") == name)
+            after = _squeezed("\n".join(c.source for c in blank[at:]))  # what came before is the lesson to reuse
+            for line in _solution_lines(cell):
+                # the whole line and, for an assignment, what is assigned: not in the exercise or after it
+                parts = [line] + ([line.split("=", 1)[1]] if re.match(r"\s*[\w\s,.\[\]]+=[^=]", line) else [])
+                for part in map(_squeezed, parts):
+                    assert len(part) < 14 or part not in after, f"{path.name} {name}: {part!r} is in the blank"
+                # and no 20 characters of the answer in the hint
+                squeezed = _squeezed(line)
+                windows = {squeezed[k:k + 20] for k in range(len(squeezed) - 19)}  # none for a shorter line
+                assert not any(w in hint for w in windows), f"{path.name} {name}: the hint gives {line.strip()!r}"
+    assert total >= 27

@@ -3,7 +3,13 @@ import inspect
 import numpy as np
 import pytest
 import torch
-from diffusers import DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, LMSDiscreteScheduler
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    LMSDiscreteScheduler,
+    StableDiffusionPipeline,
+)
 from PIL import Image
 
 from sdlab.cli import main
@@ -79,7 +85,8 @@ def test_a_karras_pipeline_swapped_to_another_name_equals_a_fresh_one(tiny_pipe)
 
 
 def _runs_from_noise(scheduler, steps: int) -> bool:
-    """Whether diffusers' own set_timesteps/step loop gets through `steps` steps (the UNet left out)."""
+    """Whether diffusers' own set_timesteps/step loop gets through `steps` steps to numbers (the UNet
+    left out)."""
     noisy = "generator" in inspect.signature(scheduler.step).parameters  # draws noise at each step
     extra = {"generator": torch.Generator().manual_seed(0)} if noisy else {}
     try:
@@ -90,7 +97,7 @@ def _runs_from_noise(scheduler, steps: int) -> bool:
             sample = scheduler.step(torch.zeros_like(model_input), t, sample, **extra).prev_sample
     except (IndexError, ValueError, RuntimeError):
         return False
-    return True
+    return bool(torch.isfinite(sample).all())
 
 
 @pytest.mark.parametrize("name", scheduler_names())
@@ -109,10 +116,16 @@ def test_the_steps_check_agrees_with_diffusers(tiny_model, name):
     ("PNDM", 3, "scheduler 'PNDM' cannot run 3 steps .* use num_inference_steps=4 or more"),
 ])
 def test_a_scheduler_the_model_cannot_run_is_refused_before_any_work(tiny_model, name, steps, message):
+    pipe = tiny_model
+    if name == "PNDM":  # sdlab-tiny's config has SD 1.5's skip_prk_steps; a model without it cannot run 1-3 steps
+        config = {k: v for k, v in tiny_model.scheduler.config.items() if k != "skip_prk_steps"}
+        pipe = StableDiffusionPipeline(**tiny_model.components | {"scheduler": DDIMScheduler.from_config(config)})
+        made = generate(tiny_model, "a red circle", seed=1, num_inference_steps=steps, scheduler=name)[0]
+        assert made.params.scheduler == name
     with pytest.raises(SdlabInputError, match=message):
-        generate(tiny_model, "a red circle", seed=1, num_inference_steps=steps, scheduler=name)
+        generate(pipe, "a red circle", seed=1, num_inference_steps=steps, scheduler=name)
     with pytest.raises(SdlabInputError, match=message):
-        guidance_sweep(tiny_model, "a red circle", [1, 5], num_inference_steps=steps, scheduler=name)
+        guidance_sweep(pipe, "a red circle", [1, 5], num_inference_steps=steps, scheduler=name)
     suggested = make_scheduler("DPM++ 2M", tiny_model.scheduler.config)
     assert steps_problem(suggested, steps) is None
 
@@ -157,3 +170,14 @@ def test_the_widget_offers_only_what_runs_and_refuses_the_rest(tiny_model):
     assert [value for _, value in menu.options if value] == schedulers_for(tiny_model.scheduler.config)
     with pytest.raises(SdlabInputError, match="cannot run this model at every step count"):
         GenerationControls(tiny_model, scheduler="DPM++ 2M Karras")
+
+
+def test_a_scheduler_whose_arithmetic_gives_nan_is_refused_and_not_offered(tiny_model):
+    # the cosine schedule ends in pure noise: the first sigma is 20291, and float32 rounding makes
+    # Euler a's step take the square root of a negative number at 3 steps (a black, NaN image)
+    with pytest.raises(SdlabInputError, match=r"scheduler 'Euler a' cannot run 3 steps .*gives no number \(NaN\)"
+                                              r".*use num_inference_steps=4 or more, or scheduler='DPM\+\+ 2M'"):
+        generate(tiny_model, "a red circle", seed=1, num_inference_steps=3, scheduler="Euler a")
+    assert "Euler a" not in schedulers_for(tiny_model.scheduler.config)
+    made = generate(tiny_model, "a red circle", seed=1, num_inference_steps=4, scheduler="Euler a")[0]
+    assert np.isfinite(np.asarray(made.image, dtype=float)).all() and np.asarray(made.image).std() > 1

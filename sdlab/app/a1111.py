@@ -5,6 +5,8 @@ editors' plug-ins, chat bots, scripts written for a Stable Diffusion web UI.
     GET  /sdapi/v1/samplers, /schedulers, /sd-models, /options, /progress, /scripts
     POST /sdapi/v1/options               {"sd_model_checkpoint": "…"} switches the model (operator)
     POST /sdapi/v1/png-info              the parameters a PNG carries
+    POST /sdapi/v1/extra-single-image    face repair (GFPGAN's visibility) and Lanczos upscaling
+    GET  /sdapi/v1/upscalers             the upscalers extra-single-image takes
 
 The same line, limits and feedback store serve both APIs: an image made here is kept and rated
 like any other. A1111's request models carry many fields for features this server does not have
@@ -13,6 +15,8 @@ of those features is a 422 that says so, rather than an image made without it.
 """
 from __future__ import annotations
 
+import html
+import io
 import json
 import threading
 import time
@@ -21,7 +25,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from fastapi import Depends, FastAPI, Request
-from PIL import ImageOps
+from PIL import Image, ImageOps
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import __version__
@@ -82,6 +86,24 @@ class A1111Img2Img(_A1111Request):
     mask: str | None = Field(None, description="base64 mask: white = repaint (inpainting)")
     inpainting_mask_invert: int = Field(0, strict=True, description="1: repaint the black part instead")
     resize_mode: int = Field(0, strict=True, description="0 (just resize) only")
+
+
+#: The upscalers of extra-single-image: "None" keeps the size (as in A1111), Lanczos resizes.
+UPSCALERS = ("None", "Lanczos")
+
+
+class ExtraSingleImage(BaseModel):
+    """A1111's extras on one image: upscale it, repair its faces (GFPGAN's visibility is the blend weight)."""
+
+    model_config = ConfigDict(extra="ignore")
+    image: str = Field(description="the picture, base64 (a data: URL works too)")
+    resize_mode: int = Field(0, strict=True, description="0 (scale by upscaling_resize) only")
+    upscaling_resize: float = Field(2, strict=True, description="how many times bigger, 1 to 4 (with upscaler_1)")
+    upscaler_1: str = Field("None", description="'None' (keep the size) or 'Lanczos'")
+    gfpgan_visibility: float = Field(0, strict=True, description="0 to 1: how much of the repaired face replaces "
+                                                                 "the original (0: no face repair)")
+    codeformer_visibility: float = Field(0, strict=True, description="CodeFormer is not offered: 0")
+    upscaler_2: str = Field("None", description="a second upscaler is not offered: 'None'")
 
 
 class PngInfoRequest(BaseModel):
@@ -178,9 +200,31 @@ def _load(source: str):
     return load_pipeline(source) if find_preset(source) is not None else load_version(source)
 
 
+def extras(body: ExtraSingleImage, restore: Callable[..., Image.Image] | None) -> tuple[Image.Image, str]:
+    """The picture extra-single-image asks for, and a line that says what was done."""
+    check(body.resize_mode == 0, f"resize_mode {body.resize_mode} is not offered; send 0 (scale by upscaling_resize)")
+    check(body.upscaler_1 in UPSCALERS, f"upscaler_1 {body.upscaler_1!r} is not offered; send one of "
+                                        f"{', '.join(UPSCALERS)} (GET /sdapi/v1/upscalers)")
+    check(body.upscaler_2 == "None", f"upscaler_2 {body.upscaler_2!r}: a second upscaler is not offered; send 'None'")
+    check(body.codeformer_visibility == 0, "codeformer_visibility: CodeFormer is not offered here; send 0 and use "
+                                           "gfpgan_visibility for face repair")
+    check(0 <= body.gfpgan_visibility <= 1, f"gfpgan_visibility must be from 0 to 1, got {body.gfpgan_visibility:g}")
+    check(1 <= body.upscaling_resize <= 4, f"upscaling_resize must be from 1 to 4, got {body.upscaling_resize:g}")
+    image = decode_image(body.image, "image").convert("RGB")
+    factor = body.upscaling_resize if body.upscaler_1 == "Lanczos" else 1
+    if body.gfpgan_visibility > 0:
+        check(restore is not None, "this server has no face repair (install sdlab[faces]); send gfpgan_visibility 0")
+        done = restore(image, upscale=factor, weight=body.gfpgan_visibility)
+        return done, f"Face restoration: GFPGAN, visibility {body.gfpgan_visibility:g}; upscale {factor:g}"
+    size = (round(image.width * factor), round(image.height * factor))
+    return (image.resize(size, Image.LANCZOS) if factor != 1 else image), f"upscale {factor:g} (Lanczos)"
+
+
 def add_a1111_api(app: FastAPI, studio: Studio, models_dir: str | Path | None = None,
-                  operator_token: str | None = None) -> FastAPI:
-    """Add AUTOMATIC1111's `/sdapi/v1` routes to `app`, over the same studio as the course's API."""
+                  operator_token: str | None = None,
+                  face_restorer: Callable[..., Image.Image] | None = None) -> FastAPI:
+    """Add AUTOMATIC1111's `/sdapi/v1` routes to `app`, over the same studio as the course's API;
+    `face_restorer(image, upscale=, weight=) -> image` serves extra-single-image's face repair."""
     operator = [Depends(operator_check(operator_token))]
     switching = threading.Lock()
 
@@ -253,6 +297,19 @@ def add_a1111_api(app: FastAPI, studio: Studio, models_dir: str | Path | None = 
     def scripts() -> dict[str, list[str]]:
         """No scripts or extensions here."""
         return {"txt2img": [], "img2img": []}
+
+    @app.post(PREFIX + "/extra-single-image", tags=["AUTOMATIC1111"])
+    def extra_single_image(body: ExtraSingleImage) -> dict[str, Any]:
+        """A1111's extras: the picture upscaled (Lanczos) and its faces repaired, as a base64 PNG."""
+        picture, info = extras(body, face_restorer)
+        buffer = io.BytesIO()
+        picture.save(buffer, "PNG")
+        return {"image": encode_png(buffer.getvalue()), "html_info": f"<p>{html.escape(info)}</p>"}
+
+    @app.get(PREFIX + "/upscalers", tags=["AUTOMATIC1111"])
+    def upscalers() -> list[dict[str, Any]]:
+        return [{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
+                for name in UPSCALERS]
 
     @app.post(PREFIX + "/png-info", tags=["AUTOMATIC1111"])
     def png_info(body: PngInfoRequest) -> dict[str, Any]:

@@ -124,7 +124,7 @@ def per_image(answer: dict) -> list[dict]:
 
 REQUESTS = {"/text2img": Text2ImgRequest, "/img2img": Img2ImgRequest, "/inpainting": InpaintingRequest}
 #: AUTOMATIC1111's routes (`sdlab.app.a1111`), for the body limits set here
-A1111_IMAGE_ROUTES = ["/sdapi/v1/txt2img", "/sdapi/v1/img2img", "/sdapi/v1/png-info"]
+A1111_IMAGE_ROUTES = ["/sdapi/v1/txt2img", "/sdapi/v1/img2img", "/sdapi/v1/png-info", "/sdapi/v1/extra-single-image"]
 A1111_SMALL_ROUTES = ["/sdapi/v1/options"]
 
 

@@ -63,9 +63,9 @@ def create_app(pipe, *, max_queue: int = 16, face_restorer="auto", feedback_dir:
     if store is not None and models_dir is None:
         models_dir = Path(feedback_dir) / "models"
     add_feedback_api(app, studio, models_dir, finetune_limits, operator_token)
-    add_a1111_api(app, studio, models_dir, operator_token)
     if face_restorer == "auto":
         face_restorer = find_restorer()
+    add_a1111_api(app, studio, models_dir, operator_token, face_restorer)
     app.state.ui = build_ui(studio, face_restorer)
     gr.mount_gradio_app(app, app.state.ui, path="/", ssr_mode=False, show_error=True, mcp_server=False,
                         run_history=False, footer_links=["api", "settings"])
