@@ -5,7 +5,10 @@ are the only ones that touch the notebook.
 """
 from __future__ import annotations
 
+import functools
+import importlib.util
 import math
+from pathlib import Path
 from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
@@ -13,7 +16,15 @@ from PIL import Image, ImageDraw, ImageFont
 from .errors import check
 
 
+@functools.lru_cache(maxsize=16)
 def _font(size: int) -> ImageFont.ImageFont:
+    """DejaVu Sans (matplotlib ships it; it has ×, →, accents), else Pillow's own font, which lacks
+    some of those (× came out as an empty box)."""
+    spec = importlib.util.find_spec("matplotlib")  # found, not imported: importing it is slow
+    if spec and spec.origin:
+        path = Path(spec.origin).parent / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf"
+        if path.is_file():
+            return ImageFont.truetype(str(path), size)
     return ImageFont.load_default(size=size)
 
 

@@ -1,11 +1,14 @@
 """ipywidgets controls: prompt, seed, steps, guidance and scheduler → an image.
 
-`explore(pipe)` shows the controls and one image made from their starting values, so the
-cell has a real result even when a notebook runs headless (papermill, grading, CI). In
-JupyterLab or Colab, moving a slider and pressing Generate makes a new image.
+`explore(pipe)` shows the controls and one image made from their starting values. In JupyterLab
+or Colab, moving a slider and pressing Generate makes a new image in the same place. Where
+widgets cannot run (a notebook executed headless by papermill, grading or CI, then read on
+GitHub or as HTML), the same output shows that image as a plain PNG instead.
 """
 from __future__ import annotations
 
+import base64
+import functools
 import html
 import io
 
@@ -107,16 +110,35 @@ class GenerationControls:
         import ipywidgets as w  # notebooks only (ipywidgets is heavy)
 
         buttons = w.HBox([self.button, self.dice] if self.widgets["seed"] in self.shown else [self.button])
-        return w.HBox([w.VBox(self.shown + [buttons, self.info]), self.image])
+        return _panel_class()([w.VBox(self.shown + [buttons, self.info]), self.image], picture=self.image)
+
+
+@functools.cache
+def _panel_class():
+    """An HBox whose output also carries its picture as a PNG: frontends that run widgets show the
+    live controls, the others (nbconvert, GitHub, a notebook saved without its widget state) the
+    picture, once, where the controls would be."""
+    import ipywidgets as w  # notebooks only (ipywidgets is heavy)
+
+    class Panel(w.HBox):
+        def __init__(self, children, picture):
+            super().__init__(children)
+            self.picture = picture  # the Image widget whose value is shown
+
+        def _repr_mimebundle_(self, **kwargs):
+            bundle = dict(super()._repr_mimebundle_(**kwargs) or {})
+            if self.picture.value:
+                bundle["image/png"] = base64.b64encode(self.picture.value).decode("ascii")
+            return bundle
+
+    return Panel
 
 
 def explore(pipe, **settings) -> GenerationControls:
-    """Show generation controls with one image already made (works headless too)."""
+    """Show generation controls with one image already made (headless, that image as a PNG)."""
     from IPython.display import display  # notebooks only (IPython)
 
     controls = GenerationControls(pipe, **settings)
-    result = controls.run()
+    controls.run()
     display(controls.widget())
-    if result is not None:  # also a plain output, so saved/executed notebooks show the image
-        display(enlarge(result.image, controls.scale))
     return controls

@@ -36,27 +36,17 @@ def tiny_model():
     return load_pipeline("sdlab-tiny")
 
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 
 
 @pytest.fixture
 def browser(tmp_path):
     """Headless Chromium driven by Selenium (Debian's chromium and chromium-driver; .ci/run installs them)."""
-    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if shutil.which(path) is None]
-    if missing:
-        pytest.fail(f"{' and '.join(missing)} not found: the browser tests need Chromium and its driver; install "
-                    f"the Debian packages with `sudo apt-get install -y chromium chromium-driver`")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+    from sdlab.app.screenshot import chromium_driver, missing_browser
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1280,1300",
-                 f"--user-data-dir={Path(tmp_path) / 'profile'}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    lacking = missing_browser()
+    if lacking:
+        pytest.fail(f"{lacking} not found: the browser tests need Chromium and its driver; install the Debian "
+                    f"packages with `sudo apt-get install -y chromium chromium-driver`")
+    driver = chromium_driver(Path(tmp_path) / "profile")
     yield driver
     driver.quit()

@@ -96,3 +96,18 @@ def test_an_img_tag_shows_the_get_routes_png(browser, server):
     assert browser.execute_script(loaded) == 64  # loaded and decoded: the model's 64 pixels
     png = Image.open(io.BytesIO(httpx.get(source, timeout=60).content))
     assert read_params(png).seed == 7
+
+
+def test_a_picture_of_the_app_with_its_image_for_readers_without_a_server(server, capsys, monkeypatch):
+    """What notebook 07 keeps in its outputs: the page after Generate, taken by headless Chromium."""
+    import numpy as np
+
+    from sdlab.app import screenshot as shots
+
+    picture = shots.screenshot(server.url, prompt=PROMPT, seed=42)
+    assert picture.width == 1280 and picture.height >= 700  # the window less its frame
+    pixels = np.asarray(picture, dtype=float)
+    assert pixels.std() > 10  # a page with controls and an image, not a blank frame
+    monkeypatch.setattr(shots, "CHROMIUM_NAMES", ("no-such-browser",))
+    assert shots.screenshot(server.url) is None
+    assert "lacks Chromium" in capsys.readouterr().out

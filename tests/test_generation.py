@@ -257,3 +257,23 @@ def test_generation_controls_show_a_teaching_error_next_to_them(tiny_model, monk
     monkeypatch.setattr(sdlab.widgets, "generate", refuse)
     assert controls.run() is None
     assert "cannot run 2 steps; use &lt;b&gt;4&lt;/b&gt;" in controls.info.value  # shown as text, escaped
+
+
+def test_explore_shows_one_output_the_live_controls_or_else_their_picture(tiny_pipe, monkeypatch):
+    import base64
+
+    import IPython.display
+
+    from sdlab.widgets import explore
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda *objects: shown.extend(objects))
+    controls = explore(tiny_pipe, prompt="a red circle", seed=3, num_inference_steps=2)
+    assert len(shown) == 1  # no second, static image under the controls
+    bundle = shown[0]._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle  # JupyterLab and Colab: the widget
+    assert base64.b64decode(bundle["image/png"]) == controls.image.value  # elsewhere: its picture
+    before = bundle["image/png"]
+    controls.widgets["seed"].value = 4
+    controls.run()  # the picture follows the controls
+    assert shown[0]._repr_mimebundle_()["image/png"] != before

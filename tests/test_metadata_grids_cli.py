@@ -148,3 +148,12 @@ def test_cli_bad_arguments_exit_nonzero_without_traceback():
     assert proc.returncode == 2
     assert "width must be a multiple of 8, got 500; try 496 or 504" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_small_images_and_strips_of_them_are_enlarged_for_the_screen_and_big_ones_are_not():
+    from sdlab.grids import display_scale
+
+    assert display_scale(Image.new("RGB", (64, 64))) == 4  # sdlab-tiny's image
+    assert display_scale(Image.new("RGB", (196, 64))) == 4  # three of them in a row: 784 px wide
+    assert display_scale(Image.new("RGB", (656, 160))) == 1  # a labelled grid that already fills the page
+    assert display_scale(Image.new("RGB", (512, 512))) == 1  # Stable Diffusion's
