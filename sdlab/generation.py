@@ -77,12 +77,6 @@ class GeneratedImage:
     def _repr_png_(self):  # shows as the image in Jupyter
         return self.image._repr_png_()
 
-    def save(self, path):
-        """Save as a PNG with the parameters inside (`sdlab.save_png`): `regenerate` can make it again."""
-        from .metadata import save_png  # sdlab.metadata imports this module
-
-        return save_png(self, path)
-
 
 @dataclass
 class Generation:

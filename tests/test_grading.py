@@ -410,7 +410,7 @@ def test_a_report_folder_that_cannot_be_written_is_refused_before_grading(tmp_pa
 def test_hidden_tests_go_back_after_their_exercise_and_self_check():
     solution = nbformat.read(ROOT / "solutions" / "01_loading.ipynb", as_version=4)
     tests = grading.hidden_tests(solution)
-    assert [(t.exercise, t.points) for t in tests] == [("loop_of_three", 1), ("batch_of_three", 2)]
+    assert [(t.exercise, t.points) for t in tests] == [("loop_of_three", 1), ("batch_of_three", 2), ("my_strip", 1)]
     assert course.BEGIN_HIDDEN not in tests[1].source and "len(batch_images)" in tests[1].source
     blank = nbformat.read(ROOT / "notebooks" / "01_loading.ipynb", as_version=4)
     nb = grading.with_hidden_tests(blank, tests)
@@ -419,4 +419,4 @@ def test_hidden_tests_go_back_after_their_exercise_and_self_check():
     assert nb.cells[at - 2].metadata["sdlab"]["exercise"] == "batch_of_three"
     # a submitted copy of the solution keeps its hidden tests only once
     again = grading.with_hidden_tests(nbformat.read(ROOT / "solutions" / "01_loading.ipynb", as_version=4), tests)
-    assert sum(course.BEGIN_HIDDEN in c.source or "grade" in c.metadata.get("sdlab", {}) for c in again.cells) == 2
+    assert sum(course.BEGIN_HIDDEN in c.source or "grade" in c.metadata.get("sdlab", {}) for c in again.cells) == 3
