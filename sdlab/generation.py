@@ -14,12 +14,22 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 from PIL import Image
 
-from .errors import SdlabWarning, check, check_text, is_number, is_whole, suggest_multiple
+from .errors import SdlabWarning, check, check_text, is_number, is_whole
 from .pipelines import img2img_pipeline, inpaint_pipeline, model_name, txt2img_pipeline
 from .presets import find_preset
 from .prompts import embed_prompts, is_weighted, to_compel
 from .schedulers import check_scheduler_steps, own_scheduler, resolve_scheduler_name, scheduler_name
-from .seeds import are_consecutive, check_variation, default_size, make_generator, seeds_for, variation_latents
+from .seeds import (
+    MIN_SIZE,
+    SIZE_MULTIPLE,
+    are_consecutive,
+    check_size,
+    check_variation,
+    default_size,
+    make_generator,
+    seeds_for,
+    variation_latents,
+)
 
 MAX_IMAGES = 64  # per call; sweeps split bigger jobs
 #: a prompt or negative prompt: CLIP reads 77 tokens (a few hundred characters); more is kept in the
@@ -30,7 +40,6 @@ MAX_STEPS = 500
 #: (`work_of`): 64 images at 25 steps, or 8 images at 50 steps at twice the model's side.
 MAX_WORK = 1600
 MAX_GUIDANCE = 50.0
-MIN_SIZE, MAX_SIZE, SIZE_MULTIPLE = 32, 2048, 8
 
 
 class PromptTruncatedWarning(SdlabWarning):
@@ -114,15 +123,6 @@ def work_of(pipe, num_images: int, steps: int, height: int | None = None, width:
     (A server and `regenerate` bound it; attention grows faster than the pixels, so big sizes count low.)"""
     size = default_size(pipe)
     return num_images * steps * ((height or size) * (width or size)) / (size * size)
-
-
-def check_size(name: str, value) -> int:
-    check(is_whole(value),
-          f"{name} must be a whole number of pixels, got {value!r}")
-    check(value % SIZE_MULTIPLE == 0,
-          f"{name} must be a multiple of {SIZE_MULTIPLE}, got {value}; {suggest_multiple(value, SIZE_MULTIPLE)}")
-    check(MIN_SIZE <= value <= MAX_SIZE, f"{name} must be between {MIN_SIZE} and {MAX_SIZE} pixels, got {value}")
-    return value
 
 
 def check_generate_inputs(prompts, *, num_inference_steps, guidance_scale, height, width, num_images_per_prompt=1,

@@ -20,10 +20,8 @@ from PIL.PngImagePlugin import PngInfo
 from .errors import SdlabInputError, check
 from .generation import (
     MAX_IMAGES,
-    MAX_SIZE,
     MAX_STEPS,
     MAX_WORK,
-    MIN_SIZE,
     GeneratedImage,
     GenerationParams,
     generate,
@@ -31,7 +29,7 @@ from .generation import (
 )
 from .pipelines import load_pipeline
 from .presets import find_preset, tiny_model_dir
-from .seeds import MAX_SEED
+from .seeds import MAX_SEED, MAX_SIZE, MIN_SIZE
 
 PARAMETERS_KEY = "parameters"
 

@@ -11,7 +11,7 @@ import random
 
 import torch
 
-from .errors import SdlabInputError, is_number
+from .errors import SdlabInputError, check, is_number, is_whole, suggest_multiple
 
 MAX_SEED = 2**64 - 1  # torch.Generator accepts seeds in [0, 2**64)
 
@@ -82,6 +82,19 @@ def default_size(pipe) -> int:
     return pipe.unet.config.sample_size * pipe.vae_scale_factor
 
 
+MIN_SIZE, MAX_SIZE, SIZE_MULTIPLE = 32, 2048, 8
+
+
+def check_size(name: str, value) -> int:
+    """The one rule for an image's height or width, in pixels (every entry point checks through it)."""
+    check(is_whole(value),
+          f"{name} must be a whole number of pixels, got {value!r}")
+    check(value % SIZE_MULTIPLE == 0,
+          f"{name} must be a multiple of {SIZE_MULTIPLE}, got {value}; {suggest_multiple(value, SIZE_MULTIPLE)}")
+    check(MIN_SIZE <= value <= MAX_SIZE, f"{name} must be between {MIN_SIZE} and {MAX_SIZE} pixels, got {value}")
+    return value
+
+
 def make_latents(pipe, seed: int, height: int | None = None, width: int | None = None,
                  dtype: torch.dtype | None = None) -> torch.Tensor:
     """Exactly the starting noise the pipeline draws for `seed` (before scheduler scaling).
@@ -90,13 +103,8 @@ def make_latents(pipe, seed: int, height: int | None = None, width: int | None =
     """
     from diffusers.utils.torch_utils import randn_tensor  # heavy: diffusers loads only to make latents
 
-    factor = pipe.vae_scale_factor
-    height = default_size(pipe) if height is None else height
-    width = default_size(pipe) if width is None else width
-    for name, value in (("height", height), ("width", width)):
-        if not (isinstance(value, int) and value >= factor and value % factor == 0):
-            raise SdlabInputError(f"{name} must be a whole multiple of {factor} pixels (the VAE's scale), got "
-                                  f"{value!r}; the model's own size is {default_size(pipe)}")
+    height = check_size("height", default_size(pipe) if height is None else height)
+    width = check_size("width", default_size(pipe) if width is None else width)
     return randn_tensor(latent_shape(pipe, height, width), generator=make_generator(seed),
                         device=torch.device("cpu"), dtype=dtype or pipe.unet.dtype)
 

@@ -22,7 +22,6 @@ from .generation import (
     GeneratedImage,
     GenerationParams,
     check_generate_inputs,
-    check_size,
     generate,
     model_defaults,
 )
@@ -30,7 +29,7 @@ from .grids import labelled_grid
 from .loop import decode, denoise, encode_prompts
 from .pipelines import model_name
 from .schedulers import check_scheduler_steps, make_scheduler, resolve_scheduler_name, scheduler_name
-from .seeds import check_seed, default_size, make_latents
+from .seeds import check_seed, check_size, default_size, make_latents
 
 LABELS = {"seed": "seed", "num_inference_steps": "steps", "guidance_scale": "guidance",
           "scheduler": "", "prompt": "", "negative_prompt": "negative:", "width": "width", "height": "height"}

@@ -75,10 +75,10 @@ def test_negative_prompt_none_in_a_sweep_is_empty(tiny_pipe):
      "width must be between 32 and 2048 pixels, got 0"),
     (lambda pipe: sweep(pipe, "a red circle", "seed", [1, 2], height=0),
      "height must be between 32 and 2048 pixels, got 0"),
-    (lambda pipe: make_latents(pipe, 1, height=0), "height must be a whole multiple of 2 pixels"),  # tiny VAE: 2×
-    (lambda pipe: make_latents(pipe, 1, width=33),
-     r"width must be a whole multiple of 2 pixels \(the VAE's scale\), got 33; "
-     "the model's own size is 64"),
+    # make_latents checks sizes by generate's rule, so the latents it makes are ones generate takes
+    (lambda pipe: make_latents(pipe, 1, height=0), "height must be between 32 and 2048 pixels, got 0"),
+    (lambda pipe: make_latents(pipe, 1, width=33), "width must be a multiple of 8, got 33; try 32 or 40"),
+    (lambda pipe: make_latents(pipe, 1, width=True), "width must be a whole number of pixels, got True"),
 ])
 def test_a_zero_is_refused_not_taken_for_the_default(tiny_pipe, run, message):
     with pytest.raises(SdlabInputError, match=message):

@@ -30,10 +30,11 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from .. import __version__
 from ..errors import SdlabInputError, check
-from ..generation import MAX_PROMPT_CHARS, MAX_SIZE, GenerationParams
+from ..generation import MAX_PROMPT_CHARS, GenerationParams
 from ..metadata import format_parameters, png_bytes
 from ..presets import PRESETS
 from ..schedulers import ALIASES, scheduler_name, scheduler_names, schedulers_for
+from ..seeds import MAX_SIZE
 from .feedback import BODIES
 from .studio import BusyError, ClientGone, Studio
 

@@ -9,7 +9,8 @@ from fastapi_offline import FastAPIOffline
 
 from .. import __version__
 from ..feedback import FeedbackStore
-from ..generation import MAX_IMAGES, MAX_PROMPT_CHARS, MAX_SIZE, MAX_STEPS
+from ..generation import MAX_IMAGES, MAX_PROMPT_CHARS, MAX_STEPS
+from ..seeds import MAX_SIZE
 from .a1111 import add_a1111_api
 from .api import MAX_BODY_BYTES, MAX_IMAGE_BYTES, MAX_SMALL_BODY_BYTES, add_api
 from .face_repair import find_restorer

@@ -22,9 +22,7 @@ from PIL import Image
 
 from ..errors import SdlabInputError, check, warnings_of_this_thread
 from ..generation import (
-    MAX_SIZE,
     MAX_WORK,
-    SIZE_MULTIPLE,
     GeneratedImage,
     Generation,
     GenerationCancelled,
@@ -34,7 +32,7 @@ from ..generation import (
 )
 from ..metadata import PARAMETERS_KEY, format_parameters
 from ..pipelines import model_name
-from ..seeds import default_size
+from ..seeds import MAX_SIZE, SIZE_MULTIPLE, default_size
 
 SIZE_FACTOR = 8  # the largest side served, in multiples of the model's own (--max-side sets it)
 
