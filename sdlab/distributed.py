@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import SdlabInputError, check, writable_folder
+from .errors import SdlabInputError, writable_folder
 from .presets import default_model
 
 
@@ -71,13 +71,13 @@ def generate_distributed(model: str, jobs: list[Job], batch_size: int = 8, **set
 
 def _check_settings(jobs: list[Job], args) -> None:
     """The generation settings and the output folder, before any process loads a model."""
-    from .generation import MAX_GUIDANCE, MAX_STEPS  # heavy: sdlab.generation loads torch and diffusers
+    from .generation import check_guidance, check_steps  # heavy: sdlab.generation loads torch and diffusers
     from .seeds import check_seed  # heavy: sdlab.seeds loads torch
 
-    check(args.steps is None or 1 <= args.steps <= MAX_STEPS,
-          f"--steps must be from 1 to {MAX_STEPS}, got {args.steps}")
-    check(args.guidance is None or 0 <= args.guidance <= MAX_GUIDANCE,
-          f"--guidance must be between 0 and {MAX_GUIDANCE:g}, got {args.guidance}")
+    if args.steps is not None:  # None: the model's own
+        check_steps(args.steps, "--steps")
+    if args.guidance is not None:
+        check_guidance(args.guidance, "--guidance")
     check_seed(jobs[0].seed, "--seed")
     check_seed(jobs[-1].seed, f"--seed (the last image's, {len(jobs) - 1} on)")
     writable_folder(args.out)

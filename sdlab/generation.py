@@ -125,6 +125,20 @@ def work_of(pipe, num_images: int, steps: int, height: int | None = None, width:
     return num_images * steps * ((height or size) * (width or size)) / (size * size)
 
 
+def check_steps(value, name: str = "num_inference_steps") -> int:
+    """The rule for a number of denoising steps (`name`: how the caller's user calls it)."""
+    check(is_whole(value) and 1 <= value <= MAX_STEPS,
+          f"{name} must be a whole number from 1 to {MAX_STEPS}, got {value!r}; 20–50 is typical")
+    return value
+
+
+def check_guidance(value, name: str = "guidance_scale") -> float:
+    """The rule for a guidance scale (`name`: how the caller's user calls it)."""
+    check(is_number(value) and 0 <= value <= MAX_GUIDANCE,  # NaN fails both comparisons
+          f"{name} must be between 0 and {MAX_GUIDANCE:g}, got {value!r}; 7.5 is typical, 1 turns guidance off")
+    return value
+
+
 def check_generate_inputs(prompts, *, num_inference_steps, guidance_scale, height, width, num_images_per_prompt=1,
                           strength=1.0, image=None, mask_image=None) -> None:
     """Reject bad arguments before any work, naming the argument, the value and the fix (the rule every
@@ -138,12 +152,8 @@ def check_generate_inputs(prompts, *, num_inference_steps, guidance_scale, heigh
     check(len(prompts) * num_images_per_prompt <= MAX_IMAGES,
           f"{len(prompts) * num_images_per_prompt} images in one call is more than {MAX_IMAGES}; "
           f"split the prompts or use sdlab.sweeps, which batches in chunks")
-    check(is_whole(num_inference_steps) and 1 <= num_inference_steps <= MAX_STEPS,
-          f"num_inference_steps must be a whole number from 1 to {MAX_STEPS}, got {num_inference_steps!r}; "
-          f"20–50 is typical")
-    check(is_number(guidance_scale) and 0 <= guidance_scale <= MAX_GUIDANCE,  # NaN fails both comparisons
-          f"guidance_scale must be between 0 and {MAX_GUIDANCE:g}, got {guidance_scale!r}; 7.5 is typical, "
-          f"1 turns guidance off")
+    check_steps(num_inference_steps)
+    check_guidance(guidance_scale)
     check_size("height", height)
     check_size("width", width)
     if image is None:

@@ -40,8 +40,10 @@ def test_jobs_and_batches_are_fixed():
     (["blank.txt"], "blank.txt holds no prompt: write one prompt per line"),
     (["prompts.txt", "--batch-size", "0"], "--batch-size must be at least 1, got 0"),
     (["prompts.txt", "-n", "-1"], "--images-per-prompt must be at least 1, got -1"),
-    (["prompts.txt", "--steps", "0"], "--steps must be from 1 to 500, got 0"),
-    (["prompts.txt", "--guidance", "99"], "--guidance must be between 0 and 50, got 99.0"),
+    # the rules generate() checks by, under the options' own names
+    (["prompts.txt", "--steps", "0"], "--steps must be a whole number from 1 to 500, got 0; 20–50 is typical"),
+    (["prompts.txt", "--guidance", "99"], "--guidance must be between 0 and 50, got 99.0; 7.5 is typical, 1 turns "
+                                          "guidance off"),
     (["prompts.txt", "--seed", "-5"], "--seed must be in [0, 2**64), got -5; e.g. --seed=42"),
     (["latin1.txt"], "latin1.txt is not UTF-8 text (invalid continuation byte at byte 9): save it as UTF-8")])
 def test_bad_input_is_refused_before_any_model_loads(tmp_path, monkeypatch, capsys, args, message):
