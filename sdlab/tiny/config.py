@@ -52,10 +52,9 @@ class TrainConfig:
     warmup_steps: int = 200
     caption_dropout: float = 0.1  # share of empty captions: what "no prompt" looks like, for guidance
     #: share of samples whose end-of-text and padding positions get the empty prompt's embeddings. CLIP's
-    #: left-to-right encoder fills those positions with a summary of the whole prompt, and a UNet trained
-    #: with its text encoder from scratch learns to read the attributes there, not at the words (its
-    #: colour word's cross-attention is spread as evenly as the pixels); without the summary, it must
-    #: attend to the words
+    #: left-to-right encoder fills those positions with a summary of the whole prompt; without it the
+    #: UNet must read the words' own positions. Measured on v4 (model card): 600 steps at 0.5 left the
+    #: colour word's attention map as even as before, because the positions after a word carry it too
     summary_dropout: float = 0.0
     object_weight: float = 10.0  # VAE loss weight on object pixels (small shapes must survive)
     kl_weight: float = 1e-6
