@@ -321,9 +321,11 @@ def ratings_stored(store, image_ids, images, rater, user: str) -> Passed:
 def mean_rating_per_prompt(store, rows) -> Passed:
     """`rows` are (prompt, mean rating, number of ratings) for each rated prompt, best mean first,
     equal means in alphabetical order of the prompt."""
+    feedback = store.feedback()
+    prompt_of = {image_id: store.get(image_id).params.prompt for image_id in {item.image_id for item in feedback}}
     totals: dict[str, list[int]] = {}
-    for item in store.feedback():
-        totals.setdefault(store.get(item.image_id).params.prompt, []).append(item.rating)
+    for item in feedback:
+        totals.setdefault(prompt_of[item.image_id], []).append(item.rating)
     wanted = sorted(((p, sum(r) / len(r), len(r)) for p, r in totals.items()), key=lambda row: (-row[1], row[0]))
     rows = [tuple(row) for row in rows]
     if any(len(row) != 3 for row in rows):

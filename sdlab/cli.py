@@ -120,9 +120,8 @@ def _steps_or_auto(text: str):
 
 
 def _eval_tiny(args) -> None:
-    from .generation import check_generate_inputs  # keeps `sdlab --help` fast
+    from .generation import check_guidance, check_steps  # keeps `sdlab --help` fast
     from .pipelines import load_pipeline  # keeps `sdlab --help` fast
-    from .seeds import default_size  # keeps `sdlab --help` fast
     from .tiny.evaluate import measure_adherence  # keeps `sdlab --help` fast
     from .tiny.world import held_out_scenes  # keeps `sdlab --help` fast
 
@@ -137,9 +136,9 @@ def _eval_tiny(args) -> None:
         print("\n".join(behaviour.lines()))
         return
     for guidance in args.guidance:  # every value before the first evaluation
-        for steps in args.steps:
-            check_generate_inputs([""], num_inference_steps=steps, guidance_scale=guidance,
-                                  height=default_size(pipe), width=default_size(pipe))
+        check_guidance(guidance)
+    for steps in args.steps:
+        check_steps(steps)
     for guidance in args.guidance:
         for steps in args.steps:
             result = measure_adherence(pipe, scenes, guidance_scale=guidance, num_inference_steps=steps,
