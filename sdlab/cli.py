@@ -241,11 +241,14 @@ def _faces(args) -> None:
 
 
 def _grade(args) -> None:
-    from .grading import grade  # keeps `sdlab --help` fast
+    from .grading import Limits, Sandbox, grade  # keeps `sdlab --help` fast
 
     parameters = {"model": args.model, **{name: _literal(value) for name, value in args.parameter}}
+    if args.memory <= 0:
+        raise SdlabInputError(f"--memory must be a positive number of GiB, got {args.memory}")
+    limits = Limits(memory=round(args.memory * 2**30), processes=args.processes)
     report = grade(args.submissions, args.against, args.out, timeout=args.timeout, jobs=args.jobs,
-                   parameters=parameters)
+                   parameters=parameters, sandbox=Sandbox(args.sandbox, limits))
     print(report.line())
 
 
@@ -434,6 +437,13 @@ def build_parser() -> argparse.ArgumentParser:
     grd.add_argument("--model", default=None, help="the model the notebooks load (default: sdlab-tiny, offline)")
     grd.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                      help="set a parameter in every notebook whose parameters cell has it, e.g. -p image_count 2")
+    grd.add_argument("--sandbox", choices=["auto", "require", "off"], default="auto",
+                     help="run each kernel in bubblewrap: no network, nothing of yours visible but Python and "
+                     "the models, only its copy writable (auto: where bwrap works, else a warning; require: "
+                     "refuse without it)")
+    grd.add_argument("--memory", type=float, default=8, help="GiB of memory one process of a submission may "
+                     "take (address space)")
+    grd.add_argument("--processes", type=int, default=256, help="processes one submission may run at once")
     grd.set_defaults(func=_grade)
 
     faces = sub.add_parser("faces", help="repair the faces in a photo (GFPGAN, or 'classical' offline)")

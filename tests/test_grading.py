@@ -49,14 +49,14 @@ def _arithmetic_course(root: Path) -> Path:
         _code("n = 3", parameters=True),
         _code(_solution("doubled = 2 * n"), exercise="double", hint="2 * n"),
         _code("print(doubled)"),
-        _code(_hidden("assert doubled == 2 * n"), grade="double", points=1),
+        _code(_hidden('assert ask("doubled") == 2 * ask("n")'), grade="double", points=1),
         _code(_solution("squares = [i * i for i in range(n)]"), exercise="squares", hint="i * i"),
         _code("assert len(squares) == n, f'squares has {len(squares)} items, n is {n}'"),
-        _code(_hidden("assert squares == [i * i for i in range(n)]"), grade="squares", points=2),
+        _code(_hidden('assert ask("squares") == [i * i for i in range(ask("n"))]'), grade="squares", points=2),
         # the markers as nbgrader also reads them: any comment line that holds BEGIN SOLUTION, …
         _code('#BEGIN SOLUTION\ngreeting = open("../images/hello.txt").read()\n# END SOLUTION',
               exercise="greeting", hint="read it"),
-        _code("## BEGIN HIDDEN TESTS\nassert greeting == 'hello'\n## END HIDDEN TESTS", grade="greeting", points=1),
+        _code("## BEGIN HIDDEN TESTS\nassert ask('greeting') == 'hello'\n## END HIDDEN TESTS", grade="greeting", points=1),
     ])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     (root / "solutions").mkdir()

@@ -8,11 +8,16 @@ One submission is graded in five steps (`grade_notebook`):
 1. Copy it into a temporary course folder of its own (`notebooks/` and a copy of `images/`), so
    what it deletes or writes by relative path (`../solutions`, `../images`) touches only that copy.
 2. Inject the parameters (papermill): the offline model, unless told otherwise.
-3. Put each hidden-test cell of the matching solution back where `sdlab course build` took it
-   out: after the student's exercise cell and its self-check.
-4. Execute every cell with nbclient in one kernel, going on after errors; a cell that runs past
-   `timeout` seconds is interrupted, and a kernel that does not stop then ends the run. Each
-   cell's outputs are cut to size, and the kernel's temporary files stay in the copy.
+3. Mark where each hidden test of the matching solution goes: after the student's exercise cell
+   and its self-check, where `sdlab course build` took it out.
+4. Execute every cell with nbclient in one kernel, going on after errors, the kernel confined by
+   `sdlab.grading.sandbox` (bubblewrap: no network, nothing of the grader's visible but Python and
+   the models, only its copy writable; limits on memory, processes and CPU; every process ended
+   with it). A cell that runs past `timeout` seconds is interrupted, and a kernel that does not
+   stop then ends the run. At each hidden test's place, the test runs in the judge
+   (`sdlab.grading.judge`), a fresh interpreter the student's code never touches, which asks the
+   kernel for the values it checks (`ask("doubled")`, `sdlab.grading.values`): the student's code
+   can change what it answers, never the verdict, and never sees a test before it runs.
 5. Score each exercise: its points when its hidden tests pass, else 0 and the reason.
 
 Each graded submission leaves in `out/<student>/` the executed notebook, its HTML page and its
@@ -46,6 +51,7 @@ from .notebook import (
     Grade,
     HiddenTest,
     Submission,
+    check_judged,
     execute,
     grade_notebook,
     hidden_tests,
@@ -53,10 +59,11 @@ from .notebook import (
     with_hidden_tests,
 )
 from .report import COLUMNS, check_report_folders, save_result, write_report
+from .sandbox import Limits, Sandbox
 
 __all__ = [
     "ANSI", "COLUMNS", "KERNEL", "KERNEL_LOG", "STATUSES", "TIMEOUT_ENAME",
-    "Grade", "HiddenTest", "Report", "Submission",
+    "Grade", "HiddenTest", "Limits", "Report", "Sandbox", "Submission",
     "check_report_folders", "execute", "find_submissions", "grade", "grade_notebook", "hidden_tests",
     "save_result", "score", "with_hidden_tests", "write_report",
 ]
@@ -130,18 +137,22 @@ def _kernel_env(jobs: int) -> dict:
     return env
 
 
-def _grade_and_save(sub, solution_text, images, timeout, parameters, env, out) -> list[Grade]:
+def _grade_and_save(sub, solution_text, images, timeout, parameters, env, out, sandbox, against,
+                    protected) -> list[Grade]:
     start = time.perf_counter()
-    grades, nb = grade_notebook(sub, solution_text, images, timeout, parameters, env)
+    grades, nb = grade_notebook(sub, solution_text, images, timeout, parameters, env, sandbox, against, protected)
     save_result(out, sub, grades, nb, time.perf_counter() - start)
     return grades
 
 
 def grade(submissions, against: str | Path = "solutions", out: str | Path = "report", *, timeout: float = 600,
-          jobs: int = 1, parameters: dict | None = None, progress: bool | None = None) -> Report:
+          jobs: int = 1, parameters: dict | None = None, progress: bool | None = None,
+          sandbox: Sandbox | str = "auto") -> Report:
     """Grade notebooks (files or folders) against the solutions of the same name; write the report
     to `out`. `parameters` go into each notebook's parameters cell where it has that name (default:
-    the offline model). With no submissions, only rebuilds the report from what `out` holds."""
+    the offline model). `sandbox`: "auto", "require", "off" or a `Sandbox` with its limits
+    (`sdlab.grading.sandbox`). With no submissions, only rebuilds the report from what `out` holds."""
+    sandbox = sandbox if isinstance(sandbox, Sandbox) else Sandbox(sandbox)
     start, against, out = time.perf_counter(), Path(against), Path(out)
     submissions = [submissions] if isinstance(submissions, (str, Path)) else list(submissions)
     if not against.is_dir():
@@ -156,9 +167,15 @@ def grade(submissions, against: str | Path = "solutions", out: str | Path = "rep
     parameters = {"model": default_model(), **(parameters or {})}
     solutions = {p.stem: p.read_text(encoding="utf-8") for p in against.glob("*.ipynb")}
     for name in {s.notebook for s in subs} & set(solutions):  # a bad solution fails here, before any work
-        hidden_tests(nbformat.reads(solutions[name], as_version=4))
+        check_judged(hidden_tests(nbformat.reads(solutions[name], as_version=4)), against / f"{name}.ipynb")
+    if subs:
+        sandbox.bwrap()  # --sandbox require without bubblewrap stops here, before any work
+        sandbox.warn()
+    # what no student's kernel may see: the solutions, the report, every submission
+    protected = (against.resolve(), out.resolve(), *{s.path.resolve().parent for s in subs})
     images, env = against.resolve().parent / "images", _kernel_env(jobs)
-    tasks = [(s, solutions.get(s.notebook), images, timeout, parameters, env, out) for s in subs]
+    tasks = [(s, solutions.get(s.notebook), images, timeout, parameters, env, out, sandbox, against.resolve(),
+              protected) for s in subs]
     if progress is None:
         progress = os.environ.get("SDLAB_PROGRESS", "1") not in ("0", "false", "no")
     with tqdm(total=len(tasks), desc="grading", unit="notebook", disable=not progress) as bar:

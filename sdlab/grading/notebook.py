@@ -8,18 +8,26 @@ per exercise (`STATUSES` says what each status means).
 from __future__ import annotations
 
 import ast
+import contextlib
 import logging
+import math
+import os
 import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from queue import Empty
 
 import nbformat
 
 from ..errors import SdlabInputError
 from .course import BEGIN_HIDDEN, END_HIDDEN, has_marker, marker
-from .outputs import clip_error, limit_outputs
+from .judge import Judge
+from .outputs import MAX_CHARS, clip_error, limit_outputs
+from .sandbox import Cgroup, Sandbox, kernel_manager
+from .values import MIME, expression
 
 KERNEL = "python3"
 STATUSES = {  # every status but the first scores 0
@@ -33,6 +41,7 @@ STATUSES = {  # every status but the first scores 0
     "unmatched": "no solution has this notebook's name",
 }
 TIMEOUT_ENAME = "TimeoutError"
+JUDGE_START = 120  # seconds a judge may take to start, or to load a model, on a busy machine
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # nbclient logs each timeout and interrupt; the grades say it, so keep it off the terminal
 KERNEL_LOG = logging.getLogger("sdlab.grading.nbclient")
@@ -102,6 +111,17 @@ def hidden_tests(solution: nbformat.NotebookNode) -> list[HiddenTest]:
     return tests
 
 
+def check_judged(tests: list[HiddenTest], where: Path | str = "the solution") -> None:
+    """Refuse hidden tests that never `ask`: they run in the grader's judge, where a name of the
+    student's notebook is not defined, so they could never pass."""
+    for test in tests:
+        if "ask(" not in test.source:
+            raise SdlabInputError(
+                f"{where}: the hidden tests of {test.exercise!r} never call ask(...): hidden tests run in the "
+                f"grader's own interpreter, not in the student's kernel; ask it for the values they check, "
+                f"e.g. assert ask('answer') == 42 (sdlab.grading.values)")
+
+
 def _sdlab(cell) -> dict:
     meta = cell.get("metadata", {}).get("sdlab", {})
     return meta if isinstance(meta, dict) else {}
@@ -156,12 +176,15 @@ def _timed_out(outcome) -> bool:
 
 
 def execute(nb: nbformat.NotebookNode, workdir: Path, timeout: float, env: dict, log=None,
-            replies: dict | None = None) -> tuple[dict, str]:
+            replies: dict | None = None, km=None, judge: Judge | None = None) -> tuple[dict, str]:
     """Run every code cell of `nb` in one kernel, in place, through errors. Returns each cell's
     execute reply by index (also put in `replies`, if given, as they come, so that they are there
     should the run fail), and why the run stopped early ("" when every cell ran). The kernel
     process's own output goes to `log` (a file), not to the terminal; each cell's outputs are
-    kept to size as they arrive (`sdlab.grading.outputs`)."""
+    kept to size as they arrive (`sdlab.grading.outputs`). `km`: the kernel's manager (the
+    sandbox's), else a plain one. With a `judge`, hidden-test cells run there, never in the
+    kernel (`sdlab.grading.judge`), and their reply is the judge's."""
+    from jupyter_core.utils import run_sync  # heavy: jupyter_client and zmq load only to run a notebook
     from nbclient import NotebookClient  # heavy: jupyter_client and zmq load only to run a notebook
     from nbclient.exceptions import DeadKernelError  # heavy: jupyter_client and zmq load only to run a notebook
 
@@ -177,7 +200,7 @@ def execute(nb: nbformat.NotebookNode, workdir: Path, timeout: float, env: dict,
     client = LimitedClient(
         nb, kernel_name=KERNEL, timeout=max(1, round(timeout)), allow_errors=True, interrupt_on_timeout=True,
         error_on_timeout={"ename": TIMEOUT_ENAME, "evalue": evalue, "traceback": [f"{TIMEOUT_ENAME}: {evalue}"]},
-        shutdown_kernel="immediate", log=KERNEL_LOG, resources={"metadata": {"path": str(workdir)}},
+        shutdown_kernel="immediate", log=KERNEL_LOG, resources={"metadata": {"path": str(workdir)}}, km=km,
         on_cell_executed=lambda cell_index, execute_reply, **_: replies.update(
             {cell_index: clip_error(execute_reply["content"])}))
 
@@ -186,12 +209,52 @@ def execute(nb: nbformat.NotebookNode, workdir: Path, timeout: float, env: dict,
         if _timed_out(replies.get(index)):
             nb.cells[index].outputs.append(nbformat.v4.new_output("error", **client.error_on_timeout))
 
-    count = 0  # the last execution count: a cell that kills the kernel may not get its own
-    with client.setup_kernel(env=env, stdout=log, stderr=log):
+    def relay(code: str) -> tuple[str | None, str | None]:
+        """Ask the kernel for the value of `code` (a judge's `ask`): (its text, None) or (None, why
+        not). It goes as a user expression of a silent request, which no cell hook or transformer
+        of the student's sees; past `timeout` the kernel is interrupted."""
+        sent = client.kc.execute("", silent=True, store_history=False, user_expressions={"value": expression(code)})
+        deadline = time.monotonic() + timeout
+        while True:
+            if time.monotonic() > deadline:
+                run_sync(client.km.interrupt_kernel)()
+                return None, f"{TIMEOUT_ENAME}: sdlab grade interrupted the cell after {timeout:g} s"
+            try:
+                msg = run_sync(client.kc.get_shell_msg)(timeout=min(1.0, max(0.01, deadline - time.monotonic())))
+            except Empty:
+                if not run_sync(client.km.is_alive)():
+                    dead.append(True)
+                    return None, "the kernel died"
+                continue
+            if msg.get("parent_header", {}).get("msg_id") == sent:
+                break
+        content = msg.get("content", {})
+        result = content.get("user_expressions", {}).get("value", {}) if content.get("status") == "ok" else content
+        if result.get("status") == "error":
+            return None, _one_line(f"{result.get('ename')}: {result.get('evalue')}", MAX_CHARS)
+        value = result.get("data", {}).get(MIME) if result.get("status") == "ok" else None
+        return (value, None) if isinstance(value, str) else (
+            None, "the kernel answered no value (a cell of the notebook may have changed how the kernel answers)")
+
+    def judged(index: int, cell) -> None:
+        # the judge's own work (its first test loads the model) has JUDGE_START beyond the cell's timeout
+        reply = judge.run(cell.source, _sdlab(cell)["grade"], relay, timeout + JUDGE_START)
+        replies[index] = clip_error(reply)
+        passed = nbformat.v4.new_output("stream", name="stdout", text="the hidden tests passed\n")
+        cell.outputs = [passed if reply["status"] == "ok" else nbformat.v4.new_output(
+            "error", ename=reply["ename"], evalue=reply["evalue"], traceback=reply.get("traceback", []))]
+        if dead:
+            raise DeadKernelError("the kernel died")
+
+    count, dead = 0, []  # the last execution count: a cell that kills the kernel may not get its own
+    with client.setup_kernel(env=env, stdout=log, stderr=log, cleanup_kc=True):
         for index, cell in enumerate(list(nb.cells)):
             if cell.cell_type != "code":
                 continue
             try:
+                if judge is not None and "grade" in _sdlab(cell):
+                    judged(index, cell)
+                    continue
                 run(index)
                 count = cell.execution_count or count
                 if _timed_out(replies.get(index)):  # did the interrupt stop it? ask the kernel to `pass`
@@ -278,8 +341,11 @@ def _invalid(sub: Submission, tests: list[HiddenTest], message: str) -> list[Gra
 
 
 def grade_notebook(sub: Submission, solution_text: str | None, images: Path | None, timeout: float,
-                   parameters: dict, env: dict) -> tuple[list[Grade], nbformat.NotebookNode | None]:
-    """Grade one submission in its own temporary course folder; never raises for what it contains
+                   parameters: dict, env: dict, sandbox: Sandbox | None = None, against: Path | None = None,
+                   protected: tuple[Path, ...] = ()) -> tuple[list[Grade], nbformat.NotebookNode | None]:
+    """Grade one submission in its own temporary course folder, its kernel confined by `sandbox`
+    (default: `Sandbox()`) with `protected` folders out of its sight, its hidden tests run by a
+    judge in `against` (the solutions' folder); never raises for what the submission contains
     (what cannot be graded is "invalid", with the reason)."""
     if solution_text is None:
         return [Grade(sub.student, sub.notebook, "", 0, 0, "unmatched",
@@ -287,39 +353,84 @@ def grade_notebook(sub: Submission, solution_text: str | None, images: Path | No
     solution = nbformat.reads(solution_text, as_version=4)
     tests = hidden_tests(solution)  # the solution's own problems are raised (`grade` checks them first)
     try:
-        return _grade_notebook(sub, solution, tests, images, timeout, parameters, env)
+        return _grade_notebook(sub, solution, tests, images, timeout, parameters, env, sandbox or Sandbox(),
+                               against, protected)
     except Exception as err:  # whatever the notebook holds, the rest of the class is still graded
         return _invalid(sub, tests, f"{sub.path.name} could not be graded: {type(err).__name__}: {err}"), None
 
 
-def _grade_notebook(sub, solution, tests, images, timeout, parameters, env):
+SAFE_ENV = ("PATH", "LANG", "LANGUAGE", "TZ", "PYTHONPATH", "MPLBACKEND", "TRANSFORMERS_VERBOSITY",
+            "TRANSFORMERS_OFFLINE", "HF_HUB_OFFLINE", "HF_HOME", "HF_HUB_CACHE", "HF_DATASETS_OFFLINE")
+SAFE_PREFIXES = ("SDLAB_", "OMP_", "MKL_", "OPENBLAS_", "CUDA_", "TORCH_", "PYTORCH_", "LC_", "NVIDIA_")
+
+
+def kernel_env(env: dict, folder: Path) -> dict:
+    """What a student's kernel gets of the grader's environment: the settings that make it run as the
+    grader asks (threads, offline models, caches), never a token or key; its home and temporary
+    files in its own folder."""
+    from ..faces.weights import weights_dir  # the face weights' folder, where the kernel reads them
+
+    kept = {k: v for k, v in env.items() if (k in SAFE_ENV or k.startswith(SAFE_PREFIXES))
+            and not any(word in k.upper() for word in ("TOKEN", "SECRET", "PASSWORD", "KEY", "CREDENTIAL"))}
+    home = Path.home()
+    caches = {"HF_HOME": env.get("HF_HOME", home / ".cache" / "huggingface"),
+              "SDLAB_WEIGHTS": env.get("SDLAB_WEIGHTS", weights_dir()),
+              "TORCH_HOME": env.get("TORCH_HOME", home / ".cache" / "torch")}
+    kept.update({k: str(Path(v).expanduser()) for k, v in caches.items()})  # the home moves; the caches stay
+    kept.update({"HOME": str(folder / "home"), **{k: str(folder / "tmp") for k in ("TMPDIR", "TEMP", "TMP")}})
+    return kept
+
+
+def _grade_notebook(sub, solution, tests, images, timeout, parameters, env, sandbox, against, protected):
+    from jupyter_core.utils import run_sync  # heavy: jupyter_client loads only to grade
     from papermill.iorw import load_notebook_node  # heavy: papermill loads only to grade
     from papermill.parameterize import parameterize_notebook  # heavy: papermill loads only to grade
 
+    wanted = _parameters_in(solution)
     try:
         nb = load_notebook_node(str(sub.path))  # papermill's reader: adds the metadata it needs
-        wanted = _parameters_in(solution)
         nb = parameterize_notebook(nb, {k: v for k, v in parameters.items() if k in wanted},
                                    kernel_name=KERNEL, language="python")
         nb = with_hidden_tests(nb, tests)
     except Exception as err:  # not JSON, not UTF-8, not a notebook
         return _invalid(sub, tests, f"{sub.path.name} is not a valid notebook: {type(err).__name__}: {err}"), None
-    with tempfile.TemporaryDirectory(prefix="sdlab-grade-", ignore_cleanup_errors=True) as tmp:
-        workdir, kernel_tmp = Path(tmp) / "course" / "notebooks", Path(tmp) / "tmp"
-        workdir.mkdir(parents=True)
-        kernel_tmp.mkdir()
+    cells = sum(c.cell_type == "code" for c in nb.cells)
+    threads = int(env.get("OMP_NUM_THREADS", "0") or 0) or (os.cpu_count() or 1)
+    with tempfile.TemporaryDirectory(prefix="sdlab-grade-", ignore_cleanup_errors=True) as tmp, \
+            contextlib.ExitStack() as stack:
+        folder = Path(tmp)
+        workdir = folder / "course" / "notebooks"
+        for made in (workdir, folder / "tmp", folder / "home"):
+            made.mkdir(parents=True)
         if images is not None and images.is_dir():
             shutil.copytree(images, workdir.parent / "images")
         shutil.copyfile(sub.path, workdir / f"{sub.notebook}.ipynb")
-        # the kernel's temporary files go into this folder too, so they go when it does
-        env = {**env, **{key: str(kernel_tmp) for key in ("TMPDIR", "TEMP", "TMP")}}
-        log_path, replies = Path(tmp) / "kernel.log", {}
+        log_path, replies = folder.parent / f"{folder.name}.log", {}
+        log = stack.enter_context(open(log_path, "w"))
+        stack.callback(log_path.unlink, missing_ok=True)
+        cgroup = Cgroup.make(sandbox.limits.processes)
+        if cgroup is not None:
+            stack.callback(cgroup.close)  # every process the submission started ends with its grading
+        km = kernel_manager(sandbox, KERNEL, folder, workdir, [Path(p).resolve() for p in protected],
+                            math.ceil(timeout * (cells + 1) * threads), cgroup)
+        judge = Judge(against or folder, {**env, "SDLAB_PROGRESS": "0"}, log)
+        stack.callback(judge.close)
+        values = {k: v for k, v in parameters.items() if k in wanted}
+        source = next((c.source for c in solution.cells if "parameters" in c.metadata.get("tags", [])), "")
+        ready = judge.setup("\n".join(line for line in source.splitlines() if not line.lstrip().startswith("%")),
+                            values, folder, JUDGE_START)
+        if ready.get("status") != "ok":
+            raise RuntimeError(f"the judge could not start: {ready.get('ename')}: {ready.get('evalue')}")
         try:
-            with open(log_path, "w") as log:
-                stopped = execute(nb, workdir, timeout, env, log, replies)[1]
+            stopped = execute(nb, workdir, timeout, kernel_env(env, folder), log, replies, km=km, judge=judge)[1]
         except Exception as err:  # the kernel would not start, or nbclient failed: grade what ran
+            log.flush()
             tail = " ".join(log_path.read_text(errors="replace").splitlines()[-3:])
             stopped = _one_line(f"grading stopped: {type(err).__name__}: {err} {tail}")
+        finally:
+            with contextlib.suppress(Exception):  # nbclient has usually stopped it already
+                if km.has_kernel:
+                    run_sync(km.shutdown_kernel)(now=True)
         grades = score(nb, replies, stopped, sub.student, sub.notebook)
     for g in grades:
         g.message = g.message.replace(tmp, "<tmp>")

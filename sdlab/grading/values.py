@@ -13,8 +13,10 @@ tensors, dtypes and devices, and PIL images. Nothing else is sent (no pickle: th
 what a student's kernel wrote, so decoding must not run code), so a student's patched module or
 forged object can change what a value is, never how it is judged.
 
-Under nbgrader, where hidden tests run in the student's kernel, this module's `ask` evaluates
-in that kernel and round-trips the value the same way, so one test source serves both.
+A hidden test imports its `ask` from here (`from sdlab.grading.values import ask`). In the judge
+that name is the judge's relay to the kernel; where a test runs in the student's own kernel (the
+solutions executed as notebooks, or nbgrader's autograde) it evaluates in that kernel and
+round-trips the value the same way, so one test source serves all three.
 """
 from __future__ import annotations
 
@@ -157,15 +159,24 @@ def evaluate(code: str, namespace: dict):
     return eval(compile(ast.Expression(last.value), "<hidden test>", "eval"), namespace) if last else None
 
 
-def answer(code: str, namespace: dict) -> None:
-    """In the student's kernel: evaluate `code` and show its value as the grader's MIME type."""
-    from IPython.display import publish_display_data  # only inside a kernel
+class Answer:
+    """An encoded value, shown to the kernel's display formatter as the grader's MIME type."""
 
-    publish_display_data({MIME: encode(evaluate(code, namespace)), "text/plain": "(a value for the grader)"})
+    def __init__(self, text: str):
+        self.text = text
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        return {MIME: self.text, "text/plain": "(a value for the grader)"}
 
 
-def request(code: str) -> str:
-    """The cell source the grader sends to ask `code` of a student's kernel."""
+def answer(code: str, namespace: dict) -> Answer:
+    """In the student's kernel: `code` evaluated in `namespace`, encoded."""
+    return Answer(encode(evaluate(code, namespace)))
+
+
+def expression(code: str) -> str:
+    """The user expression the grader sends to ask `code` of a student's kernel. A user expression
+    is evaluated as it is: IPython's input and AST transformers, and cell hooks, never see it."""
     return f"__import__('sdlab.grading.values', fromlist=['answer']).answer({code!r}, globals())"
 
 
@@ -177,3 +188,9 @@ def ask(code: str):
     shell = get_ipython()
     namespace = shell.user_ns if shell is not None else {}
     return decode(encode(evaluate(code, namespace)))
+
+
+def inside_copy(path) -> Path:
+    """In the student's own kernel, a path the notebook names, resolved. (In the judge, the same
+    name also refuses a path outside the submission's folder.)"""
+    return Path(path).resolve()
