@@ -24,9 +24,9 @@ Each graded submission leaves in `out/<student>/` the executed notebook, its HTM
 scores (`<notebook>.grade.json`); `grades.csv` and the HTML index are made from all of them, so
 runs (or cluster jobs) over parts of a class add up to one report.
 
-This module finds the submissions and grades a batch of them; `sdlab.grading.notebook` grades
-one (the five steps above) and `sdlab.grading.report` writes the report. Their public names can
-be imported from here too.
+This module grades a batch; `sdlab.grading.submissions` finds whose each file is and which notebook
+it answers, `sdlab.grading.notebook` grades one (the five steps above) and `sdlab.grading.report`
+writes the report. Their public names can be imported from here too.
 """
 from __future__ import annotations
 
@@ -60,6 +60,7 @@ from .notebook import (
 )
 from .report import COLUMNS, check_report_folders, save_result, write_report
 from .sandbox import Limits, Sandbox
+from .submissions import find_submissions
 
 __all__ = [
     "ANSI", "COLUMNS", "KERNEL", "KERNEL_LOG", "STATUSES", "TIMEOUT_ENAME",
@@ -88,46 +89,6 @@ class Report:
                 f"{points:g}/{most:g} points{share}{'; ' + lost if lost else ''}; "
                 f"report: {self.folder / 'index.html'}")
 
-
-# 1. Which submission is whose
-
-def find_submissions(paths, against: str | Path = "solutions") -> list[Submission]:
-    """Notebooks under `paths`, each with its student and notebook: alice/01_loading.ipynb,
-    01_loading/alice.ipynb and alice_01_loading.ipynb all mean alice's 01_loading. A name's prefix
-    (alice_) says whose it is only for a file given directly or lying directly in a folder given:
-    in a student's folder every notebook is that student's (lara/Copy of 01_loading.ipynb is lara's)."""
-    names = sorted((p.name for p in Path(against).glob("*.ipynb")), key=len, reverse=True)
-    files = []  # (notebook, whether it is in a student's folder)
-    for path in map(Path, paths):
-        if path.is_dir():
-            files += [(p, p.parent != path) for p in sorted(path.rglob("*.ipynb"))
-                      if ".ipynb_checkpoints" not in p.parts]
-        elif path.is_file():
-            files.append((path, False))
-        else:
-            raise SdlabInputError(f"submission {path} not found: give notebooks or folders of notebooks")
-    found, seen = [], {}
-    for f, in_folder in files:
-        folder = f.resolve().parent.name
-        suffix = next((n for n in names if f.name.endswith(n)), None)
-        if f.name in names:
-            sub = Submission(f, folder, f.stem)
-        elif f"{folder}.ipynb" in names:
-            sub = Submission(f, f.stem, folder)
-        elif suffix and not in_folder:
-            sub = Submission(f, f.name[: -len(suffix)].strip("_-. ") or folder, suffix[: -len(".ipynb")])
-        else:
-            sub = Submission(f, folder, suffix[: -len(".ipynb")] if suffix else f.stem)
-        key = (sub.student, sub.notebook)
-        if key in seen:
-            raise SdlabInputError(f"two submissions for {sub.student}'s {sub.notebook}: {seen[key]} and {f}; "
-                                  "keep one (or put them in different student folders)")
-        seen[key] = f
-        found.append(sub)
-    return found
-
-
-# 2. A batch
 
 def _kernel_env(jobs: int) -> dict:
     env = dict(os.environ)

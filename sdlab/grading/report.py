@@ -1,4 +1,4 @@
-"""The grading report: each submission's scored notebook and page, then grades.csv and index.html.
+"""The grading report: each submission's scored notebook and pages, then grades.csv, totals.csv and index.html.
 
 `save_result` writes one graded submission into `out/<student>/`; `write_report` reads every
 `*.grade.json` under `out` back, so runs (or cluster jobs) over parts of a class add up to one
@@ -19,6 +19,8 @@ import nbformat
 
 from ..errors import SdlabInputError
 from .notebook import STATUSES, Grade, Submission
+from .pages import feedback_page, notebook_page, page, safe_messages
+from .totals import totals_csv
 
 COLUMNS = ("student", "notebook", "exercise", "points", "max", "status", "message")
 
@@ -71,17 +73,10 @@ def _table(rows: list[Grade], href=None) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _page(title: str, body: str) -> str:
-    style = ("body{font-family:sans-serif;margin:2em}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}"
-             "table{border-collapse:collapse}.passed{background:#efe}.lost{background:#fee}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>")
-
-
 def save_result(out: Path, sub: Submission, grades: list[Grade], nb, seconds: float) -> None:
-    """Write out/<student>/<notebook>.{grade.json,ipynb,html}: one submission's share of the report."""
-    from nbconvert import HTMLExporter  # heavy: nbconvert loads only to write the HTML
-
+    """Write out/<student>/<notebook>.{grade.json,ipynb,html,feedback.html}: one submission's share of the
+    report (the .html shows the hidden tests, the .feedback.html is for the student)."""
+    grades = safe_messages(grades, nb)  # no message quotes a hidden test: grades.csv may go to students
     folder = Path(out) / _slug(sub.student)
     folder.mkdir(parents=True, exist_ok=True)
     stem = _slug(sub.notebook)
@@ -92,15 +87,9 @@ def save_result(out: Path, sub: Submission, grades: list[Grade], nb, seconds: fl
     shown = nb if nb is not None else nbformat.v4.new_notebook()
     if nb is not None:
         nbformat.write(nb, folder / f"{stem}.ipynb")
-    try:
-        # the student's HTML is sanitized (a <script> of theirs is shown as text, not run); the
-        # grader's own summary goes in above it afterwards
-        page = HTMLExporter(sanitize_html=True).from_notebook_node(shown)[0]
-        page = page.replace("<main>", f"<main><div style='padding:0 1em'>{summary}</div>", 1)
-    except Exception as err:  # an output nbconvert cannot render: the scores still count
-        note = f"<p>not rendered: {html.escape(repr(err))}</p>"
-        page = _page(f"{sub.student} · {sub.notebook}", _table(grades) + note)
-    (folder / f"{stem}.html").write_text(page, encoding="utf-8")
+    page_html = notebook_page(shown, summary, f"{sub.student} · {sub.notebook}", _table(grades))
+    (folder / f"{stem}.html").write_text(page_html, encoding="utf-8")
+    (folder / f"{stem}.feedback.html").write_text(feedback_page(sub, grades, nb), encoding="utf-8")
     result = {"submission": str(sub.path), "student": sub.student, "notebook": sub.notebook,
               "seconds": round(seconds, 1), "grades": [asdict(g) for g in grades]}
     (folder / f"{stem}.grade.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
@@ -112,8 +101,15 @@ def _replace(path: Path, text: str) -> None:
     os.replace(tmp, path)  # readers (and other jobs writing the same report) never see half a file
 
 
+def _feedback_links(out: Path, student: str, rows: list[Grade], folder: str = "") -> str:
+    """Links to a student's feedback pages (those there: a report made before them has none)."""
+    notebooks = sorted({r.notebook for r in rows if r.student == student})
+    return " ".join(f"<a href='{folder}{_slug(n)}.feedback.html'>{html.escape(n)}</a>" for n in notebooks
+                    if (out / _slug(student) / f"{_slug(n)}.feedback.html").exists())
+
+
 def write_report(out: str | Path) -> list[Grade]:
-    """grades.csv, index.html and a page per student, from every *.grade.json under `out`."""
+    """grades.csv, totals.csv, index.html and a page per student, from every *.grade.json under `out`."""
     out = Path(out)
     rows = [Grade(**g) for f in sorted(out.glob("*/*.grade.json"))
             for g in json.loads(f.read_text(encoding="utf-8"))["grades"]]
@@ -124,19 +120,24 @@ def write_report(out: str | Path) -> list[Grade]:
     writer.writerows([r.student, r.notebook, r.exercise, f"{r.points:g}", f"{r.max:g}", r.status, r.message]
                      for r in rows)
     _replace(out / "grades.csv", table.getvalue())
+    _replace(out / "totals.csv", totals_csv(rows))
     totals = {}
     for r in rows:
         got, most = totals.get(r.student, (0, 0))
         totals[r.student] = (got + r.points, most + r.max)
-    summary = "".join(f"<tr><td><a href='{_slug(s)}/index.html'>{html.escape(s)}</a></td><td>{g:g}/{m:g}</td></tr>"
-                      for s, (g, m) in totals.items())
+    summary = "".join(f"<tr><td><a href='{_slug(s)}/index.html'>{html.escape(s)}</a></td><td>{g:g}/{m:g}</td>"
+                      f"<td>{_feedback_links(out, s, rows, f'{_slug(s)}/')}</td></tr>" for s, (g, m) in totals.items())
     legend = "".join(f"<li><b>{s}</b>: {html.escape(meaning)}</li>" for s, meaning in STATUSES.items())
-    _replace(out / "index.html", _page("Grades", (
-        f"<p><a href='grades.csv'>grades.csv</a></p><table><tr><th>student</th><th>points</th></tr>{summary}</table>"
+    _replace(out / "index.html", page("Grades", (
+        "<p><a href='grades.csv'>grades.csv</a> (a row per exercise) · <a href='totals.csv'>totals.csv</a> (a row "
+        "per student, for a gradebook)</p><table><tr><th>student</th><th>points</th><th>feedback pages (no hidden "
+        f"tests: for the student)</th></tr>{summary}</table>"
         f"<h2>Every exercise</h2>{_table(rows, lambda r: f'{_slug(r.student)}/{_slug(r.notebook)}.html')}"
         f"<ul>{legend}</ul>")))
     for student, (got, most) in totals.items():
         mine = [r for r in rows if r.student == student]
-        _replace(out / _slug(student) / "index.html", _page(f"{student}: {got:g}/{most:g} points", (
-            "<p><a href='../index.html'>all students</a></p>" + _table(mine, lambda r: f"{_slug(r.notebook)}.html"))))
+        _replace(out / _slug(student) / "index.html", page(f"{student}: {got:g}/{most:g} points", (
+            "<p><a href='../index.html'>all students</a></p>" + _table(mine, lambda r: f"{_slug(r.notebook)}.html")
+            + f"<p>Feedback pages to give {html.escape(student)} (no hidden tests): "
+            f"{_feedback_links(out, student, rows)}</p>")))
     return rows
