@@ -375,7 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0)
     ev.set_defaults(func=_eval_tiny)
 
-    course = sub.add_parser("course", help="build blank notebooks from solutions, or check they are in sync")
+    course = sub.add_parser("course", help="build blank notebooks (and nbgrader's metadata) from solutions, or check "
+                                          "they are in sync")
     course.add_argument("action", choices=["build", "check"])
     course.add_argument("--solutions", default="solutions")
     course.add_argument("--notebooks", default="notebooks")

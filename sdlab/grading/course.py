@@ -1,11 +1,12 @@
-"""Blank student notebooks from the completed ones (nbgrader's markers, no nbgrader needed).
+"""Blank student notebooks from the completed ones, and nbgrader's metadata in the completed ones.
 
 In `solutions/`, exercise code sits between `### BEGIN SOLUTION` and `### END SOLUTION`, and
 grading tests between `### BEGIN HIDDEN TESTS` and `### END HIDDEN TESTS`; as in nbgrader, any
 comment line that contains BEGIN SOLUTION (END SOLUTION, …) is a marker, however many `#` it
 has. `build()` writes `notebooks/` with the solutions replaced by a hint and
-`raise NotImplementedError`, hidden tests removed and outputs cleared; `check()` says what is
-out of date.
+`raise NotImplementedError`, hidden tests removed and outputs cleared. It also keeps each
+solution an nbgrader source (`sdlab.grading.nbgrader`); a solution is rewritten only when that
+changes it. `check()` says what is out of date.
 """
 from __future__ import annotations
 
@@ -16,26 +17,21 @@ from pathlib import Path
 import nbformat
 
 from ..errors import SdlabInputError
+from .nbgrader import (  # nbgrader's markers, imported from here by the grader too
+    BEGIN_HIDDEN,
+    BEGIN_SOLUTION,
+    END_HIDDEN,
+    END_SOLUTION,
+    has_marker,
+    marker,
+    with_nbgrader,
+    without_ask_import,
+)
 
-BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
-BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
 TOKEN_PATTERN = re.compile(r"\bhf_[A-Za-z0-9]{30,}\b")
 
 
-def marker(line: str) -> str | None:
-    """The marker a line is (BEGIN_SOLUTION, END_HIDDEN, …), or None: a comment line that
-    contains "BEGIN SOLUTION" is BEGIN_SOLUTION whatever its spelling around it."""
-    stripped = line.strip()
-    if not stripped.startswith("#"):
-        return None
-    return next((m for m in (BEGIN_HIDDEN, END_HIDDEN, BEGIN_SOLUTION, END_SOLUTION) if m.lstrip("# ") in stripped),
-                None)
-
-
-def has_marker(source: str, which: str) -> bool:
-    """Whether a line of `source` is the marker `which` (e.g. BEGIN_HIDDEN)."""
-    return any(marker(line) == which for line in source.splitlines())
-
+# 1. Blank notebooks
 
 def exercise_name(cell) -> str:
     return cell.get("metadata", {}).get("sdlab", {}).get("exercise", "exercise")
@@ -71,11 +67,13 @@ def _is_empty(source: str) -> bool:
 
 
 def blank_notebook(solution: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """The blank version of a completed notebook (a new object; the solution is not changed).
-    Raises SdlabInputError for a marker without its pair, or an exercise cell with no solution."""
+    """The blank version of a completed notebook (a new object; the solution is not changed), with
+    no nbgrader metadata: nbgrader makes its own release. Raises SdlabInputError for a marker
+    without its pair, or an exercise cell with no solution."""
     nb = copy.deepcopy(solution)
     cells = []
     for cell in nb.cells:
+        cell.metadata.pop("nbgrader", None)
         if cell.cell_type == "code":
             meta = cell.get("metadata", {}).get("sdlab", {})
             if "exercise" in meta and not has_marker(cell.source, BEGIN_SOLUTION):
@@ -83,7 +81,8 @@ def blank_notebook(solution: nbformat.NotebookNode) -> nbformat.NotebookNode:
                                       f"{END_SOLUTION} region: put the markers around the code students write "
                                       f"(or remove its exercise metadata)")
             had_hidden = has_marker(cell.source, BEGIN_HIDDEN)
-            cell.source = blank_source(cell.source, exercise_name(cell), meta.get("hint", ""))
+            source = without_ask_import(cell.source) if had_hidden else cell.source
+            cell.source = blank_source(source, exercise_name(cell), meta.get("hint", ""))
             if had_hidden and _is_empty(cell.source):
                 continue  # a cell of hidden tests only: students never see it
             cell.outputs, cell.execution_count = [], None
@@ -95,6 +94,8 @@ def blank_notebook(solution: nbformat.NotebookNode) -> nbformat.NotebookNode:
         nb.metadata.pop(key, None)
     return nb
 
+
+# 2. The whole course
 
 def _pairs(solutions: str | Path, notebooks: str | Path) -> list[tuple[Path, Path]]:
     """(completed notebook, its blank) for each numbered notebook in `solutions`; none is an error,
@@ -110,38 +111,49 @@ def _text(nb) -> str:
     return nbformat.writes(nb) + "\n"
 
 
-def _blank_text(src: Path) -> str:
-    """The blank notebook of the solution `src`, as written to notebooks/; errors name `src`."""
+def _versions(src: Path) -> tuple[nbformat.NotebookNode, nbformat.NotebookNode, str]:
+    """The solution `src` as it is, as build leaves it (nbgrader's metadata in sync), and the text
+    of its blank; errors name `src`."""
     try:
-        return _text(blank_notebook(nbformat.read(src, as_version=4)))
+        solution = nbformat.read(src, as_version=4)
+        synced = with_nbgrader(solution)
+        return solution, synced, _text(blank_notebook(synced))
     except SdlabInputError as err:
         raise SdlabInputError(f"{src}: {err}") from None
 
 
 def build(solutions: str | Path = "solutions", notebooks: str | Path = "notebooks") -> list[Path]:
-    """Write the blank notebooks; returns the files written. Nothing is written when a solution
-    has a marker problem (SdlabInputError names it)."""
-    texts = [(dst, _blank_text(src)) for src, dst in _pairs(solutions, notebooks)]
+    """Write the blank notebooks, and the solutions whose nbgrader metadata is out of date;
+    returns the files written. Nothing is written when a solution has a problem (SdlabInputError
+    names it)."""
+    writes = []
+    for src, dst in _pairs(solutions, notebooks):
+        solution, synced, blank = _versions(src)
+        writes += [(src, _text(synced))] if synced != solution else []  # else the file stays byte for byte
+        writes.append((dst, blank))
     Path(notebooks).mkdir(parents=True, exist_ok=True)
     written = []
-    for dst, text in texts:
-        if not dst.exists() or dst.read_text(encoding="utf-8") != text:
-            dst.write_text(text, encoding="utf-8")
-            written.append(dst)
+    for path, text in writes:
+        if not path.exists() or path.read_text(encoding="utf-8") != text:
+            path.write_text(text, encoding="utf-8")
+            written.append(path)
     return written
 
 
 def check(solutions: str | Path = "solutions", notebooks: str | Path = "notebooks") -> list[str]:
-    """Problems found: blanks missing or out of date, stray blanks, outputs or tokens committed."""
-    problems = []
-    expected = set()
+    """Problems found: blanks missing or out of date, solutions whose nbgrader metadata is out of
+    date, stray blanks, outputs or tokens committed."""
+    problems, expected = [], set()
     for src, dst in _pairs(solutions, notebooks):
         expected.add(dst.name)
         try:
-            text = _blank_text(src)
+            solution, _, text = _versions(src)
         except SdlabInputError as err:
             problems.append(str(err))
             continue
+        if with_nbgrader(solution) != solution:
+            problems.append(f"{src} has nbgrader metadata out of date with its sdlab metadata: "
+                            f"run `sdlab course build`")
         if not dst.exists():
             problems.append(f"{dst} is missing: run `sdlab course build`")
         elif dst.read_text(encoding="utf-8") != text:

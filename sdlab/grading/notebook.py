@@ -19,6 +19,7 @@ import nbformat
 
 from ..errors import SdlabInputError
 from .course import BEGIN_HIDDEN, END_HIDDEN, has_marker, marker
+from .nbgrader import exercise_of
 from .outputs import clip_error, limit_outputs
 
 KERNEL = "python3"
@@ -108,7 +109,7 @@ def _sdlab(cell) -> dict:
 
 
 def _exercise(cell) -> str | None:
-    return _sdlab(cell).get("exercise") if cell.cell_type == "code" else None
+    return exercise_of(cell)  # sdlab's exercise name, else nbgrader's grade_id of a solution cell
 
 
 def _trusted(cell) -> None:
