@@ -1,6 +1,7 @@
 """nbgrader and sdlab read one course: `sdlab course build` keeps nbgrader's cell metadata in the
 solutions, real `nbgrader generate_assignment` and `autograde` give each student the points
-`sdlab grade` gives, and `sdlab grade` grades what nbgrader released.
+`sdlab grade` gives, and `sdlab grade` grades what nbgrader released. And publishing from a copy:
+`sdlab course build --repo OWNER/NAME[@BRANCH]` points every Colab badge and install cell there.
 
 The class is graded on a small course made here (hidden tests that `ask` the kernel, an exercise
 with two test cells) and on a copy of the real 00_setup, on the random-weight model."""
@@ -13,7 +14,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from sdlab import grading
+from sdlab import cli, grading
 from sdlab.errors import SdlabInputError
 from sdlab.grading import course
 from sdlab.grading import nbgrader as nbg
@@ -240,3 +241,76 @@ def test_nbgrader_and_sdlab_grade_one_class_alike(tmp_path, monkeypatch):
     assert [statuses["half", "01_quiz", e] for e in ("double", "squares")] == ["passed", "failed"]
     assert {statuses["perfect", n, e] for (s, n, e) in statuses if s == "perfect"} == {"passed"}
 
+
+# 3. Publishing from a copy
+
+def _copy_course(tmp_path: Path) -> Path:
+    """The course's notebooks in a folder of their own, with a pyproject.toml that names no repository."""
+    root = tmp_path / "course"
+    for folder in ("solutions", "notebooks"):
+        shutil.copytree(ROOT / folder, root / folder, ignore=shutil.ignore_patterns("*.md", "*.cfg"))
+    (root / "pyproject.toml").write_text('[project]\nname = "sdlab"\n')
+    return root
+
+
+def _course_cli(root: Path, *args: str) -> int:
+    return cli.main(["course", *args, "--solutions", str(root / "solutions"), "--notebooks", str(root / "notebooks")])
+
+
+def test_build_with_repo_points_every_notebook_at_the_copy_and_remembers_it(tmp_path, capsys):
+    root = _copy_course(tmp_path)
+    pyproject = (root / "pyproject.toml").read_text()
+    assert _course_cli(root, "build", "--repo", "you/my-sdlab@fall-2026") == 0
+    assert (root / "pyproject.toml").read_text().startswith(pyproject)
+    assert course.read_repo(root) == course.Repo("you", "my-sdlab", "fall-2026")
+    for path in sorted(root.glob("*/[0-9][0-9]_*.ipynb")):
+        text = "".join(c.source for c in nbformat.read(path, as_version=4).cells)
+        assert f"https://colab.research.google.com/github/you/my-sdlab/blob/fall-2026/notebooks/{path.name}" in text
+        assert "@ git+https://github.com/you/my-sdlab@fall-2026\"" in text
+        assert "sdlab-course" not in text
+    install = nbformat.read(root / "notebooks" / "06_face_repair.ipynb", as_version=4).cells[1].source
+    assert '"sdlab[course,faces] @ git+https://github.com/you/my-sdlab@fall-2026"' in install  # its extras kept
+    # remembered: a later build writes nothing, check agrees, and a notebook pointing elsewhere is flagged
+    capsys.readouterr()
+    assert _course_cli(root, "build") == 0 and capsys.readouterr().out == ""
+    assert course.check(root / "solutions", root / "notebooks") == []
+    blank = root / "notebooks" / "03_steps.ipynb"
+    blank.write_text(blank.read_text().replace("you/my-sdlab/blob/fall-2026", "sdlab-course/sdlab/blob/main"))
+    assert course.check(root / "solutions", root / "notebooks") == [
+        f"{blank} is out of date with {root / 'solutions' / '03_steps.ipynb'}: run `sdlab course build`",
+        f"{blank} has a Colab link or install cell that points elsewhere than you/my-sdlab@fall-2026 "
+        f"(the repository in pyproject.toml): run `sdlab course build`"]
+    # another repository, the default branch: one line of pyproject.toml changes
+    assert _course_cli(root, "build", "--repo", "school/sd-course") == 0
+    assert (root / "pyproject.toml").read_text() == pyproject + (
+        "\n[tool.sdlab]\n# where the course is published: the notebooks' Colab badges and install cells point "
+        "here (sdlab course build --repo)\nrepo = \"school/sd-course@main\"\n")
+    assert "github/school/sd-course/blob/main/notebooks/03_steps.ipynb" in blank.read_text()
+    assert course.check(root / "solutions", root / "notebooks") == []
+
+
+@pytest.mark.parametrize("repo", ["you", "https://github.com/you/sdlab", "you/sdlab/extra", "-you/sdlab",
+                                  "you/sdlab@", "you/sdlab@../main", "you/sdlab@-x", "you/sdlab.git", "you/ sdlab"])
+def test_a_repository_not_in_owner_name_branch_form_is_refused(tmp_path, capsys, repo):
+    root = _copy_course(tmp_path)
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    with pytest.raises(SdlabInputError, match=r"must be OWNER/NAME or OWNER/NAME@BRANCH"):
+        course.build(root / "solutions", root / "notebooks", repo=repo)
+    assert _course_cli(root, "build", f"--repo={repo}") == 2
+    assert "OWNER/NAME@BRANCH" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+    assert _course_cli(root, "check", "--repo", "you/sdlab") == 2
+
+
+def test_the_remembered_repository_is_one_line_of_the_sdlab_table(tmp_path):
+    text = '[project]\nname = "x"\n\n[tool.sdlab]\nother = 1\n\n[tool.ruff]\nline-length = 119\n'
+    (tmp_path / "pyproject.toml").write_text(text)
+    assert course.read_repo(tmp_path) is None
+    course.remember_repo(tmp_path, course.parse_repo("a/b@dev/x"))
+    assert (tmp_path / "pyproject.toml").read_text() == text.replace("other = 1", 'repo = "a/b@dev/x"\nother = 1')
+    course.remember_repo(tmp_path, course.parse_repo("c/d"))
+    assert (tmp_path / "pyproject.toml").read_text() == text.replace("other = 1", 'repo = "c/d@main"\nother = 1')
+    assert course.read_repo(tmp_path) == course.Repo("c", "d", "main")
+    (tmp_path / "pyproject.toml").write_text(text.replace("other = 1", "repo = 'not a repo'"))
+    with pytest.raises(SdlabInputError, match=r"pyproject.toml, \[tool.sdlab\] repo: the repository must be"):
+        course.read_repo(tmp_path)
