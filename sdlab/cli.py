@@ -150,8 +150,11 @@ def _course(args) -> None:
     from .grading import course  # keeps `sdlab --help` fast
 
     if args.action == "build":
-        for path in course.build(args.solutions, args.notebooks):
+        for path in course.build(args.solutions, args.notebooks, repo=args.repo):
             print(path)
+    elif args.repo is not None:
+        raise SdlabInputError("--repo goes with `sdlab course build`; `check` checks against the repository that "
+                              "build remembered in pyproject.toml")
     else:
         problems = course.check(args.solutions, args.notebooks)
         for problem in problems:
@@ -378,10 +381,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0)
     ev.set_defaults(func=_eval_tiny)
 
-    course = sub.add_parser("course", help="build blank notebooks from solutions, or check they are in sync")
+    course = sub.add_parser("course", help="build blank notebooks (and nbgrader's metadata) from solutions, or check "
+                                          "they are in sync")
     course.add_argument("action", choices=["build", "check"])
     course.add_argument("--solutions", default="solutions")
     course.add_argument("--notebooks", default="notebooks")
+    course.add_argument("--repo", metavar="OWNER/NAME[@BRANCH]",
+                        help="build: point every notebook's Colab badge and install cell at this GitHub repository "
+                             "(branch main unless given), and remember it in pyproject.toml for later builds")
     course.set_defaults(func=_course)
 
     srv = sub.add_parser("serve", help="the web app: Gradio UI and REST API in one server")

@@ -295,7 +295,7 @@ def test_course_markers_are_read_as_nbgrader_reads_them(tmp_path):
         _code("#BEGIN HIDDEN TESTS\nassert secret == 42\n  ##  END HIDDEN TESTS", grade="answer", points=2),
     ])
     nbformat.write(nb, solutions / "00_m.ipynb")
-    assert course.build(solutions, blanks) == [blanks / "00_m.ipynb"]
+    assert course.build(solutions, blanks) == [solutions / "00_m.ipynb", blanks / "00_m.ipynb"]  # + nbgrader metadata
     blank = nbformat.read(blanks / "00_m.ipynb", as_version=4)
     assert [c.source for c in blank.cells] == [
         "x = 1\n# YOUR CODE HERE\nraise NotImplementedError(\"Exercise 'answer': the answer\")"]

@@ -25,6 +25,7 @@ import nbformat
 from ..errors import SdlabInputError
 from .course import BEGIN_HIDDEN, END_HIDDEN, has_marker, marker
 from .judge import Judge
+from .nbgrader import exercise_of
 from .outputs import MAX_CHARS, clip_error, limit_outputs
 from .sandbox import Cgroup, Sandbox, kernel_manager
 from .values import MIME, expression
@@ -128,7 +129,7 @@ def _sdlab(cell) -> dict:
 
 
 def _exercise(cell) -> str | None:
-    return _sdlab(cell).get("exercise") if cell.cell_type == "code" else None
+    return exercise_of(cell)  # sdlab's exercise name, else nbgrader's grade_id of a solution cell
 
 
 def _trusted(cell) -> None:
