@@ -56,7 +56,8 @@ def _arithmetic_course(root: Path) -> Path:
         # the markers as nbgrader also reads them: any comment line that holds BEGIN SOLUTION, …
         _code('#BEGIN SOLUTION\ngreeting = open("../images/hello.txt").read()\n# END SOLUTION',
               exercise="greeting", hint="read it"),
-        _code("## BEGIN HIDDEN TESTS\nassert ask('greeting') == 'hello'\n## END HIDDEN TESTS", grade="greeting", points=1),
+        _code("## BEGIN HIDDEN TESTS\nassert ask('greeting') == 'hello'\n## END HIDDEN TESTS", grade="greeting",
+              points=1),
     ])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     (root / "solutions").mkdir()

@@ -72,11 +72,13 @@ def hostile_class(tmp_path_factory):
         "patcher": ("import builtins, numpy\nfrom sdlab import checks\nnumpy.array_equal = lambda *a, **k: True\n"
                     "for name in dir(checks):\n    if callable(getattr(checks, name)):\n"
                     "        setattr(checks, name, lambda *a, **k: True)\n"
-                    "builtins.AssertionError = type('AssertionError', (Exception,), {})", {"squares": "squares = None"}),
+                    "builtins.AssertionError = type('AssertionError', (Exception,), {})",
+                    {"squares": "squares = None"}),
         # every later cell that is not the student's own becomes `pass`
         "transformer": ("get_ipython().input_transformers_cleanup.append(\n"
-                        "    lambda lines: ['pass\\n'] if any(w in ''.join(lines) for w in ('assert', 'grading', 'ask'))"
-                        " else lines)\nget_ipython().ast_transformers.clear()", {"squares": "squares = None"}),
+                        "    lambda lines: ['pass\\n'] if any(w in ''.join(lines)"
+                        " for w in ('assert', 'grading', 'ask')) else lines)\n"
+                        "get_ipython().ast_transformers.clear()", {"squares": "squares = None"}),
         # the kernel's replies all say ok
         "replier": ("kernel = get_ipython().kernel\nkernel._orig_send = kernel.session.send\n"
                     "def send(stream, msg, *a, **k):\n"
@@ -96,7 +98,8 @@ def hostile_class(tmp_path_factory):
                    f"for path in [{str(solutions / 'extra.txt')!r}, {str(solutions / '00_arith.ipynb')!r}, "
                    f"{str(grade_files)!r}, {str(subs / 'honest' / '00_arith.ipynb')!r}]:\n"
                    f"    try:\n        pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)\n"
-                   f"        pathlib.Path(path).write_text('{{}}')\n    except OSError as err:\n        print(err)", {}),
+                   f"        pathlib.Path(path).write_text('{{}}')\n"
+                   f"    except OSError as err:\n        print(err)", {}),
         # a process in a session of its own, to rewrite the report once grading is over
         "detached": ("import subprocess\n"
                      f"subprocess.Popen(['/bin/sh', '-c', 'sleep {marker}; echo {{}} > {grade_files}'], "

@@ -13,7 +13,8 @@ sdlab marks code with nbgrader's own markers (`### BEGIN SOLUTION` … `### END 
 (all with "schema_version": 3). Other cells get none: nbgrader runs the student's version of
 them, as `sdlab grade` does. A hidden test that calls `ask(...)` gets `ASK_IMPORT` as its first
 line, outside the hidden region: sdlab's grader gives the test an `ask` that reaches the student's
-kernel from outside, but nbgrader runs the test in that kernel, where `ask` must be imported.
+kernel from outside, but nbgrader runs the test in that kernel, where `ask` must be imported
+(unless the test imports it itself: the judge's `sdlab.grading.values.ask` is its relay too).
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
 SCHEMA_VERSION = 3  # the cell metadata schema of nbgrader 0.6 to 0.9
 ASK_IMPORT = "from sdlab.grading.values import ask  # nbgrader runs the hidden tests in this kernel"
 ASK_CALL = re.compile(r"(?<![\w.])ask\s*\(")
+IMPORTS_ASK = re.compile(r"^\s*from sdlab\.grading\.values import .*\bask\b", re.M)  # a test that imports it itself
 GRADE_ID = re.compile(r"^[A-Za-z0-9_-]+$")  # what nbgrader's schema allows in a grade_id
 
 
@@ -64,7 +66,8 @@ def with_ask_import(source: str) -> str:
     """A hidden-test cell's source, with ASK_IMPORT as its first line when its hidden tests call
     `ask(` and without it otherwise."""
     plain = without_ask_import(source)
-    return f"{ASK_IMPORT}\n{plain}" if ASK_CALL.search(_hidden_lines(plain)) else plain
+    hidden = _hidden_lines(plain)
+    return f"{ASK_IMPORT}\n{plain}" if ASK_CALL.search(hidden) and not IMPORTS_ASK.search(hidden) else plain
 
 
 def _sdlab(cell) -> dict:
