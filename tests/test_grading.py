@@ -220,8 +220,12 @@ def test_report_pages_and_parameters(arithmetic_class):
     assert len(injected) == 1 and "n = 4" in injected[0] and "model" not in injected[0]
     # each hidden test runs right after its exercise's self-check, as in the solution
     sources = [c.source for c in executed.cells if c.cell_type == "code"]
-    at = sources.index("# hidden tests of 'squares' (2 points)\nassert squares == [i * i for i in range(n)]")
+    at = sources.index("# hidden tests of 'squares' (2 points)\n"
+                       'assert ask("squares") == [i * i for i in range(ask("n"))]')
     assert sources[at - 1].startswith("assert len(squares) == n")
+    # it ran in the judge: the kernel never saw it, and the page says how it went
+    assert executed.cells[[c.source for c in executed.cells].index(sources[at])].outputs[0].text == \
+        "the hidden tests passed\n"
     assert json.loads((out / "corrupted" / "00_arith.grade.json").read_text())["grades"][0]["status"] == "invalid"
     # with no submissions, the report is rebuilt from what the folder holds
     (out / "grades.csv").unlink()
@@ -271,7 +275,8 @@ def test_the_kernels_temporary_files_go_with_its_folder(tmp_path, monkeypatch):
         _code(_solution("import tempfile\nscratch = tempfile.mkdtemp()\n"
                         "open(scratch + '/big.bin', 'wb').write(bytes(1000))"), exercise="scratch"),
         _code("print(scratch)"),
-        _code(_hidden("import os\nassert os.path.getsize(scratch + '/big.bin') == 1000"), grade="scratch"),
+        _code(_hidden("import os\nfrom sdlab.grading.values import ask, inside_copy\n\n"
+                      "assert os.path.getsize(inside_copy(ask('scratch')) / 'big.bin') == 1000"), grade="scratch"),
     ])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, solutions / "00_tmp.ipynb")

@@ -43,6 +43,7 @@ STATUSES = {  # every status but the first scores 0
 }
 TIMEOUT_ENAME = "TimeoutError"
 JUDGE_START = 120  # seconds a judge may take to start, or to load a model, on a busy machine
+ASK_TIMEOUT = 30  # the least time one of its questions to the kernel may take (a busy machine, a long output)
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # nbclient logs each timeout and interrupt; the grades say it, so keep it off the terminal
 KERNEL_LOG = logging.getLogger("sdlab.grading.nbclient")
@@ -215,11 +216,11 @@ def execute(nb: nbformat.NotebookNode, workdir: Path, timeout: float, env: dict,
         not). It goes as a user expression of a silent request, which no cell hook or transformer
         of the student's sees; past `timeout` the kernel is interrupted."""
         sent = client.kc.execute("", silent=True, store_history=False, user_expressions={"value": expression(code)})
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + max(timeout, ASK_TIMEOUT)
         while True:
             if time.monotonic() > deadline:
                 run_sync(client.km.interrupt_kernel)()
-                return None, f"{TIMEOUT_ENAME}: sdlab grade interrupted the cell after {timeout:g} s"
+                return None, f"{TIMEOUT_ENAME}: sdlab grade interrupted the cell after {max(timeout, ASK_TIMEOUT):g} s"
             try:
                 msg = run_sync(client.kc.get_shell_msg)(timeout=min(1.0, max(0.01, deadline - time.monotonic())))
             except Empty:
