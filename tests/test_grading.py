@@ -224,8 +224,8 @@ def test_report_pages_and_parameters(arithmetic_class):
                        'assert ask("squares") == [i * i for i in range(ask("n"))]')
     assert sources[at - 1].startswith("assert len(squares) == n")
     # it ran in the judge: the kernel never saw it, and the page says how it went
-    assert executed.cells[[c.source for c in executed.cells].index(sources[at])].outputs[0].text == \
-        "the hidden tests passed\n"
+    test = executed.cells[[c.source for c in executed.cells].index(sources[at])]
+    assert test.execution_count is None and [o.get("ename") for o in test.outputs] == ["AssertionError"]
     assert json.loads((out / "corrupted" / "00_arith.grade.json").read_text())["grades"][0]["status"] == "invalid"
     # with no submissions, the report is rebuilt from what the folder holds
     (out / "grades.csv").unlink()

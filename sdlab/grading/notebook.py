@@ -25,7 +25,7 @@ import nbformat
 from ..errors import SdlabInputError
 from .course import BEGIN_HIDDEN, END_HIDDEN, has_marker, marker
 from .judge import Judge
-from .nbgrader import exercise_of
+from .nbgrader import exercise_of, without_ask_import
 from .outputs import MAX_CHARS, clip_error, limit_outputs
 from .sandbox import Cgroup, Sandbox, kernel_manager
 from .values import MIME, expression
@@ -151,7 +151,8 @@ def with_hidden_tests(student: nbformat.NotebookNode, tests: list[HiddenTest]) -
         _trusted(cell)
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
-            cell.source = _split_hidden(cell.source)[0] if has_marker(cell.source, BEGIN_HIDDEN) else cell.source
+            if has_marker(cell.source, BEGIN_HIDDEN):  # its hidden tests go; so does nbgrader's import for them
+                cell.source = without_ask_import(_split_hidden(cell.source)[0])
             if not cell.source.strip():
                 continue
         cells.append(cell)
