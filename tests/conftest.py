@@ -50,3 +50,23 @@ def browser(tmp_path):
     driver = chromium_driver(Path(tmp_path) / "profile")
     yield driver
     driver.quit()
+
+
+# what `make check` leaves out (`make test` runs them all): the modules that run notebooks, kernels, a
+# browser, benchmarks or training, and single tests that took 10 s or more on 2 cores
+SLOW_MODULES = {"test_notebooks", "test_grading", "test_grading_hostile", "test_grading_submissions",
+                "test_nbgrader", "test_bench", "test_app_browser", "test_distributed", "test_tiny_train",
+                "test_a1111", "test_packaging", "test_faces"}
+SLOW_TESTS = {"test_on_sdlab_tiny_the_shape_word_acts_on_the_object_and_background_off_it",
+              "test_the_schedulers_offered_for_a_model_run_it_at_every_step_count",
+              "test_behaviour_measures_the_curves_the_course_shows", "test_preset_resolves_from_an_installed_wheel",
+              "test_cli_feedback_demo_rates_finetunes_and_measures",
+              "test_adherence_on_held_out_prompts_and_guidance_matters", "test_plain_diffusers_loads_it_offline",
+              "test_cli_bad_arguments_exit_nonzero_without_traceback",
+              "test_a_weight_below_one_weakens_its_attribute_measured"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__.rpartition(".")[2] in SLOW_MODULES or item.originalname in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)

@@ -32,7 +32,6 @@ import traceback
 from pathlib import Path
 from queue import Empty, Queue
 
-from . import values
 from .values import AskError, decode
 
 TIMEOUT_ENAME = "TimeoutError"
@@ -99,7 +98,8 @@ def main() -> None:
     os.dup2(2, 1)  # what tests and libraries print goes to stderr, never into the protocol
     sys.stdout = sys.stderr
     tests = _Tests(sys.stdin, outgoing)
-    values.ask, values.inside_copy = tests.ask, tests.inside_copy  # what `from sdlab.grading.values import ask` gets
+    values = sys.modules[decode.__module__]  # sdlab.grading.values: `from ... import ask` in a test gets the relay
+    values.ask, values.inside_copy = tests.ask, tests.inside_copy
     for line in sys.stdin:
         message = json.loads(line)
         if "setup" in message:

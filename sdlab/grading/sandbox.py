@@ -21,6 +21,7 @@ says what is not protected; `sandbox="require"` refuses to grade instead.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 import shutil
 import signal
@@ -149,8 +150,6 @@ class Cgroup:
 def _readable(protected: list[Path]) -> list[Path]:
     """What the kernel reads: Python, its packages and sdlab (with the shipped model), and the models'
     caches; never a folder holding something protected (then only sdlab's own folders of it)."""
-    import importlib.util
-
     places = [Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix), *map(Path, site.getsitepackages())]
     places += [Path(p) for p in [site.getusersitepackages(), *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
                if p and Path(p).exists()]
