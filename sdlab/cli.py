@@ -449,8 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "the models, only its copy writable (auto: where bwrap works, else a warning; require: "
                      "refuse without it)")
     grd.add_argument("--memory", type=float, default=8, help="GiB of memory one process of a submission may "
-                     "take (address space)")
-    grd.add_argument("--processes", type=int, default=256, help="processes one submission may run at once")
+                     "allocate (RLIMIT_DATA)")
+    grd.add_argument("--processes", type=int, default=1024, help="processes and threads a submission may run")
     grd.set_defaults(func=_grade)
 
     faces = sub.add_parser("faces", help="repair the faces in a photo (GFPGAN, or 'classical' offline)")

@@ -10,7 +10,8 @@ With bubblewrap (`bwrap`, Debian's `bubblewrap`), a student's kernel runs in its
   packages read-only, the models' caches read-only, and one writable folder, the submission's
   temporary course copy; the solutions, the hidden tests, the report and other students' copies
   are not there at all;
-- limits per process on memory (address space), file size and CPU time, and on the number of
+- limits per process on memory (RLIMIT_DATA: what it allocates; not its address space, which a browser
+  such as headless Chromium reserves by the terabyte), file size and CPU time, and on the number of
   processes (`Limits`). The process limit is the kernel's RLIMIT_NPROC, which Linux does not apply
   to root: a grader run as root bounds processes with a cgroup (`Cgroup`) where it may make one.
 
@@ -45,7 +46,7 @@ ETC = ("alternatives", "fonts", "group", "hosts", "ld.so.cache", "ld.so.conf", "
 SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 # set inside the sandbox, before the kernel starts: the limits, then the kernel itself
 LIMITS = ("import os, resource as r, sys\n"
-          "for name, value in zip(('AS', 'NPROC', 'FSIZE', 'CPU'), sys.argv[1:5]):\n"
+          "for name, value in zip(('DATA', 'NPROC', 'FSIZE', 'CPU'), sys.argv[1:5]):\n"
           "    limit = getattr(r, 'RLIMIT_' + name)\n"
           "    value = min(int(value), r.getrlimit(limit)[1]) if r.getrlimit(limit)[1] != r.RLIM_INFINITY "
           "else int(value)\n"
@@ -60,7 +61,7 @@ class Limits:
     `processes` for the whole submission, `cpu_seconds` per process (None: from the timeout)."""
 
     memory: int = 8 * GiB
-    processes: int = 256
+    processes: int = 1024  # tasks: threads count too (torch, a web server and a browser use hundreds)
     file_size: int = 2 * GiB
     cpu_seconds: int | None = None
 
