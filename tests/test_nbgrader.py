@@ -19,25 +19,11 @@ from sdlab.errors import SdlabInputError
 from sdlab.grading import course
 from sdlab.grading import nbgrader as nbg
 
+sys.path.insert(0, str(Path(__file__).parent))
+from test_grading import _code, _hidden, _solution  # noqa: E402  the small course's cell makers
+
 ROOT = Path(__file__).resolve().parent.parent
 ASSIGNMENT = "ps1"
-
-
-def _code(source, **sdlab):
-    cell = nbformat.v4.new_code_cell(source)
-    if sdlab.pop("parameters", False):
-        cell.metadata["tags"] = ["parameters"]
-    if sdlab:
-        cell.metadata["sdlab"] = sdlab
-    return cell
-
-
-def _solution(code):
-    return f"{course.BEGIN_SOLUTION}\n{code}\n{course.END_SOLUTION}"
-
-
-def _hidden(code):
-    return f"{course.BEGIN_HIDDEN}\n{code}\n{course.END_HIDDEN}"
 
 
 def _quiz() -> nbformat.NotebookNode:

@@ -327,12 +327,16 @@ def score(nb: nbformat.NotebookNode, replies: dict, stopped: str, student: str, 
     return list(grades.values())
 
 
+def _parameters_source(solution: nbformat.NotebookNode) -> str:
+    """The Python of the solution's `parameters` cell (its IPython magics left out; "" when none)."""
+    cell = next((c for c in solution.cells if "parameters" in c.metadata.get("tags", [])), None)
+    return "" if cell is None else "\n".join(line for line in cell.source.splitlines()
+                                             if not line.lstrip().startswith("%"))
+
+
 def _parameters_in(solution: nbformat.NotebookNode) -> set[str]:
     """The names the solution's `parameters` cell assigns."""
-    cell = next((c for c in solution.cells if "parameters" in c.metadata.get("tags", [])), None)
-    if cell is None:
-        return set()
-    tree = ast.parse("\n".join(line for line in cell.source.splitlines() if not line.lstrip().startswith("%")))
+    tree = ast.parse(_parameters_source(solution))
     return {t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
             for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)}
 
@@ -419,9 +423,7 @@ def _grade_notebook(sub, solution, tests, images, timeout, parameters, env, sand
         judge = Judge(against or folder, {**env, "SDLAB_PROGRESS": "0"}, log)
         stack.callback(judge.close)
         values = {k: v for k, v in parameters.items() if k in wanted}
-        source = next((c.source for c in solution.cells if "parameters" in c.metadata.get("tags", [])), "")
-        ready = judge.setup("\n".join(line for line in source.splitlines() if not line.lstrip().startswith("%")),
-                            values, folder, JUDGE_START)
+        ready = judge.setup(_parameters_source(solution), values, folder, JUDGE_START)
         if ready.get("status") != "ok":
             raise RuntimeError(f"the judge could not start: {ready.get('ename')}: {ready.get('evalue')}")
         try:
