@@ -167,7 +167,8 @@ def _serve(args) -> None:
 
     limits = FinetuneLimits(args.max_finetune_steps, args.max_finetune_minutes, args.keep_versions)
     serve(args.model, host=args.host, port=args.port, share=args.share, max_queue=args.max_queue,
-          max_work=args.max_work, max_side=args.max_side, finetune_limits=limits, token=args.operator_token)
+          max_work=args.max_work, max_side=args.max_side, finetune_limits=limits, token=args.operator_token,
+          max_batch=args.max_batch, batch_window=args.batch_window_ms / 1000)
 
 
 def _feedback_demo(args) -> None:
@@ -392,6 +393,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "image-steps at the model's own size (default 1600: 64 images at 25 steps)")
     srv.add_argument("--max-side", type=int, default=None, help="the largest width or height served (default: 8 "
                      "times the model's own size, e.g. 512 for sdlab-tiny)")
+    srv.add_argument("--max-batch", type=int, default=8, help="images in one pipeline call at most: requests that "
+                     "arrive together share a call (default 8; 1: one image per call)")
+    srv.add_argument("--batch-window-ms", type=float, default=15, help="how long the first request waits for others "
+                     "to share its call (default 15 ms)")
     srv.add_argument("--max-finetune-steps", type=int, default=1000, help="steps one fine-tune may ask for")
     srv.add_argument("--max-finetune-minutes", type=float, default=30, help="a fine-tune stops after this long")
     srv.add_argument("--keep-versions", type=int, default=5, help="fine-tuned versions kept (the oldest go)")
