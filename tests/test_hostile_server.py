@@ -207,6 +207,33 @@ def test_requests_that_can_share_a_call_are_merged_in_fair_order_and_others_wait
                      [("a", 3), ("a", 4), ("a", 5)], [("d", 1)]]
 
 
+def test_after_a_call_the_line_waits_for_the_clients_it_answered():
+    """Clients that ask again 0.15 s after their answer, with a window of 0.1 s: without waiting for
+    them, the first client's requests would take calls of their own, turn about with the others'."""
+    sizes = []
+
+    def run(pieces):
+        sizes.append(sum(len(piece) for piece in pieces))
+        time.sleep(0.2)
+        return [[None] * len(piece) for piece in pieces]
+
+    batcher = Batcher(run, max_batch=8, window=0.1)
+
+    def client(name, start):
+        time.sleep(start)
+        for _ in range(3):
+            batcher.serve(Job(name, "same settings", 1))
+            time.sleep(0.15)  # reading the answer
+
+    # the first client's first request is alone in the first call (0.1–0.3 s); the others come at 0.2 s
+    threads = [threading.Thread(target=client, args=(name, 0 if name == "a" else 0.2)) for name in "abcd"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert sizes == [1, 4, 4, 3]
+
+
 def test_a_waiting_request_whose_client_left_leaves_the_line():
     batcher, calls = _recording_batcher(size=2)
     gone, outcome = threading.Event(), []

@@ -1,15 +1,21 @@
 """The line for the pipeline: a fair, bounded queue whose worker merges requests into batches.
 
 A pipeline call for 8 images costs far less than 8 calls for one (on a GPU, about the time of one),
-so requests that arrive together are served by one call. A worker thread takes what is waiting:
-it starts a call once `max_batch` images wait or the oldest waiting request has waited `window`
-seconds, and fills it image by image in fair order: the next image goes to the client served
-longest ago (among its requests, the one served longest ago; first come first), so one client's
-many requests, or one request for many images, cannot hold back another's. Only requests that can
+so requests that arrive together are served by one call. A worker thread takes what is waiting.
+It starts a call at once when `max_batch` images wait. Otherwise it gives the others time to come:
+`window` seconds with no new request (from the last one that came, or the end of the last call),
+and at most `GATHER_WINDOWS` windows; and, right after a call, until the clients it answered are
+back (as many new requests have come as it answered), for at most `GATHER_WINDOWS` windows too.
+(Without that wait, the first client back would take the next call alone while the others are
+still sending, and they the call after, again and again: two calls where one would do.)
+
+It fills the call image by image in fair order: the next image goes to the client served longest
+ago (among its requests, the one served longest ago; first come first), so one client's many
+requests, or one request for many images, cannot hold back another's. Only requests that can
 share a call are merged (equal `key`); a request for many images is served in pieces, interleaved
 with the others'. An image of `cost` c (its pixels over the model's own) counts as c images
-towards `max_batch`, so a call of big images is not longer than a call of `max_batch` at the model's
-size; one image is always taken.
+towards `max_batch`, so that a call of big images takes no longer than a call of `max_batch` at
+the model's size; one image is always taken.
 
 At most `size` requests are in line (running ones included); more are refused (`BusyError`).
 A waiting request whose `gone()` turns true leaves the line (`ClientGone`); a running call is
@@ -34,6 +40,9 @@ class BusyError(RuntimeError):
 
 class ClientGone(RuntimeError):
     """The client that asked for the work went away, so nobody waits for it."""
+
+
+GATHER_WINDOWS = 4  # the longest a request waits for others to share its call, in windows
 
 
 def never() -> bool:
@@ -92,6 +101,10 @@ class Batcher:
         self._worker: threading.Thread | None = None
         self._calling = False
         self._holds = 0
+        self._last_event = 0.0  # when the last request came or the last call ended
+        self._ended = 0.0  # when the last call ended
+        self._answered = 0  # requests the last call finished
+        self._came = 0  # requests that came since the last call ended
 
     def __len__(self) -> int:
         with self._cond:
@@ -105,6 +118,8 @@ class Batcher:
                 raise BusyError(f"the server is busy: {self.size} requests are in line (at most {self.size}); "
                                 f"try again in a few seconds")
             job.number, job.arrived = next(self._numbers), time.monotonic()
+            self._last_event = job.arrived
+            self._came += 1
             self._jobs.append(job)
             if self._worker is None:
                 self._worker = threading.Thread(target=self._work, name="sdlab-batcher", daemon=True)
@@ -150,7 +165,8 @@ class Batcher:
             except Exception as err:  # noqa: BLE001 - it goes to the requests of this call
                 outputs, error = None, err
             with self._cond:
-                self._calling = False
+                self._calling, self._came = False, 0
+                self._ended = self._last_event = time.monotonic()
                 self.calls += 1
                 self.images += sum(len(piece) for piece in pieces)
                 for k, piece in enumerate(pieces):
@@ -162,11 +178,11 @@ class Batcher:
                     job.outputs.update(zip(range(piece.start, piece.stop), outputs[k], strict=True))
                     if len(job.outputs) == job.size:
                         self._finish(job)
+                self._answered = sum(piece.job.finished for piece in pieces)
                 self._cond.notify_all()
 
     def _next_call(self) -> list[Piece]:
-        """Wait until a call is due (`max_batch` images wait, or the oldest waiting request has
-        waited `window`), then take its pieces; [] when nothing waits."""
+        """Wait until a call is due (see the module's doc), then take its pieces; [] when nothing waits."""
         while True:
             self._drop_gone()
             waiting = [job for job in self._jobs if job.taken < job.size]
@@ -175,9 +191,15 @@ class Batcher:
             if self._holds:
                 self._cond.wait(0.1)
                 continue
-            due = min(job.arrived for job in waiting) + self.window
-            now = time.monotonic()
-            if sum(job.size - job.taken for job in waiting) >= self.max_batch or now >= due:
+            now, longest = time.monotonic(), GATHER_WINDOWS * self.window
+            just_after = now < self._ended + longest
+            back = just_after and 0 < self._answered <= self._came  # as many came as the last call answered
+            if just_after and self._came < self._answered:
+                due = self._ended + longest  # its clients are not all back yet
+            else:
+                oldest = max(self._ended, min(job.arrived for job in waiting))
+                due = min(self._last_event + self.window, oldest + longest)
+            if sum(job.size - job.taken for job in waiting) >= self.max_batch or back or now >= due:
                 return self._take(waiting)
             self._cond.wait(due - now)
 
