@@ -350,10 +350,10 @@ def plan_generation(pipe, prompt: str | list[str], *, negative_prompt: str | lis
                           width=width, strength=strength, image=image, mask_image=mask_image)
     negatives = negative_prompts(negative_prompt, prompts)
     check_noise_inputs(image, latents, variation_seed, variation_strength)
-    # the check builds a scheduler of its own (schedulers keep state): the caller's pipeline is left as it is
-    call_scheduler = own_scheduler(pipe, scheduler)
-    check_scheduler_steps(call_scheduler, num_inference_steps, from_noise=image is None, max_steps=MAX_STEPS)
-    if type(call_scheduler) is type(pipe.scheduler) and call_scheduler.config == pipe.scheduler.config:
+    named = own_scheduler(pipe, scheduler) if scheduler is not None else None
+    check_scheduler_steps(named or pipe.scheduler, num_inference_steps, from_noise=image is None,
+                          max_steps=MAX_STEPS)  # it only reads the scheduler
+    if named is not None and type(named) is type(pipe.scheduler) and named.config == pipe.scheduler.config:
         scheduler = None  # the pipeline's own, by its name: the same plan as leaving it out
     for text in dict.fromkeys(prompts + negatives):
         if is_weighted(text):
