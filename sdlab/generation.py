@@ -1,7 +1,9 @@
 """generate(): images from a pipeline, each carrying every parameter that made it.
 
 It follows the diffusers pipeline's own order: 1. check inputs, 2. seeds and latents,
-3. run the pipeline once for the whole batch, 4. attach parameters and timing.
+3. run the pipeline once for the whole batch, 4. attach parameters and timing. `plan_generation`
+is the first phase (and the seeds), `run_plan` the rest: a class server (`sdlab.app`) plans each
+request when it comes and runs the plans of requests that came together in one call.
 """
 from __future__ import annotations
 
@@ -324,10 +326,15 @@ def plan_generation(pipe, prompt: str | list[str], *, negative_prompt: str | lis
                     height: int | None = None, width: int | None = None, scheduler: str | None = None,
                     image: Image.Image | None = None, strength: float = 0.8, mask_image: Image.Image | None = None,
                     latents: torch.Tensor | None = None, variation_seed: int | None = None,
-                    variation_strength: float = 0.0) -> GenerationPlan:
+                    variation_strength: float = 0.0, tokenizer=None) -> GenerationPlan:
     """generate()'s first phase: check every argument before any work (each refusal names the
     argument, the value and the fix), warn about prompts CLIP will cut, choose the model's defaults
-    and each image's seed (random ones drawn now)."""
+    and each image's seed (random ones drawn now).
+
+    tokenizer: what counts the prompts' tokens (None: the pipeline's). A tokenizer must not be used
+    by two threads at once (its settings change on every call), so a server that plans requests
+    while the pipeline runs passes a copy of its own.
+    """
     check(isinstance(prompt, (str, list, tuple)), f"prompt must be a string or a list of strings, got "
                                                   f"{type(prompt).__name__}")
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -359,7 +366,7 @@ def plan_generation(pipe, prompt: str | list[str], *, negative_prompt: str | lis
         if is_weighted(text):
             to_compel(text)  # a malformed weight is refused here, before any work
     for text in dict.fromkeys(prompts + negatives):
-        warn_if_truncated(pipe.tokenizer, text, stacklevel=4)
+        warn_if_truncated(tokenizer or pipe.tokenizer, text, stacklevel=4)
 
     # one seed per image (the images' own prompts and negative prompts beside them)
     all_prompts = tuple(p for p in prompts for _ in range(num_images_per_prompt))

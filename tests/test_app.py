@@ -357,6 +357,28 @@ def test_the_ui_and_rest_wait_in_the_same_line_and_share_a_call(live, app, clien
     assert read_params(downloaded) == alone.params and _alike(downloaded, alone.image)
 
 
+def test_requests_are_planned_without_the_tokenizer_the_running_call_uses(tiny_pipe, monkeypatch):
+    """A tokenizer's settings change on every call: planning a request with the pipeline's own while a
+    call tokenizes its batch once cut that batch's padding short (a 500 for every request in it)."""
+    import threading
+
+    studio, used = Studio(tiny_pipe), []
+    tokenize = type(tiny_pipe.tokenizer).__call__
+
+    def spy(tokenizer, *args, **kwargs):
+        if tokenizer is studio.pipe.tokenizer:
+            used.append(threading.current_thread().name)
+        return tokenize(tokenizer, *args, **kwargs)
+
+    monkeypatch.setattr(type(tiny_pipe.tokenizer), "__call__", spy)
+    long_prompt = " ".join([PROMPT] * 12)  # planning counts its tokens, to warn
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda seed: studio.generate(long_prompt if seed % 2 else PROMPT, seed=seed,
+                                                             num_inference_steps=2), range(4)))
+    assert [len(warnings) for _, warnings in answers] == [0, 1, 0, 1]
+    assert used and set(used) == {"sdlab-batcher"}  # only the worker, in its calls
+
+
 def test_studio_refuses_beyond_its_line(tiny_pipe):
     studio = Studio(tiny_pipe, max_queue=1)
     with ThreadPoolExecutor(1) as pool, studio.batcher.hold():

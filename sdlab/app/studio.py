@@ -14,7 +14,9 @@ store, `record()` keeps every image made, so that it can be rated.
 """
 from __future__ import annotations
 
+import copy
 import itertools
+import threading
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -86,6 +88,10 @@ class Studio:
         check(is_number(batch_window) and 0 <= batch_window <= 1,  # NaN fails both comparisons
               f"batch_window must be from 0 to 1 second, got {batch_window!r}; 0.015 is usual")
         self.pipe = pipe
+        # requests are planned in their own threads while the worker runs the pipeline, whose tokenizer
+        # must not be used by two threads at once: planning has a copy of its own, one request at a time
+        self._planner = copy.deepcopy(pipe.tokenizer)
+        self._planning = threading.Lock()
         self.max_side = max_side  # the largest width or height served (None: 8 × the model's own size)
         self.store = store  # a sdlab.feedback.FeedbackStore that keeps every image made (None: none is kept)
         self.model = model_name(pipe)
@@ -96,8 +102,9 @@ class Studio:
     def switch(self, pipe, name: str | None = None) -> None:
         """Serve `pipe` from now on: it takes over between two calls. Requests already in line are
         made by the model they were checked against."""
-        with self.batcher.hold():
-            self.pipe, self.model = pipe, name or model_name(pipe)
+        planner = copy.deepcopy(pipe.tokenizer)
+        with self.batcher.hold(), self._planning:
+            self.pipe, self.model, self._planner = pipe, name or model_name(pipe), planner
 
     @property
     def max_queue(self) -> int:
@@ -144,9 +151,9 @@ class Studio:
         """`sdlab.generate(pipe, prompt, **kwargs)` served in the line (its images perhaps made in calls
         shared with other requests), and the messages of its warnings. `client`: who asks, for the
         line's fairness. `gone()`: whether the client went away; then its work stops (`ClientGone`)."""
-        pipe = self.pipe
-        with warnings_of_this_thread() as caught:  # not those of requests beside it
-            plan = plan_generation(pipe, prompt, **kwargs)
+        with self._planning, warnings_of_this_thread() as caught:  # not the warnings of requests beside it
+            pipe = self.pipe
+            plan = plan_generation(pipe, prompt, tokenizer=self._planner, **kwargs)
         self.check_work(len(plan.seeds), plan.num_inference_steps, plan.height, plan.width)
         size = default_size(pipe)
         job = Job(client, self._key(pipe, plan), len(plan.seeds), payload=(pipe, plan), gone=gone,
