@@ -170,7 +170,8 @@ def _serve(args) -> None:
 
     limits = FinetuneLimits(args.max_finetune_steps, args.max_finetune_minutes, args.keep_versions)
     serve(args.model, host=args.host, port=args.port, share=args.share, max_queue=args.max_queue,
-          max_work=args.max_work, max_side=args.max_side, finetune_limits=limits, token=args.operator_token)
+          max_work=args.max_work, max_side=args.max_side, finetune_limits=limits, token=args.operator_token,
+          max_batch=args.max_batch, batch_window=args.batch_window_ms / 1000)
 
 
 def _feedback_demo(args) -> None:
@@ -264,6 +265,17 @@ def _literal(text: str):
 
 
 def _bench(args) -> None:
+    if args.serve:
+        from .bench.serve import run_serve  # keeps `sdlab --help` fast
+
+        options = (dict(clients=4, requests=2, steps=4, rounds=1) if args.quick
+                   else dict(clients=args.clients, requests=args.requests, steps=None, rounds=2))
+        if args.steps is not None:
+            options["steps"] = args.steps
+        for line in run_serve(args.model, max_batch=args.max_batch, batch_window=args.batch_window_ms / 1000,
+                              device=args.device, dtype=args.dtype, **options):
+            print(line, flush=True)
+        return
     from .bench import run  # keeps `sdlab --help` fast
 
     images = 8 if args.quick else args.images
@@ -402,6 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "image-steps at the model's own size (default 1600: 64 images at 25 steps)")
     srv.add_argument("--max-side", type=int, default=None, help="the largest width or height served (default: 8 "
                      "times the model's own size, e.g. 512 for sdlab-tiny)")
+    srv.add_argument("--max-batch", type=int, default=8, help="images in one pipeline call at most: requests that "
+                     "arrive together share a call (default 8; 1: one image per call)")
+    srv.add_argument("--batch-window-ms", type=float, default=15, help="how long the first request waits for others "
+                     "to share its call (default 15 ms)")
     srv.add_argument("--max-finetune-steps", type=int, default=1000, help="steps one fine-tune may ask for")
     srv.add_argument("--max-finetune-minutes", type=float, default=30, help="a fine-tune stops after this long")
     srv.add_argument("--keep-versions", type=int, default=5, help="fine-tuned versions kept (the oldest go)")
@@ -486,6 +502,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--size", type=int, default=None, help="image size (default: the model's; 512 for SD 1.5)")
     bench.add_argument("--device", default="auto")
     bench.add_argument("--dtype", default="auto")
+    bench.add_argument("--serve", action="store_true", help="time the class server instead: N clients × M requests "
+                       "of one image at once over HTTP against the same requests one by one (--quick: 4 × 2, 4 steps)")
+    bench.add_argument("--clients", type=int, default=8, help="with --serve, clients sending at once (default 8)")
+    bench.add_argument("--requests", type=int, default=4, help="with --serve, requests per client (default 4)")
+    bench.add_argument("--max-batch", type=int, default=8, help="with --serve, the server's --max-batch")
+    bench.add_argument("--batch-window-ms", type=float, default=15,
+                       help="with --serve, the server's --batch-window-ms")
     bench.add_argument("--flop-limit", type=float, default=None,
                        help="the device's FLOP/s limit, to print the achieved fraction (e.g. 3.3e11)")
     bench.set_defaults(func=_bench)

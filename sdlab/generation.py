@@ -1,7 +1,9 @@
 """generate(): images from a pipeline, each carrying every parameter that made it.
 
 It follows the diffusers pipeline's own order: 1. check inputs, 2. seeds and latents,
-3. run the pipeline once for the whole batch, 4. attach parameters and timing.
+3. run the pipeline once for the whole batch, 4. attach parameters and timing. `plan_generation`
+is the first phase (and the seeds), `run_plan` the rest: a class server (`sdlab.app`) plans each
+request when it comes and runs the plans of requests that came together in one call.
 """
 from __future__ import annotations
 
@@ -207,7 +209,7 @@ def rerun_batch_size(prompts: list[str], negatives: list[str], seeds: list[int])
     return len(seeds) if len(set(zip(prompts, negatives, strict=True))) == 1 and are_consecutive(seeds) else 1
 
 
-def warn_if_truncated(tokenizer, prompt: str) -> str | None:
+def warn_if_truncated(tokenizer, prompt: str, stacklevel: int = 3) -> str | None:
     """Warn (and return the cut text) when `prompt` is longer than the tokenizer reads."""
     limit = tokenizer.model_max_length
     ids = tokenizer(prompt, truncation=False).input_ids
@@ -216,7 +218,7 @@ def warn_if_truncated(tokenizer, prompt: str) -> str | None:
     cut = tokenizer.decode(ids[limit - 1:-1])
     warnings.warn(f"prompt is {len(ids)} tokens but CLIP reads only {limit} (start and end included); "
                   f"this part was ignored: {cut!r}. Put the important words first.",
-                  PromptTruncatedWarning, stacklevel=3)
+                  PromptTruncatedWarning, stacklevel=stacklevel)
     return cut
 
 
@@ -246,7 +248,93 @@ def generate(pipe, prompt: str | list[str], *, negative_prompt: str | list[str] 
     should_stop: asked after every denoising step; when it says True the call ends with
     `GenerationCancelled` (a server uses it to drop the work of a client that went away).
     """
-    # 1. Check inputs
+    # 1. Check inputs, and choose the defaults and each image's seed
+    plan = plan_generation(pipe, prompt, negative_prompt=negative_prompt, seed=seed,
+                           num_images_per_prompt=num_images_per_prompt, num_inference_steps=num_inference_steps,
+                           guidance_scale=guidance_scale, height=height, width=width, scheduler=scheduler,
+                           image=image, strength=strength, mask_image=mask_image, latents=latents,
+                           variation_seed=variation_seed, variation_strength=variation_strength)
+    # 2.–4. Starting noise, one pipeline call for the whole batch, parameters on every image
+    return run_plan(pipe, plan, should_stop)
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: its images and tensors have no plain ==
+class GenerationPlan:
+    """One pipeline call, checked, with every default chosen: one prompt, negative prompt and seed
+    per image, and the settings the images share. A server runs the plans of requests that arrive
+    together as one call (`join_plans`): an image's row of the batch depends only on its own prompt,
+    negative prompt and seed (up to the batch's float rounding)."""
+
+    prompts: tuple[str, ...]
+    negative_prompts: tuple[str, ...]
+    seeds: tuple[int, ...]
+    num_inference_steps: int
+    guidance_scale: float
+    height: int
+    width: int
+    scheduler: str | None  # resolved; None: the pipeline's own
+    image: Image.Image | None = None
+    strength: float = 0.8
+    mask_image: Image.Image | None = None
+    latents: torch.Tensor | None = None  # given by hand: then the images record no seed
+    variation_seed: int | None = None
+    variation_strength: float = 0.0
+
+    @property
+    def mode(self) -> str:
+        return "txt2img" if self.image is None else ("img2img" if self.mask_image is None else "inpaint")
+
+    @property
+    def weighted(self) -> bool:
+        """Whether a prompt uses weights: then every text of the call goes through compel's embeddings."""
+        return any(is_weighted(text) for text in self.prompts + self.negative_prompts)
+
+    def settings(self) -> tuple:
+        """What the images of one call share (for text to image from the seeds' noise: all but the
+        prompts, negative prompts and seeds; weighted prompts take another path to the text encoder)."""
+        return (self.num_inference_steps, self.guidance_scale, self.height, self.width, self.scheduler,
+                self.variation_seed, self.variation_strength, self.weighted)
+
+    def rerun_batch_size(self) -> int:
+        """The "Batch size" its images record, for regenerate() (see `rerun_batch_size`)."""
+        if self.latents is not None:
+            return 1
+        return rerun_batch_size(list(self.prompts), list(self.negative_prompts), list(self.seeds))
+
+    def part(self, start: int, stop: int) -> "GenerationPlan":
+        """The plan of images start to stop-1 alone."""
+        latents = self.latents
+        if latents is not None and latents.shape[0] > 1:
+            latents = latents[start:stop]
+        return replace(self, prompts=self.prompts[start:stop], negative_prompts=self.negative_prompts[start:stop],
+                       seeds=self.seeds[start:stop], latents=latents)
+
+
+def join_plans(plans: list[GenerationPlan]) -> GenerationPlan:
+    """One call for the images of several text-to-image plans that share their `settings()`."""
+    first = plans[0]
+    check(all(p.image is None and p.latents is None and p.settings() == first.settings() for p in plans),
+          "only text-to-image plans from the seeds' noise with the same settings can share one call")
+    return replace(first, prompts=sum((p.prompts for p in plans), ()),
+                   negative_prompts=sum((p.negative_prompts for p in plans), ()),
+                   seeds=sum((p.seeds for p in plans), ()))
+
+
+def plan_generation(pipe, prompt: str | list[str], *, negative_prompt: str | list[str] | None = "",
+                    seed: int | list[int] | None = None, num_images_per_prompt: int = 1,
+                    num_inference_steps: int | None = None, guidance_scale: float | None = None,
+                    height: int | None = None, width: int | None = None, scheduler: str | None = None,
+                    image: Image.Image | None = None, strength: float = 0.8, mask_image: Image.Image | None = None,
+                    latents: torch.Tensor | None = None, variation_seed: int | None = None,
+                    variation_strength: float = 0.0, tokenizer=None) -> GenerationPlan:
+    """generate()'s first phase: check every argument before any work (each refusal names the
+    argument, the value and the fix), warn about prompts CLIP will cut, choose the model's defaults
+    and each image's seed (random ones drawn now).
+
+    tokenizer: what counts the prompts' tokens (None: the pipeline's). A tokenizer must not be used
+    by two threads at once (its settings change on every call), so a server that plans requests
+    while the pipeline runs passes a copy of its own.
+    """
     check(isinstance(prompt, (str, list, tuple)), f"prompt must be a string or a list of strings, got "
                                                   f"{type(prompt).__name__}")
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -269,63 +357,80 @@ def generate(pipe, prompt: str | list[str], *, negative_prompt: str | list[str] 
                           width=width, strength=strength, image=image, mask_image=mask_image)
     negatives = negative_prompts(negative_prompt, prompts)
     check_noise_inputs(image, latents, variation_seed, variation_strength)
-    # this call's own scheduler (schedulers keep state): the caller's pipeline is left as it is
-    call_scheduler = own_scheduler(pipe, scheduler)
-    check_scheduler_steps(call_scheduler, num_inference_steps, from_noise=image is None, max_steps=MAX_STEPS)
-    weighted = [text for text in dict.fromkeys(prompts + negatives) if is_weighted(text)]
-    for text in weighted:
-        to_compel(text)  # a malformed weight is refused here, before any work
+    named = own_scheduler(pipe, scheduler) if scheduler is not None else None
+    check_scheduler_steps(named or pipe.scheduler, num_inference_steps, from_noise=image is None,
+                          max_steps=MAX_STEPS)  # it only reads the scheduler
+    if named is not None and type(named) is type(pipe.scheduler) and named.config == pipe.scheduler.config:
+        scheduler = None  # the pipeline's own, by its name: the same plan as leaving it out
     for text in dict.fromkeys(prompts + negatives):
-        warn_if_truncated(pipe.tokenizer, text)
+        if is_weighted(text):
+            to_compel(text)  # a malformed weight is refused here, before any work
+    for text in dict.fromkeys(prompts + negatives):
+        warn_if_truncated(tokenizer or pipe.tokenizer, text, stacklevel=4)
 
-    # 2. One seed, one CPU generator and (optionally) one noise tensor per image
-    all_prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
-    all_negatives = [n for n in negatives for _ in range(num_images_per_prompt)]
-    seeds = seeds_for(seed, len(all_prompts))
-    own_latents = latents is not None  # then the seeds did not make the starting noise
-    if variation_seed is not None and variation_strength > 0:
-        latents = torch.cat([variation_latents(pipe, s, variation_seed, variation_strength, height, width)
-                             for s in seeds])
+    # one seed per image (the images' own prompts and negative prompts beside them)
+    all_prompts = tuple(p for p in prompts for _ in range(num_images_per_prompt))
+    all_negatives = tuple(n for n in negatives for _ in range(num_images_per_prompt))
+    seeds = tuple(seeds_for(seed, len(all_prompts)))
     if latents is not None:
         latents = _check_latents(pipe, latents, len(all_prompts), height, width)
+    has_variation = variation_seed is not None and variation_strength > 0
+    return GenerationPlan(all_prompts, all_negatives, seeds, num_inference_steps, float(guidance_scale), height,
+                          width, scheduler, image=image, strength=strength, mask_image=mask_image, latents=latents,
+                          variation_seed=variation_seed if has_variation else None,
+                          variation_strength=float(variation_strength) if variation_seed is not None else 0.0)
 
-    # 3. Run the pipeline once for the whole batch
-    mode = "txt2img" if image is None else ("img2img" if mask_image is None else "inpaint")
+
+def run_plan(pipe, plan: GenerationPlan, should_stop: Callable[[], bool] | None = None) -> Generation:
+    """generate()'s phases 2 to 4: the starting noise, one pipeline call, parameters on every image."""
+    # 2. One CPU generator and (optionally) one noise tensor per image
+    count, latents = len(plan.seeds), plan.latents
+    if plan.variation_seed is not None:
+        latents = torch.cat([variation_latents(pipe, s, plan.variation_seed, plan.variation_strength, plan.height,
+                                               plan.width) for s in plan.seeds])
+        latents = _check_latents(pipe, latents, count, plan.height, plan.width)
+
+    # 3. Run the pipeline once for the whole batch, with this call's own scheduler (schedulers keep state)
+    call_scheduler = own_scheduler(pipe, plan.scheduler)
+    mode = plan.mode
     runner = {"txt2img": txt2img_pipeline, "img2img": img2img_pipeline, "inpaint": inpaint_pipeline}[mode](
         pipe, scheduler=call_scheduler)
-    call = dict(prompt=all_prompts, negative_prompt=all_negatives,
-                num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                generator=[make_generator(s) for s in seeds], output_type="pil")
-    if weighted:  # the weights' embeddings instead of the text (plain prompts keep diffusers' own path)
-        embeds = embed_prompts(pipe.tokenizer, pipe.text_encoder, all_prompts + all_negatives)
+    call = dict(prompt=list(plan.prompts), negative_prompt=list(plan.negative_prompts),
+                num_inference_steps=plan.num_inference_steps, guidance_scale=plan.guidance_scale,
+                generator=[make_generator(s) for s in plan.seeds], output_type="pil")
+    if plan.weighted:  # the weights' embeddings instead of the text (plain prompts keep diffusers' own path)
+        embeds = embed_prompts(pipe.tokenizer, pipe.text_encoder, list(plan.prompts + plan.negative_prompts))
         del call["prompt"], call["negative_prompt"]
-        call |= dict(prompt_embeds=embeds[:len(all_prompts)], negative_prompt_embeds=embeds[len(all_prompts):])
+        call |= dict(prompt_embeds=embeds[:count], negative_prompt_embeds=embeds[count:])
+    height, width = plan.height, plan.width
     if mode == "txt2img":
         call |= dict(height=height, width=width, latents=latents)
     else:
+        image = plan.image
         image = image.resize((width, height), Image.LANCZOS) if image.size != (width, height) else image
-        call |= dict(image=image, strength=strength)
+        call |= dict(image=image, strength=plan.strength)
         if mode == "inpaint":
-            call |= dict(mask_image=mask_image.resize((width, height), Image.NEAREST), height=height, width=width)
+            call |= dict(mask_image=plan.mask_image.resize((width, height), Image.NEAREST), height=height,
+                         width=width)
     if should_stop is not None:
         call["callback_on_step_end"] = _stop_when(should_stop)
-    used_scheduler = scheduler_name(call_scheduler)
     start = time.perf_counter()
     output = runner(**call)
     seconds = time.perf_counter() - start
 
     # 4. Every image carries the parameters that made it
-    base = GenerationParams(prompt="", seed=None, num_inference_steps=num_inference_steps,
-                            guidance_scale=float(guidance_scale), height=height, width=width,
-                            scheduler=used_scheduler, model=model_name(pipe), mode=mode,
-                            strength=None if mode == "txt2img" else float(strength),
-                            variation_seed=variation_seed if variation_strength > 0 else None,
-                            variation_strength=float(variation_strength) if variation_seed is not None else 0.0)
-    share = seconds / len(all_prompts)
-    batch = 1 if own_latents else rerun_batch_size(all_prompts, all_negatives, seeds)
+    own_latents = plan.latents is not None  # then the seeds did not make the starting noise
+    base = GenerationParams(prompt="", seed=None, num_inference_steps=plan.num_inference_steps,
+                            guidance_scale=plan.guidance_scale, height=height, width=width,
+                            scheduler=scheduler_name(call_scheduler), model=model_name(pipe), mode=mode,
+                            strength=None if mode == "txt2img" else float(plan.strength),
+                            variation_seed=plan.variation_seed, variation_strength=plan.variation_strength)
+    share = seconds / count
+    batch = plan.rerun_batch_size()
     results = [GeneratedImage(img, base.replace(prompt=p, negative_prompt=n, seed=None if own_latents else s,
                                                 batch_size=batch, batch_pos=k if batch > 1 else 0), share)
-               for k, (img, p, n, s) in enumerate(zip(output.images, all_prompts, all_negatives, seeds, strict=True))]
+               for k, (img, p, n, s) in enumerate(zip(output.images, plan.prompts, plan.negative_prompts, plan.seeds,
+                                                      strict=True))]
     return Generation(results, seconds)
 
 

@@ -234,8 +234,9 @@ def regenerate(png: str | Path | Image.Image, pipe=None, *, force: bool = False,
     Pixels are identical on the CPU for images of generate() and of seed sweeps: a batch of one
     prompt at consecutive seeds is run again whole (its "Batch size"/"Batch pos"). Other images
     are made again alone, and a batch rounds the last bit differently from one image, so an image
-    from a batch of several prompts, or from guidance_sweep's batched loop, comes back within float
-    rounding (a level or two), not identical.
+    from a batch of several prompts, from guidance_sweep's batched loop, or from a class server's
+    call shared with other requests (`sdlab.app`), comes back within float rounding (a level or
+    two), not identical.
 
     pipe: the model to use; None loads the metadata's Model, if it is a preset or a folder inside a
     `models` folder (`trusted_model`), or anything with `trust_model=True`: a PNG is not a reason to

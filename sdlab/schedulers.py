@@ -121,8 +121,15 @@ def steps_problem(scheduler, num_inference_steps: int, from_noise: bool = True) 
     timestep, while diffusers finds its place by the timestep and so cannot start from a repeated
     one. Image to image starts partway with its place given, so only runs `from_noise` meet that.
     """
-    probe = fresh_copy(scheduler)  # set_timesteps changes a scheduler's state
-    return _layout_problem(probe, num_inference_steps, from_noise)
+    key = (type(scheduler), _config_json(scheduler.config), num_inference_steps, from_noise)
+    if key not in LAYOUT_PROBLEMS:  # a copy to lay out: set_timesteps changes a scheduler's state
+        LAYOUT_PROBLEMS[key] = _layout_problem(fresh_copy(scheduler), num_inference_steps, from_noise)
+    return LAYOUT_PROBLEMS[key]
+
+
+#: steps_problem's answers by scheduler class, config, step count and start: every generate() call
+#: asks, a server for every request, and laying out the timesteps takes milliseconds
+LAYOUT_PROBLEMS: dict[tuple, str | None] = {}
 
 
 def _layout_problem(probe, num_inference_steps: int, from_noise: bool) -> str | None:

@@ -254,46 +254,139 @@ def test_the_original_services_paths_and_nulls_are_accepted(client):
 
 # ---- the line for the pipeline ------------------------------------------------------------
 
-def test_full_line_answers_503_and_the_waiting_request_still_succeeds(live, app):
+def _wait_until(condition, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def _post(server, body: dict, **options) -> httpx.Response:
+    return httpx.post(server.url + "text2img", json=body, timeout=120, **options)
+
+
+def test_full_line_answers_503_and_the_waiting_requests_still_succeed(live, app):
     studio = app.state.studio
     studio.max_queue = 2
     try:
-        with ThreadPoolExecutor(1) as pool:
-            with studio.line.turn():  # hold the pipeline (one place in line): the next request waits
-                waiting = pool.submit(httpx.post, live.url + "text2img", json={"prompt": PROMPT, "steps": 1},
-                                      timeout=60)
-                deadline = time.monotonic() + 30
-                while studio.in_line < 2 and time.monotonic() < deadline:
-                    time.sleep(0.01)
-                refused = httpx.post(live.url + "text2img", json={"prompt": PROMPT, "steps": 1}, timeout=30)
+        with ThreadPoolExecutor(2) as pool:
+            with studio.batcher.hold():  # no call starts: the requests wait in line
+                waiting = [pool.submit(_post, live, {"prompt": PROMPT, "steps": 1, "seed": seed}) for seed in (1, 2)]
+                _wait_until(lambda: studio.in_line == 2)
+                refused = _post(live, {"prompt": PROMPT, "steps": 1})
                 assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
                 assert "busy" in refused.json()["detail"]
-            assert waiting.result().status_code == 200
+            assert [w.result().status_code for w in waiting] == [200, 200]
     finally:
         studio.max_queue = 16
 
 
-def test_concurrent_requests_all_succeed_in_turn(live, tiny_pipe):
-    seeds = list(range(100, 108))
+def _alike(image: Image.Image, alone: Image.Image) -> bool:
+    """The same pixels up to a batch's float rounding (a level or two: see `sdlab.regenerate`)."""
+    return np.abs(pixels(image) - pixels(alone)).max() <= 2
 
-    def post(seed):
-        return httpx.post(live.url + "text2img", json={"prompt": PROMPT, "seed": seed, "steps": 2}, timeout=60)
 
-    with ThreadPoolExecutor(len(seeds)) as pool:
-        responses = list(pool.map(post, seeds))
-    assert [r.status_code for r in responses] == [200] * len(seeds)
-    for seed, response in zip(seeds, responses, strict=True):
-        alone = sdlab.generate(tiny_pipe, PROMPT, seed=seed, num_inference_steps=2)[0].image
-        assert np.array_equal(pixels(decode(response.json()["images"][0])), pixels(alone))
+def test_requests_that_arrive_together_share_one_call_and_get_their_images_alone(live, app, tiny_pipe, client):
+    studio = app.state.studio
+    bodies = [{"prompt": PROMPT, "seed": seed, "steps": 2} for seed in range(100, 105)]
+    bodies += [{"prompt": "a green square", "negative_prompt": "blurry", "seed": 7, "number_of_images": 3, "steps": 2},
+               {"prompt": PROMPT, "seed": 9, "steps": 3}]  # more steps: it cannot share their call
+    calls = client.get("/health").json()["batching"]["calls"]
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        with studio.batcher.hold():  # they arrive while the pipeline is busy
+            responses = [pool.submit(_post, live, body) for body in bodies]
+            _wait_until(lambda: studio.in_line == len(bodies))
+        responses = [r.result() for r in responses]
+    assert [r.status_code for r in responses] == [200] * len(bodies)
+    answers = [r.json() for r in responses]
+    # the seven images of two steps in one call, then the one of three steps
+    assert client.get("/health").json()["batching"]["calls"] == calls + 2
+    assert [a["call_sizes"] for a in answers] == [[8]] * 5 + [[8, 8, 8], [1]]
+    for body, answer in zip(bodies, answers, strict=True):
+        alone = sdlab.generate(tiny_pipe, body["prompt"], seed=body["seed"], num_inference_steps=body["steps"],
+                               negative_prompt=body.get("negative_prompt"),
+                               num_images_per_prompt=body.get("number_of_images", 1))
+        assert answer["parameters"] == [item.params.to_dict() for item in alone]  # Batch size 3 for the three
+        for image, item in zip(answer["images"], alone, strict=True):
+            assert _alike(decode(image), item.image)
+
+
+def test_a_small_request_behind_a_long_one_is_answered_first(live, app):
+    studio = app.state.studio
+    before = studio.batcher.max_batch
+    studio.batcher.max_batch = 2  # the long request is made in 8 pieces of 2
+    finished = {}
+
+    def post(name, body):
+        response = _post(live, body)
+        finished[name] = time.monotonic()
+        return response
+
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            with studio.batcher.hold():
+                long = pool.submit(post, "long", {"prompt": PROMPT, "number_of_images": 16, "steps": 2})
+                _wait_until(lambda: studio.in_line == 1)
+                small = pool.submit(post, "small", {"prompt": PROMPT, "steps": 2, "seed": 3})
+                _wait_until(lambda: studio.in_line == 2)
+            assert small.result().status_code == 200 and long.result().status_code == 200
+    finally:
+        studio.batcher.max_batch = before
+    assert finished["small"] < finished["long"]
+    # the small one shared the first call with the long one's first image, not its ninth
+    assert small.result().json()["call_sizes"] == [2] and len(long.result().json()["images"]) == 16
+
+
+def test_the_ui_and_rest_wait_in_the_same_line_and_share_a_call(live, app, client, tiny_pipe):
+    from gradio_client import Client
+
+    studio = app.state.studio
+    gradio = Client(live.url, verbose=False)
+    calls = client.get("/health").json()["batching"]["calls"]
+    with ThreadPoolExecutor(2) as pool:
+        with studio.batcher.hold():
+            rest = pool.submit(_post, live, {"prompt": PROMPT, "seed": 21, "steps": 2})
+            ui_click = pool.submit(gradio.predict, PROMPT, seed=22, num_inference_steps=2, api_name="/text2img")
+            _wait_until(lambda: studio.in_line == 2)
+        assert rest.result().json()["call_sizes"] == [2]
+        gallery, summary, info = ui_click.result()
+    gradio.close()
+    assert client.get("/health").json()["batching"]["calls"] == calls + 1  # one call made both
+    alone = sdlab.generate(tiny_pipe, PROMPT, seed=22, num_inference_steps=2)[0]
+    downloaded = Image.open(gallery[0]["image"])
+    assert read_params(downloaded) == alone.params and _alike(downloaded, alone.image)
+
+
+def test_requests_are_planned_without_the_tokenizer_the_running_call_uses(tiny_pipe, monkeypatch):
+    """A tokenizer's settings change on every call: planning a request with the pipeline's own while a
+    call tokenizes its batch once cut that batch's padding short (a 500 for every request in it)."""
+    import threading
+
+    studio, used = Studio(tiny_pipe), []
+    tokenize = type(tiny_pipe.tokenizer).__call__
+
+    def spy(tokenizer, *args, **kwargs):
+        if tokenizer is studio.pipe.tokenizer:
+            used.append(threading.current_thread().name)
+        return tokenize(tokenizer, *args, **kwargs)
+
+    monkeypatch.setattr(type(tiny_pipe.tokenizer), "__call__", spy)
+    long_prompt = " ".join([PROMPT] * 12)  # planning counts its tokens, to warn
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda seed: studio.generate(long_prompt if seed % 2 else PROMPT, seed=seed,
+                                                             num_inference_steps=2), range(4)))
+    assert [len(warnings) for _, warnings in answers] == [0, 1, 0, 1]
+    assert used and set(used) == {"sdlab-batcher"}  # only the worker, in its calls
 
 
 def test_studio_refuses_beyond_its_line(tiny_pipe):
     studio = Studio(tiny_pipe, max_queue=1)
-    with studio.line.turn():
+    with ThreadPoolExecutor(1) as pool, studio.batcher.hold():
+        waiting = pool.submit(studio.generate, PROMPT, num_inference_steps=1)
+        _wait_until(lambda: studio.in_line == 1)
         with pytest.raises(BusyError, match="at most 1"):
-            with studio.line.turn():
-                pass
-    assert studio.in_line == 0
+            studio.generate(PROMPT, num_inference_steps=1)
+    assert len(waiting.result()[0]) == 1 and studio.in_line == 0
 
 
 # ---- the UI's functions, and the same image through every door -----------------------------
@@ -414,10 +507,11 @@ def test_the_cli_reaches_serve(monkeypatch):
     called = {}
     monkeypatch.setattr(sdlab.app, "serve", lambda model, **kw: called.update(model=model, **kw))
     assert cli.main(["serve", "--model", "tiny-random", "--port", "0", "--max-work", "800", "--max-finetune-steps",
-                     "300", "--keep-versions", "3", "--operator-token", "t"]) == 0
+                     "300", "--keep-versions", "3", "--operator-token", "t", "--max-batch", "4",
+                     "--batch-window-ms", "20"]) == 0
     assert called == {"model": "tiny-random", "host": "127.0.0.1", "port": 0, "share": False, "max_queue": 16,
                       "max_work": 800, "max_side": None, "finetune_limits": FinetuneLimits(300, 30, 3),
-                      "token": "t"}
+                      "token": "t", "max_batch": 4, "batch_window": 0.02}
 
 
 # ---- face repair: a hook for sdlab.faces (any restore(image, upscale=, weight=) -> image) ---

@@ -207,3 +207,23 @@ def test_speed_up_chooses_the_attention_kernel_and_keeps_it_through_fusing():
     assert _unet_attention_ops(pipe) == {"aten::_scaled_dot_product_flash_attention_for_cpu"}
     assert _unet_attention_ops(load_pipeline("tiny-random", attention="math")) == {
         "aten::_scaled_dot_product_attention_math"}  # the same choice when loading
+
+
+def test_bench_serve_sends_requests_over_http_one_by_one_and_at_once_and_prints_the_speedup(capsys):
+    assert main(["bench", "--serve", "--quick", "--model", "tiny-random"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("model tiny-random · 64×64 · 4 steps · cpu float32 · 4 clients × 2 requests of one "
+                               "image · max batch 8, window 15 ms")
+    rows = {m[1]: [float(x) for x in m.groups()[1:]] for m in map(SERVE_ROW.fullmatch, lines) if m}
+    assert set(rows) == {"8 requests one by one (each alone)", "4 clients × 2 requests at once"}
+    for per_second, p50, p95, _per_call in rows.values():
+        assert per_second > 0 and 0 < p50 <= p95
+    assert rows["8 requests one by one (each alone)"][3] == 1.0  # one call each
+    assert rows["4 clients × 2 requests at once"][3] > 1.0  # the requests that came together shared calls
+    assert re.fullmatch(r"p95 latency at once: \d+\.\dx a lone request's \(p50: \d+\.\dx\)", lines[-2])
+    speedup = re.fullmatch(r"serve speedup: (\d+\.\d)x", lines[-1])
+    alone, together = rows["8 requests one by one (each alone)"][0], rows["4 clients × 2 requests at once"][0]
+    assert abs(float(speedup[1]) - together / alone) <= 0.05 + 0.05 * together / alone  # the ratio of the rows
+
+
+SERVE_ROW = re.compile(r"(\S.*?)\s+(\d+\.\d+)\s+(\d+\.\d+)\s+(\d+\.\d+)\s+(\d+\.\d+)")

@@ -21,8 +21,9 @@ import sdlab
 import sdlab.app
 from sdlab import cli
 from sdlab import finetune as finetune_module
+from sdlab.app.batcher import Batcher, BusyError, ClientGone, Job
 from sdlab.app.feedback import FinetuneLimits
-from sdlab.app.studio import BusyError, ClientGone, Line, Studio
+from sdlab.app.studio import Studio
 from sdlab.errors import SdlabInputError
 from sdlab.feedback import MAX_COMMENT_CHARS
 from sdlab.generation import MAX_PROMPT_CHARS, GenerationCancelled
@@ -156,46 +157,129 @@ def test_sizes_far_above_the_models_own_are_refused_and_above_twice_it_warned(cl
     assert client.post("/text2img", json={"prompt": PROMPT, "steps": 1}).json()["warnings"] == []
 
 
-def test_the_line_gives_the_next_turn_to_the_client_served_longest_ago():
-    line, order = Line(10), []
+def _recording_batcher(size=10, max_batch=1):
+    """A batcher whose calls record the (job name, image) they make, in order."""
+    calls = []
 
-    def request(client, name):
-        with line.turn(client):
-            order.append(name)
+    def run(pieces):
+        calls.append([(piece.job.payload, k) for piece in pieces for k in range(piece.start, piece.stop)])
+        return [[piece.job.payload] * len(piece) for piece in pieces]
 
+    return Batcher(run, size=size, max_batch=max_batch, window=0), calls
+
+
+def _in_line(batcher, jobs, serve=None):
+    """Start serving `jobs` (one thread each, `serve(job)`), one after the other in line; the threads."""
     threads = []
-    with line.turn("teacher"):  # the pipeline is busy while the requests arrive
-        for client, name in [("a", "a1"), ("a", "a2"), ("a", "a3"), ("b", "b1")]:
-            threads.append(threading.Thread(target=request, args=(client, name)))
-            threads[-1].start()
-            while len(line) < len(threads) + 1:
-                time.sleep(0.005)
+    for job in jobs:
+        threads.append(threading.Thread(target=serve or batcher.serve, args=(job,)))
+        threads[-1].start()
+        _wait_until(lambda: len(batcher) == len(threads))
+    return threads
+
+
+def test_the_line_gives_the_next_image_to_the_client_served_longest_ago():
+    batcher, calls = _recording_batcher(max_batch=1)
+    jobs = [Job(client, "same settings", size, payload=name)
+            for client, name, size in [("a", "a1", 1), ("a", "a2", 1), ("a", "a3", 1), ("b", "b1", 1), ("c", "c1", 3),
+                                       ("d", "d1", 1)]]
+    with batcher.hold():  # the pipeline is busy while the requests arrive
+        threads = _in_line(batcher, jobs)
     for thread in threads:
         thread.join(10)
-    assert order == ["a1", "b1", "a2", "a3"]  # b's one request does not wait behind all of a's
+    made = [name for call in calls for name, _ in call]
+    # b's, c's and d's requests do not wait behind all of a's, nor d's behind all of c's three images
+    assert made == ["a1", "b1", "c1", "d1", "a2", "c1", "a3", "c1"]
+    assert batcher.calls == 8 and batcher.images == 8 and len(batcher) == 0
+
+
+def test_requests_that_can_share_a_call_are_merged_in_fair_order_and_others_wait_their_turn():
+    batcher, calls = _recording_batcher(max_batch=4)
+    jobs = [Job("a", "20 steps", 6, payload="a"), Job("b", "50 steps", 1, payload="b"),
+            Job("c", "20 steps", 1, payload="c"), Job("d", "big", 2, payload="d", cost=4.0)]
+    with batcher.hold():
+        threads = _in_line(batcher, jobs)
+    for thread in threads:
+        thread.join(10)
+    assert calls == [[("a", 0), ("a", 1), ("a", 2), ("c", 0)],  # a's first image, c's (a's settings), a's next
+                     [("b", 0)],  # the client served longest ago whose settings differ
+                     [("d", 0)],  # an image 4 times the model's pixels fills a call of 4
+                     [("a", 3), ("a", 4), ("a", 5)], [("d", 1)]]
+
+
+def test_after_a_call_the_line_waits_for_the_clients_it_answered():
+    """Clients that ask again 0.15 s after their answer, with a window of 0.1 s: without waiting for
+    them, the first client's requests would take calls of their own, turn about with the others'."""
+    sizes = []
+
+    def run(pieces):
+        sizes.append(sum(len(piece) for piece in pieces))
+        time.sleep(0.2)
+        return [[None] * len(piece) for piece in pieces]
+
+    batcher = Batcher(run, max_batch=8, window=0.1)
+
+    def client(name, start):
+        time.sleep(start)
+        for _ in range(3):
+            batcher.serve(Job(name, "same settings", 1))
+            time.sleep(0.15)  # reading the answer
+
+    # the first client's first request is alone in the first call (0.1–0.3 s); the others come at 0.2 s
+    threads = [threading.Thread(target=client, args=(name, 0 if name == "a" else 0.2)) for name in "abcd"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert sizes == [1, 4, 4, 3]
 
 
 def test_a_waiting_request_whose_client_left_leaves_the_line():
-    line, gone, outcome = Line(2), threading.Event(), []
+    batcher, calls = _recording_batcher(size=2)
+    gone, outcome = threading.Event(), []
 
-    def wait_in_line():
+    def wait_in_line(job):
         try:
-            with line.turn("b", gone.is_set):
-                outcome.append("ran")
+            batcher.serve(job)
+            outcome.append("ran")
         except ClientGone:
             outcome.append("left")
 
-    with line.turn("a"):
-        waiting = threading.Thread(target=wait_in_line)
-        waiting.start()
-        _wait_until(lambda: len(line) == 2)
+    with batcher.hold():
+        threads = [threading.Thread(target=wait_in_line, args=(Job("a", 0, 1, payload="a"),)),
+                   threading.Thread(target=wait_in_line, args=(Job("b", 0, 1, payload="b", gone=gone.is_set),))]
+        for thread in threads:
+            thread.start()
+        _wait_until(lambda: len(batcher) == 2)
         with pytest.raises(BusyError, match="at most 2"):  # full of live requests
-            with line.turn("c"):
-                pass
+            batcher.serve(Job("c", 0, 1))
         gone.set()
-        waiting.join(5)
-        assert outcome == ["left"] and len(line) == 1  # only the running one: a place is free again
-    assert len(line) == 0
+        threads[1].join(5)
+        assert outcome == ["left"] and len(batcher) == 1  # a place is free again
+    threads[0].join(5)
+    assert outcome == ["left", "ran"] and calls == [[("a", 0)]] and len(batcher) == 0
+
+
+def test_an_error_in_a_call_goes_to_each_of_its_requests_and_the_line_goes_on():
+    def run(pieces):
+        if any(piece.job.payload == "bad" for piece in pieces):
+            raise RuntimeError("out of memory")
+        return [[piece.job.payload] * len(piece) for piece in pieces]
+
+    batcher, errors = Batcher(run, max_batch=4, window=0), []
+
+    def serve(job):
+        try:
+            batcher.serve(job)
+        except RuntimeError as err:
+            errors.append((job.payload, str(err)))
+
+    with batcher.hold():
+        threads = _in_line(batcher, [Job("a", 0, 1, payload="bad"), Job("b", 0, 1, payload="b")], serve)
+    for thread in threads:
+        thread.join(5)
+    assert sorted(errors) == [("b", "out of memory"), ("bad", "out of memory")]
+    assert batcher.serve(Job("c", 0, 2, payload="c")) == ["c", "c"]
 
 
 def test_a_generation_whose_client_left_stops_between_steps(tiny_pipe):
@@ -243,16 +327,16 @@ def test_clients_that_give_up_do_not_fill_the_line(live, app, client):
     """The probe's case: after `max_queue` abandoned requests every generation got 503 for good."""
     studio = app.state.studio
     before = stored_count(client)
-    with studio.line.turn("teacher"):  # the pipeline is busy: the requests wait in line
+    with studio.batcher.hold():  # the pipeline is busy: the requests wait in line
         sockets = []
-        for seed in range(studio.max_queue - 1):
+        for seed in range(studio.max_queue):
             sockets.append(_post_and_leave(live, {"prompt": PROMPT, "seed": seed, "steps": 2}))
-            _wait_until(lambda: studio.in_line == len(sockets) + 1)
+            _wait_until(lambda: studio.in_line == len(sockets))
         full = httpx.post(live.url + "text2img", json={"prompt": PROMPT, "steps": 1}, timeout=30)
         assert full.status_code == 503 and full.headers["retry-after"] == "5"  # truly full of live requests
         for sock in sockets:
             sock.close()
-        _wait_until(lambda: studio.in_line == 1)  # they left the line; only the held turn is left
+        _wait_until(lambda: studio.in_line == 0)  # they left the line
     after = httpx.post(live.url + "text2img", json={"prompt": PROMPT, "seed": 7, "steps": 2}, timeout=60)
     assert after.status_code == 200, after.text
     assert stored_count(client) == before + 1  # nothing was made for the clients that left

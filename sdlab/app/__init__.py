@@ -5,7 +5,8 @@
     app = sdlab.app.create_app(pipe)    # the FastAPI app itself (tests, or your own uvicorn)
 
 What lives where: `factory` (`create_app`: all of it on one FastAPI app), `studio` (the shared
-pipeline, taken in turns), `api` (the REST endpoints),
+pipeline), `batcher` (its fair line, which merges requests that arrive together into one batched
+call), `api` (the REST endpoints),
 `ui` (the Gradio Blocks), `server` (running it, opening a share link), `feedback` (notebook 08:
 ratings, the gallery and fine-tuning, when the app has a feedback store), `face_repair`.
 """

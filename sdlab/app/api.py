@@ -35,8 +35,9 @@ from ..metadata import format_parameters, png_bytes
 from ..presets import PRESETS
 from ..schedulers import ALIASES, scheduler_name, scheduler_names, schedulers_for
 from ..seeds import MAX_SIZE
+from .batcher import BusyError, ClientGone
 from .feedback import BODIES
-from .studio import BusyError, ClientGone, Studio
+from .studio import Studio
 
 MAX_IMAGE_BYTES = 16 * 2**20  # one uploaded image, after base64 decoding
 MAX_BODY_BYTES = 48 * 2**20  # a whole generation request's body (an image and a mask, base64)
@@ -109,7 +110,10 @@ class GenerationResponse(BaseModel):
     seeds: list[int | None] = Field(description="each image's seed")
     parameters: list[GenerationParams] = Field(description="everything that made each image")
     infotexts: list[str] = Field(description="each image's parameters as AUTOMATIC1111 writes them")
-    seconds: float = Field(description="generation time of the whole batch (waiting in line not counted)")
+    seconds: float = Field(description="generation time of the pipeline calls that made the images (waiting in "
+                                       "line not counted)")
+    call_sizes: list[int] = Field(default_factory=list, description="how many images the pipeline call that made "
+                                  "each image made in all: requests that arrive together share one call")
     model: str
     warnings: list[str] = Field(default_factory=list, description="e.g. the part of a too-long prompt that was cut")
 
@@ -246,7 +250,7 @@ def _run(studio: Studio, request: _Request, gone: Callable[[], bool] = lambda: F
     return GenerationResponse(images=[encode_png(png_bytes(item)) for item in result], image_ids=image_ids,
                               seeds=[item.params.seed for item in result], parameters=[item.params for item in result],
                               infotexts=[format_parameters(item.params) for item in result], seconds=result.seconds,
-                              model=studio.model, warnings=warnings)
+                              call_sizes=result.call_sizes, model=studio.model, warnings=warnings)
 
 
 def add_api(app: FastAPI, studio: Studio) -> FastAPI:
@@ -317,9 +321,13 @@ def add_api(app: FastAPI, studio: Studio) -> FastAPI:
 
     @app.get("/health", tags=["about"])
     async def health() -> dict[str, Any]:
-        """Whether the server is up, what it serves, and how many requests are in line."""
+        """Whether the server is up, what it serves, how many requests are in line, and how many
+        pipeline calls made how many images (requests that arrive together share a call)."""
+        batcher = studio.batcher
         return {"status": "ok", "model": studio.model, "device": str(studio.pipe.device),
-                "queue": {"in_line": studio.in_line, "max": studio.max_queue}, "sdlab": __version__}
+                "queue": {"in_line": studio.in_line, "max": studio.max_queue},
+                "batching": {"calls": batcher.calls, "images": batcher.images, "max_batch": batcher.max_batch,
+                             "window_ms": round(batcher.window * 1000, 1)}, "sdlab": __version__}
 
     _add_error_handlers(app)
     return app

@@ -15,30 +15,38 @@ from .a1111 import add_a1111_api
 from .api import MAX_BODY_BYTES, MAX_IMAGE_BYTES, MAX_SMALL_BODY_BYTES, add_api
 from .face_repair import find_restorer
 from .feedback import FINETUNE_LIMITS, FinetuneLimits, add_feedback_api
-from .studio import MAX_WORK, Studio
+from .studio import BATCH_WINDOW, MAX_BATCH, MAX_WORK, Studio
 from .ui import build_ui
 
 
-def limits_text(max_queue: int, max_work: float, finetune: FinetuneLimits, token: bool) -> str:
+def limits_text(max_queue: int, max_work: float, finetune: FinetuneLimits, token: bool,
+                max_batch: int = MAX_BATCH) -> str:
     """The limits of this server, as /docs shows them."""
     return (f"\n\n**Limits.** Prompt and negative prompt: {MAX_PROMPT_CHARS} characters each, valid Unicode. "
             f"Numbers must be JSON numbers. Per request: {MAX_IMAGES} images, {MAX_STEPS} steps, {MAX_SIZE}×"
             f"{MAX_SIZE} pixels, and at most {max_work:g} image-steps at the model's own size (images × steps × "
             f"pixels / the model's pixels). Bodies: {MAX_BODY_BYTES // 2**20} MB for generation (one image "
             f"{MAX_IMAGE_BYTES // 2**20} MB), {MAX_SMALL_BODY_BYTES // 2**10} KB for the rest. At most {max_queue} "
-            f"requests in line (then 503 with Retry-After); the client served longest ago goes next, and a "
-            f"request whose client hangs up is dropped. Fine-tuning: at most {finetune.max_steps} steps and "
-            f"{finetune.max_minutes:g} minutes; the newest {finetune.keep_versions} versions are kept"
+            f"requests in line (then 503 with Retry-After); text-to-image requests that arrive together with the "
+            f"same settings share one pipeline call of up to {max_batch} images (`call_sizes` in the answer); the "
+            f"client served longest ago goes next, image by image, so a request for many images is made in "
+            f"pieces between other clients' requests; a request whose client hangs up is dropped. Fine-tuning: "
+            f"at most {finetune.max_steps} steps and {finetune.max_minutes:g} minutes; the newest "
+            f"{finetune.keep_versions} versions are kept"
             + ("; POST and DELETE /finetune need `Authorization: Bearer <operator token>`." if token else "."))
 
 
 def create_app(pipe, *, max_queue: int = 16, face_restorer="auto", feedback_dir: str | Path | None = None,
                models_dir: str | Path | None = None, max_work: float = MAX_WORK, max_side: int | None = None,
-               finetune_limits: FinetuneLimits = FINETUNE_LIMITS, operator_token: str | None = None) -> FastAPI:
+               finetune_limits: FinetuneLimits = FINETUNE_LIMITS, operator_token: str | None = None,
+               max_batch: int = MAX_BATCH, batch_window: float = BATCH_WINDOW) -> FastAPI:
     """The FastAPI app: REST endpoints (docs at /docs) and the Gradio UI mounted at /.
 
-    max_queue: how many requests may be in line for the pipeline (the running one included);
-    more get HTTP 503 (REST) or "queue full" (UI).
+    max_queue: how many requests may be in line for the pipeline (the running ones included);
+    more get HTTP 503 (REST) or "busy" (UI).
+    max_batch, batch_window: requests that arrive within `batch_window` seconds of each other (and
+    can share a call) are made in one pipeline call of at most `max_batch` images (see
+    `sdlab.app.batcher`); max_batch=1 makes one image per call.
     face_restorer: a function (image, upscale=, weight=) -> image for the UI's face repair panel
     and the /restore_faces Gradio endpoint; "auto": `sdlab.faces` if it is installed (see
     `sdlab.app.face_repair.FacesRestorer`); None: no face repair.
@@ -53,12 +61,14 @@ def create_app(pipe, *, max_queue: int = 16, face_restorer="auto", feedback_dir:
     operator_token: what POST and DELETE /finetune need (`Authorization: Bearer …`); None: nothing.
     """
     store = FeedbackStore(feedback_dir) if feedback_dir is not None else None
-    studio = Studio(pipe, max_queue=max_queue, store=store, max_work=max_work, max_side=max_side)
+    studio = Studio(pipe, max_queue=max_queue, store=store, max_work=max_work, max_side=max_side,
+                    max_batch=max_batch, batch_window=batch_window)
     # /docs and /redoc with their scripts served from here: a classroom may have no internet
     app = FastAPIOffline(title="sdlab", version=__version__,
                   description="Stable Diffusion over HTTP: text to image, image to image, inpainting. "
                               "The web UI is at /; every image comes back as a PNG that keeps its parameters."
-                              + limits_text(max_queue, max_work, finetune_limits, operator_token is not None))
+                              + limits_text(max_queue, max_work, finetune_limits, operator_token is not None,
+                                            max_batch))
     app.state.studio = studio
     add_api(app, studio)  # its routes come first, so the UI mounted at / does not hide them
     if store is not None and models_dir is None:

@@ -24,7 +24,7 @@ from ..pipelines import load_pipeline
 from ..presets import default_model
 from .factory import create_app
 from .feedback import FINETUNE_LIMITS, FinetuneLimits
-from .studio import MAX_WORK
+from .studio import BATCH_WINDOW, MAX_BATCH, MAX_WORK
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -186,14 +186,16 @@ def _pipeline(model):
 def launch(pipe=None, *, host: str = "127.0.0.1", port: int = 0, share: bool = False, inline: bool | None = None,
            height: int = 760, max_queue: int = 16, face_restorer="auto", feedback_dir: str | Path | None = None,
            models_dir: str | Path | None = None, max_work: float = MAX_WORK, max_side: int | None = None,
-           finetune_limits: FinetuneLimits = FINETUNE_LIMITS, token: str | None = None) -> Server:
+           finetune_limits: FinetuneLimits = FINETUNE_LIMITS, token: str | None = None, max_batch: int = MAX_BATCH,
+           batch_window: float = BATCH_WINDOW) -> Server:
     """Start the app in the background and show it in the notebook; `server.close()` stops it.
 
     pipe: a loaded pipeline or a model name (None: `sdlab.presets.default_model()`).
     port: 0 picks a free port. inline: show the UI in the output cell (default: in a notebook).
     feedback_dir: where to keep every image made, for ratings and fine-tuning (None: nowhere; a
     notebook passes a folder of its own, e.g. "feedback").
-    max_queue, face_restorer, models_dir, max_work, max_side, finetune_limits: as for `create_app`.
+    max_queue, face_restorer, models_dir, max_work, max_side, finetune_limits, max_batch, batch_window:
+    as for `create_app`.
     token: the operator token /finetune needs when the server is reachable from other machines (a
     host other than 127.0.0.1, or share): given, $SDLAB_OPERATOR_TOKEN, or a new one (printed).
     """
@@ -202,7 +204,7 @@ def launch(pipe=None, *, host: str = "127.0.0.1", port: int = 0, share: bool = F
     token = operator_token(host, share, token)
     app = create_app(_pipeline(pipe), max_queue=max_queue, face_restorer=face_restorer, feedback_dir=feedback_dir,
                      models_dir=models_dir, max_work=max_work, max_side=max_side, finetune_limits=finetune_limits,
-                     operator_token=token)
+                     operator_token=token, max_batch=max_batch, batch_window=batch_window)
     server = Server(app, host, port).start()
     _print_token(token)
     if share:
@@ -217,20 +219,21 @@ def launch(pipe=None, *, host: str = "127.0.0.1", port: int = 0, share: bool = F
 def serve(model=None, host: str = "127.0.0.1", port: int = 7860, share: bool = False, max_queue: int = 16,
           face_restorer="auto", feedback_dir: str | Path | None = "feedback",
           models_dir: str | Path | None = None, max_work: float = MAX_WORK, max_side: int | None = None,
-          finetune_limits: FinetuneLimits = FINETUNE_LIMITS, token: str | None = None) -> None:
+          finetune_limits: FinetuneLimits = FINETUNE_LIMITS, token: str | None = None, max_batch: int = MAX_BATCH,
+          batch_window: float = BATCH_WINDOW) -> None:
     """Serve the app until Ctrl-C (what `sdlab serve` runs): the UI at /, the REST API's docs at /docs.
 
     model: a loaded pipeline, or a preset/folder/hub id to load (None: the default model).
     feedback_dir: the feedback store, kept from one run to the next: ./feedback (where `sdlab
     finetune` looks), its fine-tuned versions in ./feedback/models. None: no store.
-    max_work, max_side, finetune_limits, token: as for `launch`.
+    max_work, max_side, finetune_limits, token, max_batch, batch_window: as for `launch`.
     """
     _check_port(port)  # before loading a model
     _network_warning(host)
     token = operator_token(host, share, token)
     app = create_app(_pipeline(model), max_queue=max_queue, face_restorer=face_restorer, feedback_dir=feedback_dir,
                      models_dir=models_dir, max_work=max_work, max_side=max_side, finetune_limits=finetune_limits,
-                     operator_token=token)
+                     operator_token=token, max_batch=max_batch, batch_window=batch_window)
     server = Server(app, host, port).start()
     _print_token(token)
     print(f"sdlab app: {server.url}  (REST API docs: {server.docs_url}); Ctrl-C stops it", file=sys.stderr)

@@ -1,48 +1,52 @@
 """The one pipeline that the web UI and the REST API share, and the PNGs they hand out.
 
-A GPU runs one batch at a time, and one call at a time keeps a request's time its own. So every
-request takes its turn in a `Line`: one generation at a time, at most `max_queue` requests in
-line (the running one included), and the rest are told to come back in a moment (503 with
-Retry-After). The line is fair: when the pipeline is free, the client served longest ago goes
-next, so one student's ten requests do not hold back another's one. Work nobody waits for is
-dropped: a request whose client went away leaves the line, or stops between two denoising steps.
-A request may ask for at most `max_work` image-steps at the model's own size (see `work_of`).
-With a feedback store, `record()` keeps every image made, so that it can be rated.
+Every request, from the UI or the API, takes its place in one line (`sdlab.app.batcher`): a worker
+merges the text-to-image requests that arrive together, and can share a call, into one batched
+pipeline call (a batch of 8 costs far less than 8 calls), serves the line fairly (the client
+served longest ago goes next, image by image, so one student's ten requests, or one request for
+many images, do not hold back another's one), keeps at most `max_queue` requests in line (the
+rest are told to come back in a moment: 503 with Retry-After) and drops the work nobody waits
+for. Each request is checked, and its seeds drawn, before it waits (`plan_generation`), so that
+its images are the images it would get alone: the same seeds and parameters, the pixels within
+the float rounding of a batch (a level or two; `sdlab.regenerate` says the same). A request may
+ask for at most `max_work` image-steps at the model's own size (see `work_of`). With a feedback
+store, `record()` keeps every image made, so that it can be rated.
 """
 from __future__ import annotations
 
+import copy
 import itertools
 import threading
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import gradio as gr
 from PIL import Image
 
-from ..errors import SdlabInputError, check, warnings_of_this_thread
+from ..errors import SdlabInputError, check, is_number, is_whole, warnings_of_this_thread
 from ..generation import (
+    MAX_IMAGES,
     MAX_WORK,
     GeneratedImage,
     Generation,
     GenerationCancelled,
-    generate,
-    model_defaults,
+    GenerationPlan,
+    join_plans,
+    plan_generation,
+    run_plan,
     work_of,
 )
 from ..metadata import PARAMETERS_KEY, format_parameters
 from ..pipelines import model_name
-from ..seeds import MAX_SIZE, SIZE_MULTIPLE, default_size
+from ..seeds import MAX_SIZE, default_size
+from .batcher import Batcher, BusyError, ClientGone, Job, Piece, never
 
 SIZE_FACTOR = 8  # the largest side served, in multiples of the model's own (--max-side sets it)
-
-
-class BusyError(RuntimeError):
-    """More requests are in line than the server accepts; the client should retry later."""
-
-
-class ClientGone(RuntimeError):
-    """The client that asked for the work went away, so nobody waits for it."""
+MAX_BATCH = 8  # images in one pipeline call, at the model's own size (--max-batch sets it)
+#: how long the first request waits for others to share its call (--batch-window-ms sets it);
+#: measured with `sdlab bench --serve` (benchmarks/RESULTS.md)
+BATCH_WINDOW = 0.015
 
 
 @contextmanager
@@ -54,92 +58,62 @@ def as_gradio_error():
         raise gr.Error(str(err), print_exception=False) from None
 
 
-def never() -> bool:
-    return False
+@dataclass
+class ServedGeneration(Generation):
+    """A request's images, and for each the number of images its pipeline call made in all (more
+    than the request asked for: it shared the call with requests that came at the same time)."""
+
+    call_sizes: list[int] = field(default_factory=list)
 
 
-@dataclass(eq=False)
-class _Ticket:
-    client: str
-    number: int
-    gone: Callable[[], bool]
+@dataclass(frozen=True)
+class _Made:
+    """What one call made for one image: the image, and the call's size and seconds."""
 
-
-class Line:
-    """One turn at a time, at most `size` requests in line (the running one included); the next
-    turn goes to the waiting client that was served longest ago (first come among its requests);
-    a waiting request whose `gone()` turns true leaves the line (`ClientGone`)."""
-
-    def __init__(self, size: int):
-        self.size = size
-        self._cond = threading.Condition()
-        self._waiting: list[_Ticket] = []
-        self._running: _Ticket | None = None
-        self._served: dict[str, int] = {}  # client: when its last turn began
-        self._numbers = itertools.count()
-
-    def __len__(self) -> int:
-        with self._cond:
-            return len(self._waiting) + (self._running is not None)
-
-    def _next(self) -> _Ticket | None:
-        alive = [t for t in self._waiting if not t.gone()]
-        return min(alive, key=lambda t: (self._served.get(t.client, -1), t.number)) if alive else None
-
-    @contextmanager
-    def turn(self, client: str = "", gone: Callable[[], bool] = never, poll: float = 0.2):
-        with self._cond:
-            self._waiting = [t for t in self._waiting if not t.gone()]  # dead requests do not fill the line
-            if len(self._waiting) + (self._running is not None) >= self.size:
-                raise BusyError(f"the server is busy: {self.size} requests are in line (at most {self.size}); "
-                                f"try again in a few seconds")
-            ticket = _Ticket(client, next(self._numbers), gone)
-            self._waiting.append(ticket)
-            while self._running is not None or self._next() is not ticket:
-                if gone():
-                    if ticket in self._waiting:  # another request may have cleared it away already
-                        self._waiting.remove(ticket)
-                    self._cond.notify_all()
-                    raise ClientGone("the client went away while waiting in line")
-                self._cond.wait(poll)
-            self._waiting.remove(ticket)
-            self._running = ticket
-            self._served[client] = ticket.number
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._running = None
-                self._cond.notify_all()
+    item: GeneratedImage
+    call: int  # the call's number
+    call_size: int
+    call_seconds: float
 
 
 class Studio:
-    """A pipeline behind a fair, bounded line: `studio.generate(...)` is `sdlab.generate(pipe, ...)`
-    run in turn, returning the result and the warnings it raised (e.g. a truncated prompt)."""
+    """A pipeline behind a fair, bounded line that merges requests: `studio.generate(...)` is
+    `sdlab.generate(pipe, ...)` served in turn, returning the result and the warnings it raised
+    (e.g. a truncated prompt)."""
 
     def __init__(self, pipe, max_queue: int = 16, store=None, max_work: float = MAX_WORK,
-                 max_side: int | None = None):
+                 max_side: int | None = None, max_batch: int = MAX_BATCH, batch_window: float = BATCH_WINDOW):
+        check(is_whole(max_batch) and 1 <= max_batch <= MAX_IMAGES, f"max_batch must be a whole number from 1 to "
+              f"{MAX_IMAGES}, got {max_batch!r}; 8 is usual, 1 makes one image per call")
+        check(is_number(batch_window) and 0 <= batch_window <= 1,  # NaN fails both comparisons
+              f"batch_window must be from 0 to 1 second, got {batch_window!r}; 0.015 is usual")
         self.pipe = pipe
+        # requests are planned in their own threads while the worker runs the pipeline, whose tokenizer
+        # must not be used by two threads at once: planning has a copy of its own, one request at a time
+        self._planner = copy.deepcopy(pipe.tokenizer)
+        self._planning = threading.Lock()
         self.max_side = max_side  # the largest width or height served (None: 8 × the model's own size)
         self.store = store  # a sdlab.feedback.FeedbackStore that keeps every image made (None: none is kept)
         self.model = model_name(pipe)
         self.max_work = max_work
-        self.line = Line(max_queue)
-        self.progress = (0, 0)  # denoising steps done and to do in the running generation
+        self.batcher = Batcher(self._call, size=max_queue, max_batch=max_batch, window=batch_window)
+        self.progress = (0, 0)  # denoising steps done and to do in the running call
 
     def switch(self, pipe, name: str | None = None) -> None:
-        """Serve `pipe` from now on: it takes over between two generations (its turn in line)."""
-        with self.line.turn("operator"):
-            self.pipe, self.model = pipe, name or model_name(pipe)
+        """Serve `pipe` from now on: it takes over between two calls. Requests already in line are
+        made by the model they were checked against."""
+        planner = copy.deepcopy(pipe.tokenizer)
+        with self.batcher.hold(), self._planning:
+            self.pipe, self.model, self._planner = pipe, name or model_name(pipe), planner
 
     @property
     def max_queue(self) -> int:
-        """How many requests may be in line (the running one included)."""
-        return self.line.size
+        """How many requests may be in line (the running ones included)."""
+        return self.batcher.size
 
     @max_queue.setter
     def max_queue(self, size: int) -> None:
-        self.line.size = size
+        self.batcher.size = size
 
     @property
     def largest_side(self) -> int:
@@ -149,23 +123,7 @@ class Studio:
     @property
     def in_line(self) -> int:
         """Requests running or waiting."""
-        return len(self.line)
-
-    def _job(self, prompt, kwargs: dict) -> tuple[int, int, int, int]:
-        """A request's images, steps, height and width as generate() will take them (an image to
-        redraw gives its size when none is asked for); values generate() refuses count as defaults."""
-        size, image = default_size(self.pipe), kwargs.get("image")
-        count = kwargs.get("num_images_per_prompt", 1)
-        images = (len(prompt) if isinstance(prompt, list) else 1) * (count if isinstance(count, int) else 1)
-        steps = kwargs.get("num_inference_steps")
-        steps = steps if isinstance(steps, int) else model_defaults(self.pipe)[0]
-        sides = []
-        for name in ("height", "width"):
-            value = kwargs.get(name)
-            if value is None and image is not None and hasattr(image, name):
-                value = getattr(image, name) // SIZE_MULTIPLE * SIZE_MULTIPLE
-            sides.append(value if isinstance(value, int) and value > 0 else size)
-        return images, steps, *sides
+        return len(self.batcher)
 
     def check_work(self, images: int, steps: int, height: int, width: int) -> None:
         """Refuse, before it waits in line, a side above `largest_side` or more than `max_work` image-steps."""
@@ -180,37 +138,67 @@ class Studio:
               f"the model's own {size}×{size}; this server allows {self.max_work:g} per request: ask for fewer "
               f"images or steps, or a smaller size")
 
-    def _size_warning(self, height: int, width: int) -> list[str]:
+    def _size_warning(self, plan: GenerationPlan) -> list[str]:
         """Far above the model's own size, objects repeat or break: said beside the images."""
-        size = default_size(self.pipe)
+        size, height, width = default_size(self.pipe), plan.height, plan.width
         if max(height, width) <= 2 * size:
             return []
         return [f"{width}×{height} is more than twice {self.model}'s own {size}×{size}, the size it learned: "
                 f"expect repeated or broken objects; {size}×{size} draws them whole"]
 
     def generate(self, prompt, client: str = "", gone: Callable[[], bool] = never,
-                 **kwargs) -> tuple[Generation, list[str]]:
-        """`sdlab.generate(pipe, prompt, **kwargs)` in turn, and the messages of its warnings.
-        `gone()`: whether the client went away; then its work stops (`ClientGone`)."""
-        images, steps, height, width = self._job(prompt, kwargs)
-        self.check_work(images, steps, height, width)
-        big = self._size_warning(height, width)
-        if kwargs.get("image") is not None:  # image to image runs the last `strength` of the steps
-            steps = max(1, int(steps * kwargs.get("strength", 0.8)))
+                 **kwargs) -> tuple[ServedGeneration, list[str]]:
+        """`sdlab.generate(pipe, prompt, **kwargs)` served in the line (its images perhaps made in calls
+        shared with other requests), and the messages of its warnings. `client`: who asks, for the
+        line's fairness. `gone()`: whether the client went away; then its work stops (`ClientGone`)."""
+        with self._planning, warnings_of_this_thread() as caught:  # not the warnings of requests beside it
+            pipe = self.pipe
+            plan = plan_generation(pipe, prompt, tokenizer=self._planner, **kwargs)
+        self.check_work(len(plan.seeds), plan.num_inference_steps, plan.height, plan.width)
+        size = default_size(pipe)
+        job = Job(client, self._key(pipe, plan), len(plan.seeds), payload=(pipe, plan), gone=gone,
+                  cost=plan.height * plan.width / (size * size))
+        made: list[_Made] = self.batcher.serve(job)
+        batch = plan.rerun_batch_size()  # what the images record: the request's own batch, as if alone
+        items = [GeneratedImage(m.item.image, m.item.params.replace(batch_size=batch, batch_pos=k if batch > 1 else 0),
+                                m.item.seconds) for k, m in enumerate(made)]
+        seconds = sum({m.call: m.call_seconds for m in made}.values())
+        return ServedGeneration(items, seconds, [m.call_size for m in made]), self._size_warning(plan) + caught
+
+    @staticmethod
+    def _key(pipe, plan: GenerationPlan):
+        """What a request's plan must share with another's to be made in the same call: text to
+        image from the seeds' noise, on the same pipeline, with the same settings. Others are made
+        in calls of their own (their pieces, if they are many images)."""
+        if plan.image is not None or plan.latents is not None:
+            return object()
+        return id(pipe), plan.settings()
+
+    def _call(self, pieces: list[Piece]) -> list[list[_Made]]:
+        """One pipeline call for the pieces of a batch (the batcher's worker calls it)."""
+        pipe = pieces[0].job.payload[0]
+        parts = [piece.job.payload[1].part(piece.start, piece.stop) for piece in pieces]
+        plan = join_plans(parts) if len(parts) > 1 else parts[0]
+        steps = plan.num_inference_steps
+        if plan.image is not None:  # image to image runs the last `strength` of the steps
+            steps = max(1, int(steps * plan.strength))
 
         def step_done() -> bool:
             self.progress = (self.progress[0] + 1, steps)
-            return gone()
+            return all(piece.job.gone() for piece in pieces)
 
-        with self.line.turn(client, gone), warnings_of_this_thread() as caught:  # not those of requests beside it
-            self.progress = (0, steps)
-            try:
-                result = generate(self.pipe, prompt, should_stop=step_done, **kwargs)
-            except GenerationCancelled:
-                raise ClientGone("the client went away during its generation") from None
-            finally:
-                self.progress = (0, 0)
-        return result, big + caught
+        self.progress = (0, steps)
+        try:
+            with warnings_of_this_thread():  # given already, to each request, when it was planned
+                result = run_plan(pipe, plan, should_stop=step_done)
+        except GenerationCancelled:
+            raise ClientGone("the client went away during its generation") from None
+        finally:
+            self.progress = (0, 0)
+        number = self.batcher.calls
+        made = [_Made(item, number, len(result), result.seconds) for item in result]
+        starts = [0, *itertools.accumulate(len(piece) for piece in pieces)]
+        return [made[start:stop] for start, stop in itertools.pairwise(starts)]
 
     def record(self, result: Generation, user: str = "") -> list[int | None]:
         """Keep a result's images in the feedback store; their image ids (all None without a store)."""

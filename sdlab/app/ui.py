@@ -67,7 +67,8 @@ def show(result: Generation, warnings: list[str] = (), image_ids: list[int | Non
 
 
 def made_and_kept(studio: Studio, prompt: str, **kwargs) -> Shown:
-    """`studio.generate()`, its images kept in the feedback store (if the app has one), shown."""
+    """`studio.generate()` (kwargs: generate()'s, and `client`, who asks, for the line's fairness), its
+    images kept in the feedback store (if the app has one), shown."""
     result, warnings = studio.generate(prompt, **kwargs)
     return show(result, warnings, studio.record(result))
 
@@ -121,7 +122,8 @@ def inpaint(studio: Studio, editor: dict | None, mask: Image.Image | None, stren
     return made_and_kept(studio, prompt, image=image, mask_image=mask, **_strength(strength), **kwargs)
 
 
-def variations(studio: Studio, made: list[dict], index: int, variation_strength: float, num_images: int) -> Shown:
+def variations(studio: Studio, made: list[dict], index: int, variation_strength: float, num_images: int,
+               client: str = "") -> Shown:
     """`num_images` seed variations of image `index`: its seed's noise mixed with new seeds' noise."""
     check(bool(made), "generate an image first, then click it and ask for variations")
     check(int(num_images) >= 1, f"ask for at least one variation, got {num_images}")
@@ -134,7 +136,7 @@ def variations(studio: Studio, made: list[dict], index: int, variation_strength:
             params.prompt, negative_prompt=params.negative_prompt, seed=params.seed,
             num_inference_steps=params.num_inference_steps, guidance_scale=params.guidance_scale,
             height=params.height, width=params.width, scheduler=params.scheduler,
-            variation_seed=first + k, variation_strength=variation_strength)
+            variation_seed=first + k, variation_strength=variation_strength, client=client)
         results.results += result.results
         results.seconds += result.seconds
         warnings += caught
@@ -150,6 +152,11 @@ def _outputs(shown: Shown):
     made = shown.made
     first = caption(made[0]["params"], made[0]["seconds"]) if made else ""
     return shown.gallery, shown.summary, first, shown.last_seed, made, 0
+
+
+def client_of(request: gr.Request | None) -> str:
+    """Who clicked, for the line's fairness: the browser's address, as the REST API counts its clients."""
+    return request.client.host if request is not None and request.client is not None else ""
 
 
 def build_ui(studio: Studio, face_restorer=None) -> gr.Blocks:
@@ -225,46 +232,52 @@ def build_ui(studio: Studio, face_restorer=None) -> gr.Blocks:
 
         # Parameters that default to None are optional for gradio_client callers:
         # client.predict("a red circle", seed=42, api_name="/text2img"). None means the model's default.
+        # `request` is Gradio's, filled in by it (not a parameter of the API)
         def on_text2img(prompt, negative_prompt=None, scheduler=None, num_inference_steps=None, guidance_scale=None,
-                        seed=None, width=None, height=None, num_images=None):
+                        seed=None, width=None, height=None, num_images=None, request: gr.Request = None):
             """Text to image; returns the gallery (images with their parameters as captions)."""
             with as_gradio_error():
-                return _outputs(txt2img(studio, prompt, **settings(
+                return _outputs(txt2img(studio, prompt, client=client_of(request), **settings(
                     negative_prompt, scheduler, num_inference_steps, guidance_scale, seed, width, height, num_images)))
 
         def on_img2img(image, prompt, strength=None, negative_prompt=None, scheduler=None, num_inference_steps=None,
-                       guidance_scale=None, seed=None, width=None, height=None, num_images=None):
+                       guidance_scale=None, seed=None, width=None, height=None, num_images=None,
+                       request: gr.Request = None):
             """Image to image from a start image and a strength in (0, 1]."""
             with as_gradio_error():
-                return _outputs(img2img(studio, image, strength, prompt, **settings(
+                return _outputs(img2img(studio, image, strength, prompt, client=client_of(request), **settings(
                     negative_prompt, scheduler, num_inference_steps, guidance_scale, seed, width, height, num_images)))
 
         def on_inpainting(editor, prompt, mask=None, strength=None, negative_prompt=None, scheduler=None,
                           num_inference_steps=None, guidance_scale=None, seed=None, width=None, height=None,
-                          num_images=None):
+                          num_images=None, request: gr.Request = None):
             """Inpainting: the editor's image and painted area, or an uploaded mask (white = repaint)."""
             with as_gradio_error():
-                return _outputs(inpaint(studio, editor, mask, strength, prompt, **settings(
+                return _outputs(inpaint(studio, editor, mask, strength, prompt, client=client_of(request), **settings(
                     negative_prompt, scheduler, num_inference_steps, guidance_scale, seed, width, height, num_images)))
 
-        def on_variations(made, selected, variation_strength, num_images):
+        def on_variations(made, selected, variation_strength, num_images, request: gr.Request = None):
             """Seed variations of the selected image."""
             with as_gradio_error():
-                return _outputs(variations(studio, made, selected, variation_strength, num_images))
+                return _outputs(variations(studio, made, selected, variation_strength, num_images,
+                                           client_of(request)))
 
         def on_select(made, evt: gr.SelectData):
             entry = made[evt.index]
             return caption(entry["params"], entry["seconds"]), entry["params"]["seed"], evt.index
 
+        # Every click waits in the studio's line beside the REST requests (one line, whose calls
+        # merge what arrives together), so Gradio lets up to max_queue of them in at once
+        line = dict(concurrency_id="line", concurrency_limit=studio.max_queue)
         generated = [
-            go_text.click(on_text2img, [prompt, *controls], outputs, api_name="text2img", concurrency_id="gpu"),
-            prompt.submit(on_text2img, [prompt, *controls], outputs, api_visibility="private", concurrency_id="gpu"),
+            go_text.click(on_text2img, [prompt, *controls], outputs, api_name="text2img", **line),
+            prompt.submit(on_text2img, [prompt, *controls], outputs, api_visibility="private", **line),
             go_image.click(on_img2img, [start_image, prompt, strength, *controls], outputs, api_name="img2img",
-                           concurrency_id="gpu"),
+                           **line),
             go_inpaint.click(on_inpainting, [editor, prompt, mask, inpaint_strength, *controls], outputs,
-                             api_name="inpainting", concurrency_id="gpu"),
+                             api_name="inpainting", **line),
             vary.click(on_variations, [made, selected, variation_strength, num_images], outputs,
-                       api_name="variations", concurrency_id="gpu"),
+                       api_name="variations", **line),
         ]
         gallery.select(on_select, [made], [info, last_seed, selected], api_visibility="private", queue=False)
         random_seed_button.click(lambda: -1, None, seed, api_visibility="private", queue=False)
@@ -272,6 +285,6 @@ def build_ui(studio: Studio, face_restorer=None) -> gr.Blocks:
         if face_restorer is not None:
             with face_panel:
                 add_face_repair_panel(face_restorer, gallery, selected, generated)
-    # one line for everything that uses the GPU ("gpu": concurrency 1), at most max_queue long
+    # the rest that uses the GPU (face repair: "gpu") one at a time; at most max_queue events wait
     ui.queue(max_size=studio.max_queue, default_concurrency_limit=1)
     return ui
