@@ -14,6 +14,7 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
@@ -268,3 +269,18 @@ def regenerate(png: str | Path | Image.Image, pipe=None, *, force: bool = False,
                       height=params.height, width=params.width, scheduler=params.scheduler,
                       variation_seed=params.variation_seed, variation_strength=params.variation_strength)
     return result[params.batch_pos]
+
+
+def pixel_difference(before, after) -> str | None:
+    """None for identical pixels, else how far apart they are, in words (and why a level or two can be):
+    what `sdlab regenerate` prints."""
+    a, b = np.asarray(before.convert("RGB")).astype(int), np.asarray(after.convert("RGB")).astype(int)
+    if a.shape != b.shape:
+        return f"{before.width}×{before.height} against {after.width}×{after.height} pixels"
+    diff = np.abs(a - b).max(axis=-1)
+    if not diff.any():
+        return None
+    most = int(diff.max())
+    text = f"{int((diff > 0).sum())} of {diff.size} pixels differ, by at most {most} level{'s' if most > 1 else ''}"
+    return text + (" (float rounding: a batch of several prompts or a guidance sweep rounds differently from "
+                   "one image, and so can another device or torch version)" if most <= 2 else "")

@@ -134,9 +134,9 @@ def test_preference_demo_runs_end_to_end(tmp_path, tiny_pipe, liked_store):
     result = preference_demo(tiny_pipe, store=liked_store, test_images=4, num_inference_steps=2,
                              config=FinetuneConfig(steps=2, batch_size=2), models_dir=tmp_path / "models",
                              on_status=statuses.append)
-    assert result["liked"] == 3 and result["rated"] == 4 and 0 <= result["before"] <= 1 and 0 <= result["after"] <= 1
-    assert sum(result["before_counts"].values()) == 4 == len(result["after_images"])
-    assert result["version"].number == 1 and result["finetune_seconds"] > 0
+    assert result.liked == 3 and result.rated == 4 and 0 <= result.before.share <= 1 and 0 <= result.after.share <= 1
+    assert sum(result.before.counts.values()) == 4 == len(result.after.images)
+    assert result.version.number == 1 and result.finetune_seconds > 0 and result.steps == 2 and result.method == "lora"
     assert statuses and statuses[-1].state == "done"
 
 

@@ -7,7 +7,7 @@ import shutil
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -75,13 +75,66 @@ def generate_batches(pipe, prompts: list[str], count: int, seed: int, **settings
     return results
 
 
-def _measure(pipe, prompts, colour, count, seed, settings) -> dict:
-    """Share of `colour` objects, colour counts, and adherence to what the prompts do name."""
+@dataclass
+class ColourMeasure:
+    """Held-out images of one model: the share whose object is the raters' colour, how many the
+    checker reads as each colour, and adherence to what the prompts do name."""
+
+    share: float
+    counts: dict[str, int]
+    adherence: dict[str, float]
+    images: list = field(repr=False)
+    prompts: list[str] = field(repr=False)
+
+
+def measure_colour(pipe, prompts, colour, count, seed, settings) -> ColourMeasure:
+    """`count` images from `prompts` (seeds from `seed`), measured for `colour`."""
     results = generate_batches(pipe, prompts, count, seed, **settings)
     images, prompts = [r.image for r in results], [r.params.prompt for r in results]
     counts = colour_counts(images)
-    return {"share": counts[colour] / count, "counts": counts, "images": images, "prompts": prompts,
-            "adherence": score(images, prompts)}
+    return ColourMeasure(share=counts[colour] / count, counts=counts, adherence=score(images, prompts),
+                         images=images, prompts=prompts)
+
+
+@dataclass
+class PreferenceResult:
+    """What `preference_demo` measured: the ratings, the held-out images before and after
+    fine-tuning, and the control (prompts that name a colour: the share of images with that
+    colour, None when skipped)."""
+
+    colour: str
+    rated: int
+    liked: int
+    liked_share: float
+    before: ColourMeasure
+    after: ColourMeasure
+    named_colour_before: float | None
+    named_colour_after: float | None
+    finetune_seconds: float | None
+    version: ModelVersion
+    pipe: object = field(repr=False)  # the fine-tuned pipeline
+
+    @property
+    def steps(self) -> int:
+        return self.version.info["config"]["steps"]
+
+    @property
+    def method(self) -> str:
+        return self.version.info["method"]
+
+    @property
+    def losses(self) -> list[float]:
+        return self.version.info["losses"]
+
+    def lines(self) -> list[str]:
+        """The summary `sdlab feedback-demo` prints."""
+        lines = [f"{self.liked} of {self.rated} images liked; {self.colour} objects on held-out prompts: "
+                 f"{self.before.share:.0%} → {self.after.share:.0%}"]
+        if self.named_colour_before is not None:
+            lines.append(f"prompts that name a colour, right colour: {self.named_colour_before:.0%} → "
+                         f"{self.named_colour_after:.0%}")
+        seconds = "" if self.finetune_seconds is None else f"fine-tuned in {self.finetune_seconds:.0f} s; "
+        return lines + [f"{seconds}the new model: {self.version.folder}"]
 
 
 @contextmanager
@@ -105,7 +158,7 @@ def preference_demo(pipe, *, colour: str = "blue", store: FeedbackStore | None =
                     version: ModelVersion | None = None, rating_images: int = 128, test_images: int = 32,
                     control_images: int = 16, num_inference_steps: int = 20, guidance_scale: float = 7.5,
                     config: FinetuneConfig | None = None, models_dir: str | Path | None = None, seed: int = 0,
-                    on_status=None) -> dict:
+                    on_status=None) -> PreferenceResult:
     """Rate → fine-tune → measure, on sdlab-tiny: does the model learn what the raters like?
 
     1. Unless `store` already holds liked images: generate `rating_images` from prompts that leave
@@ -116,7 +169,7 @@ def preference_demo(pipe, *, colour: str = "blue", store: FeedbackStore | None =
     4. After: the same held-out prompts and seeds with the new version. Controls: adherence to what
        the held-out prompts do name (shape, background, size), and the share of prompts that
        *name* a colour whose object has it (`control_images` held-out scenes; 0 skips it).
-    Returns the numbers (shares before/after, colour counts, time) and the images.
+    Returns the numbers (shares before/after, colour counts, time) and the images, as a PreferenceResult.
     """
     check(colour in COLOUR_NAMES, f"colour must be one of {', '.join(COLOUR_NAMES)}, got {colour!r}")
     for name, value, least in (("rating_images", rating_images, 1), ("test_images", test_images, 1),
@@ -136,7 +189,7 @@ def preference_demo(pipe, *, colour: str = "blue", store: FeedbackStore | None =
         stats = store.stats()
         # 2. Before
         held_out = open_colour_prompts(colour, held_out=True)
-        before = _measure(pipe, held_out, colour, test_images, seed + 100_000, settings)
+        before = measure_colour(pipe, held_out, colour, test_images, seed + 100_000, settings)
         # 3. Fine-tune in the background, watching its status
         seconds = version.info.get("seconds") if version is not None else None
         if version is None:
@@ -148,35 +201,32 @@ def preference_demo(pipe, *, colour: str = "blue", store: FeedbackStore | None =
             version, seconds = job.wait(), job.status().seconds
         # 4. After, and the control
         tuned = load_version(version.folder, device=pipe.device.type)
-        after = _measure(tuned, held_out, colour, test_images, seed + 100_000, settings)
+        after = measure_colour(tuned, held_out, colour, test_images, seed + 100_000, settings)
         scenes = held_out_scenes(control_images, seed=seed) if control_images else []
         control = [measure_adherence(p, scenes, seed=seed + 200_000, **settings).scores["colour"] if scenes else None
                    for p in (pipe, tuned)]
-        return {"colour": colour, "rated": stats["ratings"], "liked": stats["liked"],
-                "liked_share": stats["liked"] / max(1, stats["images"]), "before": before["share"],
-                "after": after["share"], "before_counts": before["counts"], "after_counts": after["counts"],
-                "named_colour_before": control[0], "named_colour_after": control[1],
-                "before_adherence": before["adherence"], "after_adherence": after["adherence"],
-                "finetune_seconds": seconds, "steps": version.info["config"]["steps"],
-                "method": version.info["method"], "losses": version.info["losses"], "version": version, "pipe": tuned,
-                "before_images": before["images"], "after_images": after["images"], "prompts": before["prompts"]}
+        return PreferenceResult(colour=colour, rated=stats["ratings"], liked=stats["liked"],
+                                liked_share=stats["liked"] / max(1, stats["images"]), before=before, after=after,
+                                named_colour_before=control[0], named_colour_after=control[1],
+                                finetune_seconds=seconds, version=version, pipe=tuned)
 
 
-def plot_preference(result: dict):
+def plot_preference(result: PreferenceResult):
     """Bar chart: which colours the checker reads on the held-out prompts, before and after (a Figure)."""
     import matplotlib.pyplot as plt  # heavy: matplotlib loads only to plot
 
-    names = [n for n in result["before_counts"] if result["before_counts"][n] or result["after_counts"][n]]
-    total = sum(result["before_counts"].values())
+    before, after = result.before.counts, result.after.counts
+    names = [n for n in before if before[n] or after[n]]
+    total = sum(before.values())
     x = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(7, 3.2))
-    for offset, key, label in ((-0.2, "before_counts", "before"), (0.2, "after_counts", "after fine-tuning")):
-        ax.bar(x + offset, [100 * result[key][n] / total for n in names], 0.4, label=label,
-               edgecolor=["black" if n == result["colour"] else "none" for n in names])
+    for offset, counts, label in ((-0.2, before, "before"), (0.2, after, "after fine-tuning")):
+        ax.bar(x + offset, [100 * counts[n] / total for n in names], 0.4, label=label,
+               edgecolor=["black" if n == result.colour else "none" for n in names])
     ax.set_xticks(x, names)
     ax.set_ylabel("% of held-out images")
-    ax.set_title(f"object colour on prompts that leave it open: {result['colour']} "
-                 f"{100 * result['before']:.0f}% → {100 * result['after']:.0f}%")
+    ax.set_title(f"object colour on prompts that leave it open: {result.colour} "
+                 f"{100 * result.before.share:.0f}% → {100 * result.after.share:.0f}%")
     ax.legend()
     fig.tight_layout()
     return fig
