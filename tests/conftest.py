@@ -54,9 +54,9 @@ def browser(tmp_path):
 
 # what `make check` leaves out (`make test` runs them all): the modules that run notebooks, kernels, a
 # browser, benchmarks or training, and single tests that took 10 s or more on 2 cores
-SLOW_MODULES = {"test_notebooks", "test_grading", "test_grading_hostile", "test_grading_submissions",
-                "test_nbgrader", "test_bench", "test_app_browser", "test_distributed", "test_tiny_train",
-                "test_a1111", "test_packaging", "test_faces"}
+SLOW_MODULES = {"test_notebooks", "test_grading", "test_grading_hostile", "test_grading_sandbox",
+                "test_grading_submissions", "test_nbgrader", "test_bench", "test_app_browser", "test_distributed",
+                "test_tiny_train", "test_a1111", "test_packaging", "test_faces"}
 SLOW_TESTS = {"test_on_sdlab_tiny_the_shape_word_acts_on_the_object_and_background_off_it",
               "test_the_schedulers_offered_for_a_model_run_it_at_every_step_count",
               "test_behaviour_measures_the_curves_the_course_shows", "test_preset_resolves_from_an_installed_wheel",

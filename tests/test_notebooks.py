@@ -1,16 +1,20 @@
-"""The course itself: every solution notebook runs (papermill, parameters injected), blanks
-are in sync and stop at the first exercise with a clear message. Each notebook runs once: the run
-also compares the outputs of cells marked NBVAL_CHECK_OUTPUT with those stored in the notebook (as
-nbval does, through the same sanitising patterns, solutions/nbval_sanitize.cfg)."""
+"""The course itself: every solution notebook runs and scores full points, graded as a perfect
+submission by `sdlab grade` (its cells in the sandbox, bubblewrap required, its hidden tests in the
+judge, parameters injected); blanks are in sync and stop at the first exercise with a clear message.
+Each notebook runs once: the run also compares the outputs of cells marked NBVAL_CHECK_OUTPUT with
+those stored in the notebook (as nbval does, through the same sanitising patterns,
+solutions/nbval_sanitize.cfg)."""
 import configparser
 import os
 import re
+import shutil
 from pathlib import Path
 
 import nbformat
 import papermill
 import pytest
 
+from sdlab import grading
 from sdlab.errors import SdlabInputError
 from sdlab.grading import course
 
@@ -92,14 +96,23 @@ def _text_of(cell, sanitizers) -> str:
 
 
 @pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.stem)
-def test_solution_notebook_executes(path, tmp_path):
+def test_solution_notebook_runs_and_scores_full_points(path, tmp_path):
     from sdlab.presets import default_model
 
-    nb = _run(path, tmp_path / path.name, {"model": default_model()} | SMALL.get(path.stem, {}))
+    (tmp_path / "subs" / "perfect").mkdir(parents=True)
+    shutil.copy(path, tmp_path / "subs" / "perfect" / path.name)
+    report = grading.grade([tmp_path / "subs"], ROOT / "solutions", tmp_path / "report", progress=False,
+                           parameters={"model": default_model()} | SMALL.get(path.stem, {}), sandbox="require")
+    assert len(report.rows) >= 3 and [(r.exercise, r.status, r.message) for r in report.rows
+                                      if r.points != r.max] == [], "a hidden test of the solution fails"
+    nb = nbformat.read(tmp_path / "report" / "perfect" / path.name, as_version=4)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     if path.stem != "00_setup":
         assert any("image/png" in o.get("data", {}) for o in outputs), "the notebook shows no image"
+    # 07's pictures of its web app: headless Chromium, started inside the sandbox
+    for cell in (c for c in nb.cells if c.cell_type == "code" and "screenshot(" in c.source):
+        assert any("image/png" in o.get("data", {}) for o in cell.outputs), f"no picture of the page: {cell.outputs}"
     sanitizers, ran = _sanitizers(), {c.source: c for c in nb.cells if c.cell_type == "code"}
     for stored in nbformat.read(path, as_version=4).cells:
         if stored.cell_type == "code" and "NBVAL_CHECK_OUTPUT" in stored.source:

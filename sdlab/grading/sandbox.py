@@ -40,9 +40,12 @@ from ..errors import SdlabInputError
 MODES = ("auto", "require", "off")
 GiB = 2**30
 TMPFS = 256 * 2**20  # the sandbox's own /tmp (TMPDIR is in the copy, which the file-size limit bounds)
-# /etc is read-only in the sandbox, and only these: what Python, fonts and the dynamic linker read
-ETC = ("alternatives", "fonts", "group", "hosts", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime",
-       "mime.types", "nsswitch.conf", "passwd", "ssl/certs")
+# /etc is read-only in the sandbox, and only these: what Python, fonts and the dynamic linker read, and
+# chromium.d, the flags Debian's Chromium launcher (/usr/bin/chromium, a shell script) sources from every
+# file there: where the folder is missing, its `. /etc/chromium.d/*` stops the script before Chromium
+# starts, and a notebook's headless browser (notebook 07's screenshots) fails with "Chrome instance exited"
+ETC = ("alternatives", "chromium.d", "fonts", "group", "hosts", "ld.so.cache", "ld.so.conf", "ld.so.conf.d",
+       "localtime", "mime.types", "nsswitch.conf", "passwd", "ssl/certs")
 SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 # set inside the sandbox, before the kernel starts: the limits, then the kernel itself
 LIMITS = ("import os, resource as r, sys\n"
