@@ -35,7 +35,7 @@ STATUSES = {  # every status but the first scores 0
     "passed": "the hidden tests passed: full points",
     "failed": "the exercise ran, its hidden tests failed",
     "error": "the exercise cell raised an error",
-    "unfinished": "the exercise cell still raises the blank's NotImplementedError",
+    "unfinished": "the exercise cell, or the function it defines, still raises the blank's NotImplementedError",
     "timeout": "the exercise (or its tests) ran past --timeout and was interrupted",
     "not run": "the kernel died or would not stop before the tests ran",
     "invalid": "the file is not a notebook (not JSON, or not nbformat), or could not be graded",
@@ -283,6 +283,14 @@ def _error(reply) -> str:
     return _one_line(f"{reply.get('ename')}: {reply.get('evalue')}" if reply.get("evalue") else reply.get("ename"))
 
 
+def _blank(reply, name: str) -> bool:
+    """The blank's own NotImplementedError for exercise `name`: raised by its cell, or by the
+    function the cell defines when a hidden test asked the kernel to call it."""
+    blank = f"NotImplementedError: Exercise '{name}'"
+    return _error(reply).startswith(blank) or reply.get("ename") == "AskError" and _error(reply).startswith(
+        f"AskError: {blank}")
+
+
 def score(nb: nbformat.NotebookNode, replies: dict, stopped: str, student: str, notebook: str) -> list[Grade]:
     """One Grade per graded exercise of an executed notebook (STATUSES says what each status means).
     The hidden tests decide: an exercise whose tests passed scores its points even if its cell
@@ -302,14 +310,15 @@ def score(nb: nbformat.NotebookNode, replies: dict, stopped: str, student: str, 
         if test is not None and test.get("status") == "ok":
             pass  # full points, whatever the exercise cell did after its answer
         elif own.get("status") == "error":
-            status = ("timeout" if _timed_out(own) else "unfinished" if own.get("ename") == "NotImplementedError"
-                      and "Exercise '" in own.get("evalue", "") else "error")
+            status = "timeout" if _timed_out(own) else "unfinished" if _blank(own, name) else "error"
             message = _error(own)
             first = next((i for i in errors if i < e), None)
             if status == "error" and first is not None:
                 message += f"; the first error was in In [{nb.cells[first].execution_count}]: {_error(replies[first])}"
         elif test is None:
             status, message = "not run", stopped or "the hidden tests did not run"
+        elif _blank(test, name):  # the cell defines a function, whose body is still the blank's
+            status, message = "unfinished", _error(test).removeprefix("AskError: ")
         else:
             status = "timeout" if _timed_out(test) else "failed"
             message = f"a hidden test failed: {_error(test)}"
