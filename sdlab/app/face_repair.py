@@ -26,7 +26,8 @@ class FacesRestorer:
     """`sdlab.faces.restore_faces` as restore(image, upscale=, weight=) -> image.
 
     The restorer loads on first use: GFPGAN v1.4 when its weights are downloaded
-    (`sdlab.faces.download_weights()`), else the offline "classical" stand-in.
+    (`sdlab.faces.download_weights()`), else the offline "classical" restorer (denoise + sharpen,
+    no face model).
     """
 
     def __init__(self):

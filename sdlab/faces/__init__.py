@@ -8,17 +8,19 @@
 One module per step of the chain:
 `detection` (RetinaFace, 5 landmarks) · `alignment` (similarity transform to the FFHQ 512
 template, and back under a feathered mask) · `restorers` (GFPGAN / RestoreFormer through
-spandrel, a classical OpenCV stand-in) · `weights` (the released files) · `repair` (the chain) ·
-`gfpgan_package` (the original GFPGANer, as the GFPGAN demo runs it) · `remote` (a Gradio app
-that repairs faces) · `display` (boxes, landmarks, side by side) · `images` (input checks).
+spandrel) · `classical` (the offline restorer, no model: denoise + sharpen) · `weights` (the
+released files) · `repair` (the chain) · `gfpgan_package` (the original GFPGANer, as the GFPGAN
+demo runs it) · `remote` (a Gradio app that repairs faces) · `display` (boxes, landmarks, side by
+side) · `images` (input checks).
 """
 from .alignment import FACE_SIZE, FFHQ_TEMPLATE, align_face, alignment_matrix, feather_mask, paste_face
+from .classical import ClassicalRestorer
 from .detection import LANDMARK_NAMES, Face, detect_faces
 from .display import draw_faces, show_faces, show_photo, show_side_by_side, side_by_side
 from .gfpgan_package import FaceRestorationError, import_gfpgan
 from .remote import restore_remote
 from .repair import FaceRestoration, NoFaceFoundWarning, restore_faces
-from .restorers import RESTORERS, ClassicalRestorer, SpandrelRestorer, load_restorer
+from .restorers import RESTORERS, SpandrelRestorer, load_restorer
 from .weights import WEIGHTS, download_weights, weights_dir, weights_path
 
 __all__ = [

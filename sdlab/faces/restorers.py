@@ -2,8 +2,9 @@
 
 * `SpandrelRestorer` — GFPGAN v1.4 / v1.3 or RestoreFormer, loaded from their released state
   dicts by spandrel (no basicsr needed); all faces of a picture go through in one batch.
-* `ClassicalRestorer` — no network: OpenCV edge-preserving smoothing and an unsharp mask. It is not GFPGAN; it
-  lets the whole chain run offline when the real weights are not on this machine.
+* `ClassicalRestorer` (in `classical`) — no network: it denoises and sharpens at the photo's own
+  pixel size. It is not GFPGAN: it lets the whole chain run offline when the real weights are not
+  on this machine, and comes a little closer to the original than a plain resize, inventing nothing.
 
 Weights are files you download once (`sdlab.faces.weights`, ~350 MB each, e.g. in Colab).
 """
@@ -17,6 +18,7 @@ import torch
 
 from ..device import pick_device
 from ..errors import SdlabInputError, check
+from .classical import ClassicalRestorer
 from .gfpgan_package import GFPGANPackageRestorer
 from .weights import WEIGHTS, missing_weights, weights_path
 
@@ -55,36 +57,6 @@ class SpandrelRestorer:
             out = self.descriptor.model(batch * 2 - 1, return_rgb=False, randomize_noise=False)[0]
             return (out + 1) / 2
         return self.descriptor(batch)  # RestoreFormer: spandrel normalises for it
-
-
-class ClassicalRestorer:
-    """Not a face model: OpenCV edge-preserving smoothing, then an unsharp mask (sharpening).
-
-    It flattens JPEG blocks and noise while keeping edges, then crisps them, but cannot invent
-    detail as GFPGAN does; it is here so the detect → align → restore → paste chain runs offline
-    with no weights.
-    """
-
-    name = "classical (OpenCV smoothing + unsharp mask, not GFPGAN)"
-    architecture = "classical"
-
-    def __init__(self, smooth: float = 0.25, sharpen: float = 0.8, radius: float = 2.0):
-        self.smooth, self.sharpen, self.radius = smooth, sharpen, radius
-
-    def __repr__(self) -> str:
-        return f"ClassicalRestorer(smooth={self.smooth}, sharpen={self.sharpen}, radius={self.radius})"
-
-    def __call__(self, crops: list[np.ndarray]) -> list[np.ndarray]:
-        import cv2  # optional dependency (the faces extra: opencv)
-
-        restored = []
-        for crop in crops:
-            # smooth areas of similar colour (sigma_r: how similar), but not across edges
-            clean = cv2.edgePreservingFilter(np.ascontiguousarray(crop), flags=cv2.RECURS_FILTER,
-                                             sigma_s=40, sigma_r=self.smooth)
-            blurred = cv2.GaussianBlur(clean, (0, 0), self.radius)
-            restored.append(cv2.addWeighted(clean, 1 + self.sharpen, blurred, -self.sharpen, 0))
-        return restored
 
 
 def load_restorer(restorer: str | os.PathLike = "GFPGANv1.4", *, weights_dir: str | os.PathLike | None = None,
