@@ -8,6 +8,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("SDLAB_PROGRESS", "0")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.pop("SDLAB_MODELS", None)  # fine-tuned versions are found only where a test puts them
 # the notebooks' kernels and the commands the tests start take their temporary folders here (notebook
 # 08 keeps its feedback store and model versions in one), and it goes when the tests end
 _KERNELS_TMP = tempfile.mkdtemp(prefix="sdlab-tests-")  # this process keeps the usual folder
