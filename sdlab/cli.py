@@ -195,27 +195,42 @@ def _feedback_demo(args) -> None:
 
 def _finetune(args) -> None:
     from .feedback import FeedbackStore  # keeps `sdlab --help` fast
-    from .finetune import Example, FinetuneConfig, start_finetune  # keeps `sdlab --help` fast
+    from .finetune import Example, FinetuneConfig, folder_examples, how_to_load, start_finetune  # `sdlab --help`
+    from .finetune.training import default_name  # keeps `sdlab --help` fast
     from .pipelines import load_pipeline, model_name  # keeps `sdlab --help` fast
+    from .presets import default_models_dir  # keeps `sdlab --help` fast
 
-    if not (Path(args.store) / "feedback.sqlite3").is_file():
-        raise SdlabInputError(f"{args.store} holds no feedback store; give the folder that `sdlab serve` kept "
-                              f"(./feedback where it ran) with --store")
+    if args.images is not None and args.store is not None:
+        raise SdlabInputError("give --images (your own pictures) or --store (a feedback store's liked images), "
+                              "not both")
+    if args.prompt is not None and args.images is None:
+        raise SdlabInputError("--prompt captions the pictures of --images DIR; a store's images keep their prompts")
+    store = args.store or "feedback"
+    if args.images is None and not (Path(store) / "feedback.sqlite3").is_file():
+        raise SdlabInputError(f"{store} holds no feedback store; give the folder that `sdlab serve` kept "
+                              f"(./feedback where it ran) with --store, or your own pictures with --images DIR")
     config = FinetuneConfig(method=args.method, steps=args.steps, min_rating=args.min_rating,
                             learning_rate=args.learning_rate).checked()
-    pipe = load_pipeline(args.model, progress=False)
-    liked = FeedbackStore(args.store).liked(config.min_rating, model=model_name(pipe))  # the model's own images
-    if not liked:
-        raise SdlabInputError(f"no image in {args.store} made with {model_name(pipe)} has a mean rating of "
-                              f"{config.min_rating:g} or more; rate some in the app, lower --min-rating, or name "
-                              f"the model that made them with --model")
-    examples = [Example(item.image, item.prompt, item.id) for item in liked]
-    job = start_finetune(pipe, examples, config, models_dir=args.models_dir or Path(args.store) / "models")
+    if args.images is not None:
+        examples = folder_examples(args.images, args.prompt)  # the pictures' errors before the model loads
+        pipe = load_pipeline(args.model, progress=False)
+        models_dir, name = args.models_dir or default_models_dir(), args.name or default_name(pipe, "ft")
+    else:
+        pipe = load_pipeline(args.model, progress=False)
+        liked = FeedbackStore(store).liked(config.min_rating, model=model_name(pipe))  # the model's own images
+        if not liked:
+            raise SdlabInputError(f"no image in {store} made with {model_name(pipe)} has a mean rating of "
+                                  f"{config.min_rating:g} or more; rate some in the app, lower --min-rating, or name "
+                                  f"the model that made them with --model")
+        examples = [Example(item.image, item.prompt, item.id) for item in liked]
+        models_dir, name = args.models_dir or default_models_dir(store), args.name
+    job = start_finetune(pipe, examples, config, models_dir=models_dir, name=name)
     while job.running:
         print(job.status().line(), flush=True)
         time.sleep(2)
     print(job.status().line())
-    print(f"new model: {job.wait().folder} (load it with sdlab.finetune.load_version)")
+    version = job.wait()
+    print(f"new model: {version.folder} ({how_to_load(version)})")
 
 
 def _faces(args) -> None:
@@ -439,14 +454,26 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--models-dir", default=None, help="where the new model version goes (default: a temp folder)")
     demo.set_defaults(func=_feedback_demo)
 
-    ft = sub.add_parser("finetune", help="fine-tune on the liked images of a feedback store: a new model version")
-    ft.add_argument("--store", default="feedback", help="the feedback store's folder (`sdlab serve` keeps ./feedback)")
-    ft.add_argument("--model", default=None, help="the model that made the images (default: sdlab-tiny)")
+    ft = sub.add_parser("finetune", help="fine-tune on the liked images of a feedback store, or on your own "
+                        "pictures (--images): a new model version, loaded by its name")
+    ft.add_argument("--store", default=None, help="the feedback store's folder (default: ./feedback, which `sdlab "
+                    "serve` keeps)")
+    ft.add_argument("--images", default=None, metavar="DIR", help="fine-tune on your own pictures instead (png, jpg, "
+                    "webp; any size): each captioned by the .txt file of its name beside it, a metadata.jsonl, or "
+                    "--prompt")
+    ft.add_argument("--prompt", default=None, help="with --images: the caption of every picture that has none, "
+                    "DreamBooth style: a rare word for your subject, then its class, e.g. \"a photo of sks dog\"")
+    ft.add_argument("--name", default=None, help="what the versions are called, e.g. my-dog: they load as my-dog-v1, "
+                    "my-dog-v2, … (default: the model's name, then -feedback, or -ft with --images)")
+    ft.add_argument("--model", default=None, help="the model to fine-tune, which made the store's images "
+                    "(default: sdlab-tiny)")
     ft.add_argument("--method", default="lora", choices=["lora", "full"])
     ft.add_argument("--steps", type=int, default=200, help="training steps")
     ft.add_argument("--learning-rate", type=float, default=None, help="default: 1e-3 for LoRA, 1e-4 for full")
     ft.add_argument("--min-rating", type=float, default=4, help="train on images with at least this mean rating")
-    ft.add_argument("--models-dir", default=None, help="where the new version goes (default: STORE/models)")
+    ft.add_argument("--models-dir", default=None, help="where the new version goes (default: the first folder "
+                    "$SDLAB_MODELS lists, else STORE/models: ./feedback/models, where `sdlab serve` and load_pipeline "
+                    "look for versions by name)")
     ft.set_defaults(func=_finetune)
 
     grd = sub.add_parser("grade", help="run student notebooks and their hidden tests; write grades.csv and an "

@@ -1,7 +1,7 @@
 """Models a class makes are models the server offers: fine-tuning on one's own pictures (DreamBooth
-style, `folder_examples(folder, prompt)`), and every version, LoRA-only ones too, loading by its name
-with `load_pipeline`, `regenerate` and AUTOMATIC1111's sd-models and options. Fine-tunes take two
-steps, on tiny-random."""
+style, `sdlab finetune --images DIR --prompt …`), and every version, LoRA-only ones too, loading by
+its name with `load_pipeline`, `regenerate`, `sdlab serve --model` and AUTOMATIC1111's sd-models
+and options. Fine-tunes take two steps; the server runs tiny-random, the command line sdlab-tiny."""
 import json
 
 import httpx
@@ -147,6 +147,69 @@ def test_a_name_that_loads_nothing_lists_the_versions_there_are(in_models, tmp_p
     monkeypatch.delenv(MODELS_VARIABLE)
     assert models_dirs() == [default_models_dir()] == [default_models_dir("feedback")]
     assert str(default_models_dir()) == "feedback/models"
+
+
+# ---- the command line ---------------------------------------------------------------------
+
+def test_cli_finetunes_sdlab_tiny_on_your_pictures_and_the_version_is_served_by_name(photos, tmp_path, monkeypatch,
+                                                                                       capsys):
+    monkeypatch.chdir(tmp_path)  # the default models folder: ./feedback/models, where `sdlab serve` looks
+    monkeypatch.delenv(MODELS_VARIABLE, raising=False)
+    assert cli.main(["finetune", "--images", str(photos), "--prompt", PROMPT, "--name", "my-circle",
+                     "--model", "sdlab-tiny", "--steps", "2", "--learning-rate", "1e-2"]) == 0
+    out = capsys.readouterr().out
+    assert "training on 3 images" in out and "done: step 2/2" in out
+    assert "new model: feedback/models/my-circle/v1 (load it by name: sdlab serve --model my-circle-v1" in out
+    info = json.loads((tmp_path / "feedback/models/my-circle/v1/sdlab_version.json").read_text())
+    assert info["base_model"] == "sdlab-tiny" and info["examples"] == 3 and info["method"] == "lora"
+
+    tuned = sdlab.load_pipeline("my-circle")
+    made = sdlab.generate(tuned, PROMPT, **FAST)[0]
+    before = sdlab.generate(sdlab.load_pipeline("sdlab-tiny"), PROMPT, **FAST)[0]
+    assert made.params.model == "my-circle-v1" and np.abs(pixels(made.image) - pixels(before.image)).mean() > 0.5
+    png = save_png(made, tmp_path / "made.png")
+    assert cli.main(["regenerate", str(png), "--out", str(tmp_path / "again.png")]) == 0
+    assert "identical" in capsys.readouterr().out
+
+    served = {}
+
+    def ask_then_stop(server):
+        served["health"] = httpx.get(server.url + "health").json()
+        served["models"] = httpx.get(server.url + "models").json()
+        server.close()
+
+    monkeypatch.setattr(sdlab.app.Server, "wait", ask_then_stop)
+    assert cli.main(["serve", "--model", "my-circle-v1", "--port", "0"]) == 0
+    assert served["health"]["model"] == "my-circle-v1"
+    listed = {m["name"]: m for m in served["models"]["models"]}
+    assert listed["my-circle-v1"]["loaded"] and listed["my-circle-v1"]["base_model"] == "sdlab-tiny"
+
+    # the second fine-tune of the name is its version 2; version 1 stays, and still loads by its label
+    assert cli.main(["finetune", "--images", str(photos), "--prompt", PROMPT, "--name", "my-circle",
+                     "--model", "tiny-random", "--steps", "1"]) == 0
+    assert "new model: feedback/models/my-circle/v2" in capsys.readouterr().out
+    assert find_version("my-circle").number == 2 and find_version("my-circle-v1").info["base_model"] == "sdlab-tiny"
+
+
+@pytest.mark.parametrize("arguments, words", [
+    (["--images", "{photos}", "--store", "feedback"], "give --images (your own pictures) or --store"),
+    (["--prompt", PROMPT], "--prompt captions the pictures of --images DIR"),
+    (["--images", "{tmp}/nowhere", "--prompt", PROMPT], "there is no folder {tmp}/nowhere"),
+    (["--images", "{photos}"], "3 of the 3 images in {photos} have no caption"),
+    (["--images", "{photos}", "--prompt", PROMPT, "--name", "sdlab-tiny"], "name 'sdlab-tiny' is a preset's"),
+    (["--images", "{photos}", "--prompt", PROMPT, "--name", "my-dog-v2"],
+     "name 'my-dog-v2' reads as version 2 of 'my-dog': name it 'my-dog'"),
+    (["--images", "{photos}", "--prompt", PROMPT, "--name", "../escape"], "name must be letters, digits"),
+    (["--store", "{tmp}/nowhere"], "{tmp}/nowhere holds no feedback store"),
+])
+def test_cli_finetune_refuses_what_cannot_train_saying_what_to_change(photos, tmp_path, monkeypatch, capsys,
+                                                                       arguments, words):
+    monkeypatch.chdir(tmp_path)
+    filled = [a.format(photos=photos, tmp=tmp_path) for a in arguments]
+    assert cli.main(["finetune", "--model", "tiny-random", "--steps", "1", *filled]) == 2
+    err = capsys.readouterr().err
+    assert words.format(photos=photos, tmp=tmp_path) in err and "Traceback" not in err, err
+    assert not (tmp_path / "feedback").exists()
 
 
 # ---- the server ---------------------------------------------------------------------------
