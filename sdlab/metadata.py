@@ -29,7 +29,7 @@ from .generation import (
     work_of,
 )
 from .pipelines import load_pipeline
-from .presets import find_preset, tiny_model_dir
+from .presets import find_preset, find_version, models_dirs, tiny_model_dir
 from .seeds import MAX_SEED, MAX_SIZE, MIN_SIZE
 
 PARAMETERS_KEY = "parameters"
@@ -218,12 +218,13 @@ def read_params(png: str | Path | Image.Image) -> GenerationParams:
 
 
 def trusted_model(model: str) -> bool:
-    """A preset, or a folder inside a `models` folder (the project's, this folder's or the feedback
-    store's fine-tuned versions): what a PNG may name for `regenerate` to load without asking."""
-    if find_preset(model) is not None:
+    """A preset, a fine-tuned version's name in the models folders, or a folder inside a `models`
+    folder (the project's, this folder's, the feedback store's or $SDLAB_MODELS'): what a PNG may name
+    for `regenerate` to load without asking."""
+    if find_preset(model) is not None or find_version(model) is not None:
         return True
     shipped = tiny_model_dir()
-    homes = [Path("models"), Path("feedback") / "models"] + ([shipped.parent] if shipped else [])
+    homes = [Path("models"), Path("feedback") / "models", *models_dirs()] + ([shipped.parent] if shipped else [])
     folder = Path(model).resolve()
     return any(folder.is_relative_to(home.resolve()) for home in homes)
 
@@ -239,8 +240,9 @@ def regenerate(png: str | Path | Image.Image, pipe=None, *, force: bool = False,
     call shared with other requests (`sdlab.app`), comes back within float rounding (a level or
     two), not identical.
 
-    pipe: the model to use; None loads the metadata's Model, if it is a preset or a folder inside a
-    `models` folder (`trusted_model`), or anything with `trust_model=True`: a PNG is not a reason to
+    pipe: the model to use; None loads the metadata's Model, if it is a preset, a fine-tuned version's
+    label (found by name in the models folders: `sdlab.presets`) or a folder inside a `models` folder
+    (`trusted_model`), or anything with `trust_model=True`: a PNG is not a reason to
     load code or weights from anywhere on the disk.
     force: start a job bigger than `MAX_WORK` image-steps at the model's own size (refused, with
     the estimate, without it).
@@ -254,9 +256,10 @@ def regenerate(png: str | Path | Image.Image, pipe=None, *, force: bool = False,
                               "made from latents= given by hand records none)")
     if pipe is None:
         check(trust_model or trusted_model(params.model),
-              f"the PNG names the model {params.model!r}, which is not a preset or a folder inside a models folder; "
-              f"give the model yourself (sdlab regenerate --model NAME, or regenerate(png, pipe)) or, if you trust "
-              f"that folder, --trust-model (trust_model=True)")
+              f"the PNG names the model {params.model!r}, which is not a preset, a fine-tuned version in the models "
+              f"folders ({', '.join(str(folder) for folder in models_dirs())}; $SDLAB_MODELS lists others) or a "
+              f"folder inside a models folder; give the model yourself (sdlab regenerate --model NAME, or "
+              f"regenerate(png, pipe)) or, if you trust that folder, --trust-model (trust_model=True)")
         pipe = load_pipeline(params.model)
     work = work_of(pipe, params.batch_size, params.num_inference_steps, params.height, params.width)
     check(force or work <= MAX_WORK,

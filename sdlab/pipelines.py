@@ -1,4 +1,4 @@
-"""Loading a Stable Diffusion pipeline: a preset name, a local folder or a hub id.
+"""Loading a Stable Diffusion pipeline: a preset name, a fine-tuned version's name, a local folder or a hub id.
 
 One set of components serves text-to-image, image-to-image and inpainting: the img2img and
 inpaint pipelines are built around the same UNet, VAE and text encoder, never reloaded.
@@ -18,8 +18,18 @@ from diffusers.utils import logging as diffusers_logging
 from huggingface_hub import constants, login
 
 from .device import pick_device
-from .errors import SdlabInputError
-from .presets import PRESETS, find_preset, tiny_model_dir
+from .errors import SdlabInputError, check
+from .presets import (
+    PRESETS,
+    VERSION_FILE,
+    ModelVersion,
+    find_preset,
+    find_version,
+    models_dirs,
+    named_versions,
+    read_version,
+    tiny_model_dir,
+)
 from .schedulers import resolve_scheduler_name, set_scheduler
 from .speed import speed_up
 
@@ -50,6 +60,17 @@ def _loading_bars(enabled: bool):
     finally:
         for lib in libraries:  # only those that were on: a user's own choice stays
             lib.enable_progress_bar()
+
+
+@contextmanager
+def _quiet_diffusers():
+    """Hide diffusers' notes while loading LoRA (e.g. "no LoRA keys for the text encoder": none are meant)."""
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(level)
 
 
 def _hub_offline() -> bool:
@@ -144,7 +165,7 @@ def _check_supported(pipe, name: str) -> None:
 
 
 def _resolve_source(model: str) -> tuple[str, object]:
-    """('builder'|'folder'|'hub', preset or path) for a model name."""
+    """('builder'|'folder'|'hub'|'version', the preset, path, hub id or ModelVersion) for a model name."""
     preset = find_preset(model)
     if preset is not None:
         if preset.source.startswith("builder:"):
@@ -164,14 +185,32 @@ def _resolve_source(model: str) -> tuple[str, object]:
         raise SdlabInputError(f"{str(path)!r} is a single-file checkpoint, as A1111 keeps them; sdlab loads diffusers "
                               f"folders. Convert it once with diffusers: StableDiffusionPipeline.from_single_file("
                               f"{str(path)!r}).save_pretrained('my-model'), then load 'my-model'")
+    # a fine-tuned version: its folder, or its name in the models folders (a folder of photos called
+    # the same, as the images it was fine-tuned on often are, is not a model)
+    version = read_version(path) if path.is_dir() else None
+    if version is None and not (path / "model_index.json").is_file():
+        version = find_version(model)
+    if version is not None:
+        if (version.folder / "model_index.json").is_file():
+            _check_folder(version.folder)
+        return "version", version
     if path.is_dir():
         _check_folder(path)
         return "folder", path
     looks_like_hub_id = model.count("/") == 1 and not model.startswith((".", "/", "~")) and not path.exists()
     if looks_like_hub_id:
         return "hub", model
-    raise SdlabInputError(f"model {model!r} is neither a preset ({', '.join(PRESETS)}), an existing diffusers "
-                          f"folder, nor a Hugging Face hub id like 'stable-diffusion-v1-5/stable-diffusion-v1-5'")
+    raise SdlabInputError(f"model {model!r} is neither a preset ({', '.join(PRESETS)}), a fine-tuned version "
+                          f"({_versions_line()}), an existing diffusers folder, nor a Hugging Face hub id like "
+                          f"'stable-diffusion-v1-5/stable-diffusion-v1-5'")
+
+
+def _versions_line() -> str:
+    """The fine-tuned versions a name can load, and where they were looked for."""
+    labels, where = list(named_versions()), " and ".join(str(folder) for folder in models_dirs())
+    if not labels:
+        return f"none in {where}; `sdlab finetune` makes them there, $SDLAB_MODELS says where else to look"
+    return f"in {where}: {', '.join(labels[:20])}{', …' if len(labels) > 20 else ''}"
 
 
 def load_pipeline(model: str = "sdlab-tiny", *, device: str = "auto", dtype: str | torch.dtype = "auto",
@@ -180,7 +219,9 @@ def load_pipeline(model: str = "sdlab-tiny", *, device: str = "auto", dtype: str
                   attention: str | None = None, compile: bool | str = False):
     """Load a text-to-image pipeline, ready on the chosen device.
 
-    model: a preset (`sdlab-tiny`, `tiny-random`, `sd15`, `sd-turbo`), a diffusers folder or a hub id.
+    model: a preset (`sdlab-tiny`, `tiny-random`, `sd15`, `sd-turbo`), a fine-tuned version's label or name
+    (`my-dog-v2`, or `my-dog` for its newest, from the models folders: see `sdlab.presets`) or folder, a
+    diffusers folder or a hub id.
     device/dtype: "auto" picks cuda → mps → cpu and float16 on GPUs (see `sdlab.device`).
     scheduler: a name from `sdlab.schedulers.scheduler_names()`; None keeps the model's or the preset's.
     safety_checker: None keeps the model's own (on for real SD models, off for the tiny ones).
@@ -192,10 +233,13 @@ def load_pipeline(model: str = "sdlab-tiny", *, device: str = "auto", dtype: str
     scheduler = resolve_scheduler_name(scheduler) if scheduler is not None else None
     kind, source = _resolve_source(model)
     preset = find_preset(model)
-    # 2. Load the components
-    with _loading_bars(_progress_enabled(progress)):
-        pipe = _load(kind, source, choice, safety_checker)
-    _check_supported(pipe, model)
+    # 2. Load the components (of a version saved as LoRA weights alone: its base model's, then the weights)
+    if kind == "version" and not (source.folder / "model_index.json").is_file():
+        pipe = _lora_version(source, device=device, dtype=dtype, safety_checker=safety_checker, progress=progress)
+    else:
+        with _loading_bars(_progress_enabled(progress)):
+            pipe = _load(kind, source, choice, safety_checker)
+        _check_supported(pipe, model)
     if safety_checker and pipe.safety_checker is None:
         raise SdlabInputError(f"{model!r} has no safety checker to turn on; load a model that ships one (e.g. "
                               f"'sd15'), or leave safety_checker=None")
@@ -207,7 +251,9 @@ def load_pipeline(model: str = "sdlab-tiny", *, device: str = "auto", dtype: str
     if scheduler:
         set_scheduler(pipe, scheduler)
     pipe.set_progress_bar_config(disable=not _progress_enabled(progress), leave=False)
-    pipe.sdlab_model_name = preset.name if preset else str(model)
+    pipe.sdlab_model_name = preset.name if preset else source.label if kind == "version" else str(model)
+    if kind == "version":
+        pipe.sdlab_version = source  # what a fine-tune of it continues (`sdlab.finetune`)
     pipe.sdlab_device = choice
     if channels_last or fuse_qkv or attention or compile:
         speed_up(pipe, channels_last=channels_last, fuse_qkv=fuse_qkv, attention=attention, compile=compile)
@@ -226,6 +272,8 @@ def _load(kind: str, source, choice, safety_checker: bool | None):
         if source.name == "sd15-random":
             return build_sd15_random_pipeline(dtype=choice.dtype, device=choice.device)
         return build_tiny_random_pipeline(dtype=choice.dtype)
+    if kind == "version":  # saved as a whole pipeline
+        kind, source = "folder", source.folder
     kwargs = {"dtype": choice.dtype}
     if safety_checker is False:  # None keeps the model's own, as diffusers does
         kwargs |= {"safety_checker": None, "requires_safety_checker": False}
@@ -240,6 +288,21 @@ def _load(kind: str, source, choice, safety_checker: bool | None):
     # the hub's half-precision files are half the download; the full ones where there are none
     variants = ("fp16", None) if choice.dtype == torch.float16 else (None,)
     return _from_hub(StableDiffusionPipeline, source, variants, **kwargs)
+
+
+def _lora_version(version: ModelVersion, **options):
+    """A version saved as LoRA weights alone: its base model with the weights applied (not merged in)."""
+    base = version.info.get("base_model")
+    check(isinstance(base, str), f"{version.folder / VERSION_FILE} names no base_model, so its LoRA weights have "
+                                 f"no model to go on: fine-tune again, or mend the record")
+    try:
+        pipe = load_pipeline(base, **options)
+    except SdlabInputError as err:
+        raise SdlabInputError(f"{version.label} is LoRA weights for the model {base!r}, which does not load here: "
+                              f"{err}") from None
+    with _loading_bars(_progress_enabled(options.get("progress"))), _quiet_diffusers():
+        pipe.load_lora_weights(str(version.folder))
+    return pipe
 
 
 def model_name(pipe) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("SDLAB_PROGRESS", "0")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.pop("SDLAB_MODELS", None)  # fine-tuned versions are found only where a test puts them
 # the notebooks' kernels and the commands the tests start take their temporary folders here (notebook
 # 08 keeps its feedback store and model versions in one), and it goes when the tests end
 _KERNELS_TMP = tempfile.mkdtemp(prefix="sdlab-tests-")  # this process keeps the usual folder
@@ -63,7 +64,8 @@ SLOW_TESTS = {"test_on_sdlab_tiny_the_shape_word_acts_on_the_object_and_backgrou
               "test_cli_feedback_demo_rates_finetunes_and_measures",
               "test_adherence_on_held_out_prompts_and_guidance_matters", "test_plain_diffusers_loads_it_offline",
               "test_cli_bad_arguments_exit_nonzero_without_traceback",
-              "test_a_weight_below_one_weakens_its_attribute_measured"}
+              "test_a_weight_below_one_weakens_its_attribute_measured",
+              "test_cli_finetunes_sdlab_tiny_on_your_pictures_and_the_version_is_served_by_name"}
 
 
 def pytest_collection_modifyitems(config, items):

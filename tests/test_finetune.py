@@ -228,7 +228,7 @@ def test_bad_training_pairs_are_named(tmp_path, tiny_pipe, liked_store):
                                                               "at least 8 a side"),
         ([(Image.new("I;16", (64, 64), 20000), "grey")], "pair 0: a I;16 image has more than 8 bits a channel"),
         ([good], "pair 0: expected .image, prompt."),
-        ("a folder that is not there", "has no metadata.jsonl")]:
+        ("a folder that is not there", "there is no folder a folder that is not there")]:
         with pytest.raises(SdlabInputError, match=message):
             training_examples(pairs)
     folder = liked_store.export_imagefolder(tmp_path / "liked")

@@ -30,10 +30,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .. import __version__
 from ..errors import check
-from ..finetune import list_versions, load_version
 from ..metadata import PARAMETERS_KEY, format_parameters, png_bytes, split_parameters
 from ..pipelines import load_pipeline
-from ..presets import PRESETS, find_preset
+from ..presets import PRESETS, find_preset, named_versions
 from ..schedulers import ALIASES, schedulers_for
 from .api import client_of, decode_image, encode_png, while_connected
 from .feedback import operator_check
@@ -180,24 +179,17 @@ def _answer(studio: Studio, body: _A1111Request, gone: Callable[[], bool], clien
 # ---- models the server offers ----------------------------------------------------------------
 
 def offered_models(studio: Studio, models_dir: str | Path | None) -> dict[str, str]:
-    """title → what `load_pipeline`/`load_version` loads: the loaded model, the presets that need no
-    download, and the fine-tuned versions in models_dir."""
+    """title → what `load_pipeline` loads: the loaded model, the presets that need no download, and
+    the fine-tuned versions (by label) in models_dir and in the models folders, LoRA-only ones too."""
     offered = {studio.model: studio.model}
     offered |= {name: name for name, preset in PRESETS.items() if preset.offline}
-    if models_dir is not None and Path(models_dir).is_dir():
-        offered |= {version.label: str(version.folder) for version in list_versions(models_dir)
-                    if str(version.folder) != studio.model}
+    offered |= {label: str(version.folder) for label, version in named_versions(models_dir).items()}
     return offered
 
 
 def _sd_model(title: str, source: str) -> dict[str, Any]:
     return {"title": title, "model_name": title, "hash": None, "sha256": None,
             "filename": source if find_preset(source) is None else f"preset:{source}", "config": None}
-
-
-def _load(source: str):
-    """The pipeline for an offered model: a preset, or a fine-tuned version's folder."""
-    return load_pipeline(source) if find_preset(source) is not None else load_version(source)
 
 
 def extras(body: ExtraSingleImage, restore: Callable[..., Image.Image] | None) -> tuple[Image.Image, str]:
@@ -260,7 +252,7 @@ def add_a1111_api(app: FastAPI, studio: Studio, models_dir: str | Path | None = 
     @app.get(PREFIX + "/sd-models", tags=["AUTOMATIC1111"])
     def sd_models() -> list[dict[str, Any]]:
         """The models this server can switch to (POST /sdapi/v1/options): the loaded one, the offline
-        presets and the fine-tuned versions."""
+        presets and the fine-tuned versions (`sdlab finetune`'s and /finetune's)."""
         return [_sd_model(title, source) for title, source in offered_models(studio, models_dir).items()]
 
     @app.get(PREFIX + "/options", tags=["AUTOMATIC1111"])
@@ -281,7 +273,7 @@ def add_a1111_api(app: FastAPI, studio: Studio, models_dir: str | Path | None = 
               f"sd_model_checkpoint {wanted!r} is not a model this server offers; choose one of {sorted(offered)} "
               f"(GET /sdapi/v1/sd-models)")
         with switching:
-            studio.switch(_load(offered[wanted]), wanted)
+            studio.switch(load_pipeline(offered[wanted]), wanted)
         return None
 
     @app.get(PREFIX + "/progress", tags=["AUTOMATIC1111"])

@@ -19,6 +19,7 @@ import binascii
 import io
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from fastapi import FastAPI, HTTPException, Request
@@ -32,7 +33,7 @@ from .. import __version__
 from ..errors import SdlabInputError, check
 from ..generation import MAX_PROMPT_CHARS, GenerationParams
 from ..metadata import format_parameters, png_bytes
-from ..presets import PRESETS
+from ..presets import PRESETS, find_version, named_versions
 from ..schedulers import ALIASES, scheduler_name, scheduler_names, schedulers_for
 from ..seeds import MAX_SIZE
 from .batcher import BusyError, ClientGone
@@ -179,11 +180,12 @@ def encode_png(png: bytes) -> str:
 def _check_model(studio: Studio, requested: str | None) -> None:
     if requested is None or requested == studio.model:
         return
-    if requested in PRESETS:
+    if requested in PRESETS or find_version(requested) is not None:
         raise SdlabInputError(f"model {requested!r} is not loaded on this server, which serves {studio.model!r}; "
-                              f"leave model out, or start a server with `sdlab serve --model {requested}`")
+                              f"leave model out, or start a server with `sdlab serve --model {requested}` (or "
+                              f"switch this one for everyone: POST /sdapi/v1/options)")
     raise SdlabInputError(f"model {requested!r} is unknown here; this server serves {studio.model!r} "
-                          f"(GET /models lists the presets)")
+                          f"(GET /models lists the presets and fine-tuned versions)")
 
 
 T = TypeVar("T")
@@ -253,8 +255,9 @@ def _run(studio: Studio, request: _Request, gone: Callable[[], bool] = lambda: F
                               call_sizes=result.call_sizes, model=studio.model, warnings=warnings)
 
 
-def add_api(app: FastAPI, studio: Studio) -> FastAPI:
-    """Add the REST endpoints and their error handling to `app`."""
+def add_api(app: FastAPI, studio: Studio, models_dir: str | Path | None = None) -> FastAPI:
+    """Add the REST endpoints and their error handling to `app`; GET /models lists the fine-tuned
+    versions in `models_dir` and in the models folders (`sdlab.presets.named_versions`)."""
 
     def served(request: Request, body: _Request, **images):
         return while_connected(request, lambda gone: _run(studio, body, gone, client_of(request), **images))
@@ -303,12 +306,19 @@ def add_api(app: FastAPI, studio: Studio) -> FastAPI:
                           include_in_schema=False)
 
     @app.get("/models", tags=["about"])
-    async def models() -> dict[str, Any]:
-        """The model presets, and which one this server has loaded (it serves only that one)."""
+    def models() -> dict[str, Any]:
+        """The model presets and the fine-tuned versions, and which one this server has loaded (it serves
+        that one; POST /sdapi/v1/options {"sd_model_checkpoint": name} switches it for everyone)."""
         listed = [{"name": p.name, "description": p.description, "size": p.size,
                    "num_inference_steps": p.num_inference_steps, "guidance_scale": p.guidance_scale,
                    "loaded": p.name == studio.model} for p in PRESETS.values()]
-        if studio.model not in PRESETS:
+        for label, version in named_versions(models_dir).items():
+            info = version.info
+            listed.append({"name": label, "description": f"fine-tuned ({info.get('method')}) from "
+                           f"{info.get('base_model')} on {info.get('examples')} image(s)", "version": version.number,
+                           "base_model": info.get("base_model"), "created_at": info.get("created_at"),
+                           "loaded": label == studio.model})
+        if not any(entry["loaded"] for entry in listed):
             listed.append({"name": studio.model, "description": "a local folder or hub id", "loaded": True})
         return {"loaded": studio.model, "models": listed}
 

@@ -10,6 +10,7 @@ from fastapi_offline import FastAPIOffline
 from .. import __version__
 from ..feedback import FeedbackStore
 from ..generation import MAX_IMAGES, MAX_PROMPT_CHARS, MAX_STEPS
+from ..presets import default_models_dir
 from ..seeds import MAX_SIZE
 from .a1111 import add_a1111_api
 from .api import MAX_BODY_BYTES, MAX_IMAGE_BYTES, MAX_SMALL_BODY_BYTES, add_api
@@ -53,7 +54,9 @@ def create_app(pipe, *, max_queue: int = 16, face_restorer="auto", feedback_dir:
     feedback_dir: a folder for a `sdlab.feedback.FeedbackStore` (made if missing): every image made is
     kept there and comes back with its image_id, and /feedback, /gallery and /finetune are served
     (see `sdlab.app.feedback`). None: no store, no image ids.
-    models_dir: where /finetune saves new model versions (None: the `models` folder in feedback_dir).
+    models_dir: where /finetune saves new model versions (None: the first folder $SDLAB_MODELS lists, else
+    the `models` folder in feedback_dir); /models and /sdapi/v1/sd-models list the versions there and in
+    the models folders (`sdlab.presets.models_dirs`), and /sdapi/v1/options switches to them.
     max_work: the most one request may ask for, in image-steps at the model's own size (see
     `sdlab.generation.work_of`). max_side: the largest width or height served (None: 8 × the model's
     own size; more than twice it is served with a warning). finetune_limits: steps, minutes and kept
@@ -61,6 +64,8 @@ def create_app(pipe, *, max_queue: int = 16, face_restorer="auto", feedback_dir:
     operator_token: what POST and DELETE /finetune need (`Authorization: Bearer …`); None: nothing.
     """
     store = FeedbackStore(feedback_dir) if feedback_dir is not None else None
+    if store is not None and models_dir is None:
+        models_dir = default_models_dir(feedback_dir)
     studio = Studio(pipe, max_queue=max_queue, store=store, max_work=max_work, max_side=max_side,
                     max_batch=max_batch, batch_window=batch_window)
     # /docs and /redoc with their scripts served from here: a classroom may have no internet
@@ -70,9 +75,7 @@ def create_app(pipe, *, max_queue: int = 16, face_restorer="auto", feedback_dir:
                               + limits_text(max_queue, max_work, finetune_limits, operator_token is not None,
                                             max_batch))
     app.state.studio = studio
-    add_api(app, studio)  # its routes come first, so the UI mounted at / does not hide them
-    if store is not None and models_dir is None:
-        models_dir = Path(feedback_dir) / "models"
+    add_api(app, studio, models_dir)  # its routes come first, so the UI mounted at / does not hide them
     add_feedback_api(app, studio, models_dir, finetune_limits, operator_token)
     if face_restorer == "auto":
         face_restorer = find_restorer()

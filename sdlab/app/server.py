@@ -223,9 +223,11 @@ def serve(model=None, host: str = "127.0.0.1", port: int = 7860, share: bool = F
           batch_window: float = BATCH_WINDOW) -> None:
     """Serve the app until Ctrl-C (what `sdlab serve` runs): the UI at /, the REST API's docs at /docs.
 
-    model: a loaded pipeline, or a preset/folder/hub id to load (None: the default model).
+    model: a loaded pipeline, or a preset, fine-tuned version's name, folder or hub id to load (None:
+    the default model).
     feedback_dir: the feedback store, kept from one run to the next: ./feedback (where `sdlab
-    finetune` looks), its fine-tuned versions in ./feedback/models. None: no store.
+    finetune` looks), its fine-tuned versions in ./feedback/models (or the first folder $SDLAB_MODELS
+    lists: `sdlab.presets`). None: no store.
     max_work, max_side, finetune_limits, token, max_batch, batch_window: as for `launch`.
     """
     _check_port(port)  # before loading a model

@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from ..errors import writable_folder
-from ..presets import PRESETS
+from ..presets import PRESETS, named_versions
 from .command import Command
 
 
@@ -78,6 +78,9 @@ def _schedulers_arguments(parser: argparse.ArgumentParser) -> None:
 def _models(args) -> None:
     for preset in PRESETS.values():
         print(f"{preset.name:12} {preset.source:45} {preset.description}")
+    for label, version in named_versions().items():  # fine-tuned, in $SDLAB_MODELS or ./feedback/models
+        print(f"{label:12} {str(version.folder):45} fine-tuned from {version.info.get('base_model', '?')} "
+              f"({version.info.get('method', '?')}, {version.info.get('examples', '?')} images)")
 
 
 def _schedulers(args) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 from ..errors import SdlabInputError
 from .command import Command
@@ -43,39 +42,59 @@ def _serve(args) -> None:
 
 
 def _finetune_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--store", default="feedback",
-                        help="the feedback store's folder (`sdlab serve` keeps ./feedback)")
-    parser.add_argument("--model", default=None, help="the model that made the images (default: sdlab-tiny)")
+    parser.add_argument("--store", default=None,
+                        help="the feedback store's folder (default: ./feedback, which `sdlab serve` keeps)")
+    parser.add_argument("--images", default=None, metavar="DIR",
+                        help="fine-tune on your own pictures instead (png, jpg, webp; any size): each captioned by "
+                             "the .txt file of its name beside it, a metadata.jsonl, or --prompt")
+    parser.add_argument("--prompt", default=None,
+                        help="with --images: the caption of every picture that has none, DreamBooth style: a rare "
+                             "word for your subject, then its class, e.g. \"a photo of sks dog\"")
+    parser.add_argument("--name", default=None,
+                        help="what the versions are called, e.g. my-dog: they load as my-dog-v1, my-dog-v2, … "
+                             "(default: the model's name, then -feedback, or -ft with --images)")
+    parser.add_argument("--model", default=None,
+                        help="the model to fine-tune, which made the store's images (default: sdlab-tiny)")
     parser.add_argument("--method", default="lora", choices=["lora", "full"])
     parser.add_argument("--steps", type=int, default=200, help="training steps")
     parser.add_argument("--learning-rate", type=float, default=None, help="default: 1e-3 for LoRA, 1e-4 for full")
     parser.add_argument("--min-rating", type=float, default=4, help="train on images with at least this mean rating")
-    parser.add_argument("--models-dir", default=None, help="where the new version goes (default: STORE/models)")
+    parser.add_argument("--models-dir", default=None,
+                        help="where the new version goes (default: the first folder $SDLAB_MODELS lists, else "
+                             "STORE/models: ./feedback/models, where `sdlab serve` and load_pipeline look for "
+                             "versions by name)")
 
 
 def _finetune(args) -> None:
-    from ..feedback import FeedbackStore  # keeps `sdlab --help` fast
-    from ..finetune import Example, FinetuneConfig, start_finetune  # keeps `sdlab --help` fast
+    from ..finetune import FinetuneConfig, how_to_load, start_finetune  # keeps `sdlab --help` fast
+    from ..finetune.examples import existing_store, folder_examples, liked_examples  # keeps `sdlab --help` fast
+    from ..finetune.training import default_name  # keeps `sdlab --help` fast
     from ..pipelines import load_pipeline, model_name  # keeps `sdlab --help` fast
+    from ..presets import default_models_dir  # keeps `sdlab --help` fast
 
-    if not (Path(args.store) / "feedback.sqlite3").is_file():
-        raise SdlabInputError(f"{args.store} holds no feedback store; give the folder that `sdlab serve` kept "
-                              f"(./feedback where it ran) with --store")
+    if args.images is not None and args.store is not None:
+        raise SdlabInputError("give --images (your own pictures) or --store (a feedback store's liked images), "
+                              "not both")
+    if args.prompt is not None and args.images is None:
+        raise SdlabInputError("--prompt captions the pictures of --images DIR; a store's images keep their prompts")
     config = FinetuneConfig(method=args.method, steps=args.steps, min_rating=args.min_rating,
                             learning_rate=args.learning_rate).checked()
-    pipe = load_pipeline(args.model, progress=False)
-    liked = FeedbackStore(args.store).liked(config.min_rating, model=model_name(pipe))  # the model's own images
-    if not liked:
-        raise SdlabInputError(f"no image in {args.store} made with {model_name(pipe)} has a mean rating of "
-                              f"{config.min_rating:g} or more; rate some in the app, lower --min-rating, or name "
-                              f"the model that made them with --model")
-    examples = [Example(item.image, item.prompt, item.id) for item in liked]
-    job = start_finetune(pipe, examples, config, models_dir=args.models_dir or Path(args.store) / "models")
+    if args.images is not None:
+        examples = folder_examples(args.images, args.prompt)  # the pictures' errors before the model loads
+        pipe = load_pipeline(args.model, progress=False)
+        models_dir, name = args.models_dir or default_models_dir(), args.name or default_name(pipe, "ft")
+    else:
+        store = existing_store(args.store or "feedback")  # before the model loads
+        pipe = load_pipeline(args.model, progress=False)
+        examples = liked_examples(store, model_name(pipe), config.min_rating)
+        models_dir, name = args.models_dir or default_models_dir(store.folder), args.name
+    job = start_finetune(pipe, examples, config, models_dir=models_dir, name=name)
     while job.running:
         print(job.status().line(), flush=True)
         time.sleep(2)
     print(job.status().line())
-    print(f"new model: {job.wait().folder} (load it with sdlab.finetune.load_version)")
+    version = job.wait()
+    print(f"new model: {version.folder} ({how_to_load(version)})")
 
 
 def _feedback_demo_arguments(parser: argparse.ArgumentParser) -> None:
@@ -108,8 +127,8 @@ def _feedback_demo(args) -> None:
 
 COMMANDS = [
     Command("serve", "the web app: Gradio UI and REST API in one server", _serve_arguments, _serve),
-    Command("finetune", "fine-tune on the liked images of a feedback store: a new model version",
-            _finetune_arguments, _finetune),
+    Command("finetune", "fine-tune on the liked images of a feedback store, or on your own pictures (--images): a "
+            "new model version, loaded by its name", _finetune_arguments, _finetune),
     Command("feedback-demo", "simulated raters who like one colour rate sdlab-tiny's images; fine-tune on what they "
             "liked; measure the shift on held-out prompts", _feedback_demo_arguments, _feedback_demo),
 ]

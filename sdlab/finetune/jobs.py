@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..errors import SdlabInputError, writable_folder
 from ..feedback import now
+from ..presets import check_version_name
 from .examples import Example, training_examples
 from .training import FinetuneConfig, base_model, finetune
 from .versions import ModelVersion, prune_versions
@@ -101,7 +102,7 @@ class FinetuneJob:
         pipe, examples, config, models_dir, name = self._args
         with FINETUNE_TURN:
             began = time.perf_counter()
-            self._update(state="running", started_at=now(), message=f"training on {len(examples)} liked images")
+            self._update(state="running", started_at=now(), message=f"training on {len(examples)} images")
             try:
                 self.version = finetune(pipe, examples, config, models_dir=models_dir, name=name,
                                         on_step=lambda step, loss: self._update(step=step, loss=loss),
@@ -123,11 +124,13 @@ def start_finetune(pipe, source, config: FinetuneConfig | None = None, *, models
                    keep_versions: int | None = None) -> FinetuneJob:
     """Start `finetune()` in the background and return the job at once.
 
-    The liked images are read and everything is checked now, so zero liked images, or a models_dir
-    that cannot be written, is a SdlabInputError here, not a failed job.
+    The images are read and everything is checked now, so zero liked images, a name that cannot be a
+    version's, or a models_dir that cannot be written, is a SdlabInputError here, not a failed job.
     """
     config = (config or FinetuneConfig()).checked()
     examples = training_examples(source, config.min_rating)
+    if name is not None:
+        check_version_name(name)
     base_model(pipe, config)
     return FinetuneJob(pipe, examples, config, writable_folder(models_dir, "models_dir"), name, max_seconds,
                        keep_versions).start()

@@ -15,10 +15,10 @@ from diffusers import DDPMScheduler
 
 from ..errors import check, is_number, is_whole, writable_folder
 from ..feedback import LIKED, now
-from ..pipelines import _loading_bars, _progress_enabled, model_name
-from ..presets import find_preset
+from ..pipelines import _loading_bars, _progress_enabled, _quiet_diffusers, model_name
+from ..presets import check_version_name, find_preset
 from .examples import encode_examples, training_examples
-from .versions import ModelVersion, _publish, _quiet_diffusers, _slug, read_version
+from .versions import ModelVersion, _publish, _slug, read_version
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 # LoRA beside the attention and feed-forward layers, the ResNet convolutions and time projections, and
@@ -115,7 +115,10 @@ def finetune(pipe, examples, config: FinetuneConfig | None = None, *, models_dir
              name: str | None = None, on_step=None, should_stop=None) -> ModelVersion:
     """Fine-tune a copy of `pipe`'s UNet on `examples` and save it as the next version of `name`.
 
-    examples: a FeedbackStore, an exported imagefolder or (image, prompt) pairs (`training_examples`).
+    examples: a FeedbackStore, a folder of images with their captions or (image, prompt) pairs
+    (`training_examples`; one prompt for all of a folder's images: `folder_examples(folder, prompt)`).
+    name: what the versions are called, e.g. "my-dog" (its versions load as "my-dog-v1", …); None:
+    the name of the version `pipe` is, else "<model>-feedback".
     on_step(step, loss) is called after every step; should_stop() → True cancels the run.
     `pipe` itself is never changed; the new model is loaded with `load_version(version.folder)`.
     """
@@ -124,6 +127,7 @@ def finetune(pipe, examples, config: FinetuneConfig | None = None, *, models_dir
     # 1. Check inputs, before any training: where the version goes too
     config = (config or FinetuneConfig()).checked()
     examples = training_examples(examples, config.min_rating)
+    name = check_version_name(name) if name is not None else default_name(pipe)
     noise_scheduler = noise_scheduler_for(pipe)
     base = base_model(pipe, config)
     models_dir = writable_folder(models_dir, "models_dir")
@@ -180,7 +184,7 @@ def finetune(pipe, examples, config: FinetuneConfig | None = None, *, models_dir
     try:
         with _loading_bars(_progress_enabled(None)):
             _save(pipe, unet, config, tmp)
-        return _publish(tmp, models_dir, name or default_name(pipe), info)
+        return _publish(tmp, models_dir, name, info)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone after the rename; removed if saving failed
 
@@ -194,7 +198,8 @@ def base_model(pipe, config: FinetuneConfig) -> str:
           f"{name} carries LoRA weights: fine-tune the model they were made for (load_pipeline(base)) with "
           f"all the liked images, or save the pipeline with them fused in first (pipe.fuse_lora(); "
           f"pipe.unload_lora_weights(); pipe.save_pretrained(folder)) and fine-tune that folder")
-    folder = Path(name)
+    version = getattr(pipe, "sdlab_version", None)  # loaded by its label, its folder, or load_version
+    folder = version.folder if version is not None else Path(name)
     if find_preset(name) is None and folder.is_dir():
         check((folder / "model_index.json").is_file() or not _saved_as_lora_only(pipe, config),
               f"{name} is a version saved as LoRA weights alone: fine-tune its base model instead")
@@ -206,11 +211,11 @@ def _saved_as_lora_only(pipe, config: FinetuneConfig) -> bool:
     return config.method == "lora" and sum(p.numel() for p in pipe.unet.parameters()) > FULL_SAVE_MAX_PARAMETERS
 
 
-def default_name(pipe) -> str:
-    """A fine-tune of a version (`load_version`'s, or its folder loaded) is the next version of its
-    name; of another model, the first of "<model>-feedback"."""
+def default_name(pipe, purpose: str = "feedback") -> str:
+    """A fine-tune of a version (loaded by its label or folder) is the next version of its name; of
+    another model, the first of "<model>-<purpose>" ("-feedback" for liked images, "-ft" for one's own)."""
     version = getattr(pipe, "sdlab_version", None) or read_version(model_name(pipe))
-    return version.name if version is not None else f"{_slug(model_name(pipe))}-feedback"
+    return version.name if version is not None else f"{_slug(model_name(pipe))}-{purpose}"
 
 
 def _check_targets(unet, config: FinetuneConfig) -> None:
