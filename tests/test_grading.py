@@ -85,6 +85,12 @@ def _submit(folder: Path, student: str, source: Path, answers: dict[str, str] | 
     return path
 
 
+def _answers(solution: Path) -> dict[str, str]:
+    """exercise → the solution's exercise cell, in the notebook's order."""
+    return {c.metadata["sdlab"]["exercise"]: c.source for c in nbformat.read(solution, as_version=4).cells
+            if "exercise" in c.metadata.get("sdlab", {})}
+
+
 def _rows(out: Path) -> dict[tuple[str, str], dict]:
     with open(out / "grades.csv", newline="") as f:
         return {(r["student"], r["exercise"]): r for r in csv.DictReader(f)}
@@ -339,8 +345,7 @@ def test_real_notebook_perfect_and_blank(tmp_path):
     _submit(subs, "alice", ROOT / "solutions" / "00_setup.ipynb")
     _submit(subs, "bob", ROOT / "notebooks" / "00_setup.ipynb")
     solution = ROOT / "solutions" / "00_setup.ipynb"
-    answers = {c.metadata["sdlab"]["exercise"]: c.source for c in nbformat.read(solution, as_version=4).cells
-               if "exercise" in c.metadata.get("sdlab", {})}
+    answers = _answers(solution)
     _submit(subs, "carl", solution, {"count_parameters": answers["count_parameters"] + "\nundefined_debug_name"})
     _submit(subs, "erin", ROOT / "notebooks" / "00_setup.ipynb", {"precision_rule": answers["precision_rule"]})
     _submit(subs, "dana", ROOT / "notebooks" / "00_setup.ipynb",
@@ -363,8 +368,7 @@ def test_real_notebook_perfect_and_blank(tmp_path):
 
 def test_each_exercise_of_01_loading_is_graded_on_its_own(tmp_path):
     solution, blank = ROOT / "solutions" / "01_loading.ipynb", ROOT / "notebooks" / "01_loading.ipynb"
-    answers = {c.metadata["sdlab"]["exercise"]: c.source for c in nbformat.read(solution, as_version=4).cells
-               if "exercise" in c.metadata.get("sdlab", {})}
+    answers = _answers(solution)
     for exercise in answers:
         _submit(tmp_path / "subs", f"only_{exercise}", blank, {exercise: answers[exercise]})
     report = grading.grade([tmp_path / "subs"], ROOT / "solutions", tmp_path / "report", timeout=300,

@@ -7,6 +7,7 @@ exercise's own message, and half-done they score the half that was done."""
 import configparser
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import nbformat
@@ -15,6 +16,9 @@ import pytest
 from sdlab import grading
 from sdlab.errors import SdlabInputError
 from sdlab.grading import course
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_grading import _answers, _submit  # noqa: E402  a submission made from the course's own cells
 
 ROOT = Path(__file__).resolve().parent.parent
 SOLUTIONS = sorted((ROOT / "solutions").glob("[0-9][0-9]_*.ipynb"))
@@ -107,18 +111,12 @@ def test_solution_notebook_runs_and_scores_full_points(path, tmp_path):
             assert _text_of(ran[stored.source], sanitizers) == _text_of(stored, sanitizers), stored.source
 
 
-def _half_done(blank: Path, solution: Path, student: Path) -> dict[str, bool]:
-    """student/<name>: the blank with the first half of its exercises (rounded up) answered as the
+def _half_done(blank: Path, solution: Path, subs: Path) -> dict[str, bool]:
+    """subs/half/<name>: the blank with the first half of its exercises (rounded up) answered as the
     solution answers them, as a student who stopped halfway; returns exercise → answered."""
-    answers = {c.metadata["sdlab"]["exercise"]: c.source for c in nbformat.read(solution, as_version=4).cells
-               if "exercise" in c.metadata.get("sdlab", {})}
-    done = set(list(answers)[:(len(answers) + 1) // 2])
-    nb = nbformat.read(blank, as_version=4)
-    for cell in nb.cells:
-        if cell.metadata.get("sdlab", {}).get("exercise") in done:
-            cell.source = answers[cell.metadata["sdlab"]["exercise"]]
-    student.mkdir(parents=True)
-    nbformat.write(nb, student / blank.name)
+    answers = _answers(solution)
+    done = list(answers)[:(len(answers) + 1) // 2]
+    _submit(subs, "half", blank, {name: answers[name] for name in done})
     return {name: name in done for name in answers}
 
 
@@ -131,7 +129,7 @@ def test_blank_and_half_done_submissions_score_what_they_answered(path, tmp_path
 
     (tmp_path / "subs" / "blank").mkdir(parents=True)
     shutil.copy(ROOT / "notebooks" / path.name, tmp_path / "subs" / "blank" / path.name)
-    answered = _half_done(ROOT / "notebooks" / path.name, path, tmp_path / "subs" / "half")
+    answered = _half_done(ROOT / "notebooks" / path.name, path, tmp_path / "subs")
     report = grading.grade([tmp_path / "subs"], ROOT / "solutions", tmp_path / "report", progress=False, jobs=2,
                            parameters={"model": default_model()} | QUICK[path.stem], sandbox="require")
     rows = {(r.student, r.exercise): r for r in report.rows}

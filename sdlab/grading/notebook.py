@@ -286,9 +286,7 @@ def _error(reply) -> str:
 def _blank(reply, name: str) -> bool:
     """The blank's own NotImplementedError for exercise `name`: raised by its cell, or by the
     function the cell defines when a hidden test asked the kernel to call it."""
-    blank = f"NotImplementedError: Exercise '{name}'"
-    return _error(reply).startswith(blank) or reply.get("ename") == "AskError" and _error(reply).startswith(
-        f"AskError: {blank}")
+    return _error(reply).removeprefix("AskError: ").startswith(f"NotImplementedError: Exercise '{name}'")
 
 
 def score(nb: nbformat.NotebookNode, replies: dict, stopped: str, student: str, notebook: str) -> list[Grade]:
