@@ -16,7 +16,7 @@ import pytest
 
 from sdlab import grading
 from sdlab.errors import SdlabInputError
-from sdlab.grading import course
+from sdlab.grading import course, judge_server
 from sdlab.grading import outputs as grading_outputs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -296,7 +296,11 @@ def test_the_kernels_temporary_files_go_with_its_folder(tmp_path, monkeypatch):
     executed = nbformat.read(tmp_path / "report" / "tess" / "00_tmp.ipynb", as_version=4)
     scratch = next(c for c in executed.cells if c.source == "print(scratch)").outputs[0].text.strip()
     assert Path(scratch).parent.parent.parent == parent and Path(scratch).parent.name == "tmp"
-    assert list(parent.iterdir()) == []  # the kernel's folder went with the submission's folder
+    # the kernel's folder went with the submission's folder; the judges' server (kept for the next
+    # grading) holds its own, removed when it ends
+    assert [p.name[:13] for p in parent.iterdir()] == ["sdlab-judges-"]
+    judge_server.close_servers()
+    assert list(parent.iterdir()) == []
 
 
 def test_course_markers_are_read_as_nbgrader_reads_them(tmp_path):
@@ -411,7 +415,7 @@ def test_a_report_folder_that_cannot_be_written_is_refused_before_grading(tmp_pa
     shutil.copy(ROOT / "notebooks" / "01_loading.ipynb", tmp_path / "alice" / "01_loading.ipynb")
     (tmp_path / "report.txt").write_text("")
     graded = []
-    monkeypatch.setattr(grading, "_grade_and_save", lambda *task: graded.append(task))
+    monkeypatch.setattr("sdlab.grading.batch._grade_and_save", lambda *task: graded.append(task))
     with pytest.raises(SdlabInputError, match="--out .*report.txt is a file, not a folder: choose another --out"):
         grading.grade(tmp_path / "alice", ROOT / "solutions", tmp_path / "report.txt")
     assert graded == []  # no notebook ran only for its grade to be lost

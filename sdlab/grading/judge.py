@@ -1,8 +1,10 @@
-"""The judge: hidden tests run here, in a fresh interpreter that no student code has touched.
+"""The judge: hidden tests run here, in an interpreter that no student code has touched.
 
 A student's code runs in its kernel and can change anything there (`numpy.array_equal`, the
 checks, IPython's input transformers, the kernel's replies), so no verdict is taken there. The
-grader starts one judge per submission (`Judge`), outside the sandbox, in the solutions' folder;
+grader starts one judge per submission (`Judge`), outside the sandbox, in the solutions' folder:
+forked from a server that has imported what tests use and run nothing else
+(`sdlab.grading.judge_server`), or else a fresh interpreter;
 each hidden test runs in the judge with trusted numpy, torch, sdlab and its own pipeline, and asks
 the student's kernel for what it needs with `ask(code)` (`sdlab.grading.values`): an answer is
 data, so it can be wrong, never a verdict. The test's source never enters the student's kernel;
@@ -23,6 +25,7 @@ stderr, the grader's log):
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import os
 import subprocess
@@ -32,9 +35,11 @@ import traceback
 from pathlib import Path
 from queue import Empty, Queue
 
+from .judge_server import server_for
 from .values import AskError, decode
 
 TIMEOUT_ENAME = "TimeoutError"
+ENTRY = "sdlab.grading.judge:main"  # what a judge runs, forked by a server
 
 
 def _send(stream, message: dict) -> None:
@@ -119,11 +124,17 @@ class Judge:
     and returns the test's execute reply."""
 
     def __init__(self, cwd: Path, env: dict, log):
-        # -m: a fresh interpreter, started in the solutions' folder (so course_file finds the
-        # course's own images, not the student's copy of them)
-        self.process = subprocess.Popen([sys.executable, "-m", "sdlab.grading.judge"], cwd=cwd, env=env,
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
-                                        encoding="utf-8", bufsize=1)
+        # in the solutions' folder (so course_file finds the course's own images, not the student's
+        # copy of them): forked by the server for `env`, which has imported what tests use, or else
+        # a fresh interpreter (-m)
+        server, self.process = server_for(env, ENTRY), None
+        if server is not None:
+            with contextlib.suppress(OSError):
+                self.process = server.fork(cwd, env, log)
+        if self.process is None:
+            self.process = subprocess.Popen([sys.executable, "-m", "sdlab.grading.judge"], cwd=cwd, env=env,
+                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
+                                            encoding="utf-8", bufsize=1)
         self.lines: Queue = Queue()
         threading.Thread(target=self._read, daemon=True).start()
 

@@ -378,6 +378,11 @@ SAFE_ENV = ("PATH", "LANG", "LANGUAGE", "TZ", "PYTHONPATH", "MPLBACKEND", "TRANS
 SAFE_PREFIXES = ("SDLAB_", "OMP_", "MKL_", "OPENBLAS_", "CUDA_", "TORCH_", "PYTORCH_", "LC_", "NVIDIA_")
 
 
+def judge_env(env: dict) -> dict:
+    """The environment of a submission's judge: the grader's, with no progress bars."""
+    return {**env, "SDLAB_PROGRESS": "0"}
+
+
 def kernel_env(env: dict, folder: Path) -> dict:
     """What a student's kernel gets of the grader's environment: the settings that make it run as the
     grader asks (threads, offline models, caches), never a token or key; its home and temporary
@@ -427,7 +432,7 @@ def _grade_notebook(sub, solution, tests, images, timeout, parameters, env, sand
             stack.callback(cgroup.close)  # every process the submission started ends with its grading
         km = kernel_manager(sandbox, KERNEL, folder, workdir, [Path(p).resolve() for p in protected],
                             math.ceil(timeout * (cells + 1) * threads), cgroup)
-        judge = Judge(against or folder, {**env, "SDLAB_PROGRESS": "0"}, log)
+        judge = Judge(against or folder, judge_env(env), log)
         stack.callback(judge.close)
         values = {k: v for k, v in parameters.items() if k in wanted}
         ready = judge.setup(_parameters_source(solution), values, folder, JUDGE_START)
