@@ -12,6 +12,9 @@ from sdlab.pipelines import load_pipeline, speed_up
 from sdlab.sweeps import guidance_sweep
 from sdlab.testing import build_sd15_random_pipeline
 
+# a batch of 7 images has the shape of the guidance sweep's 7 values: torch.compile compiles the UNet
+# once for both (a second shape would cost a minute of this machine's CPU)
+IMAGES = 7
 ROW = re.compile(r"(\S.*?)\s+(\d+\.\d+)\s+(\d+\.\d+)\s+(\d+\.\d+)\s+(\d+\.\d+)\s+(\d+)")
 
 
@@ -87,16 +90,16 @@ def test_bench_fast_times_attention_kernels_and_compiling_and_profiles_a_batch(c
         return plain_call(self, *args, **kwargs)
 
     monkeypatch.setattr(PreferredKernelAttnProcessor, "__call__", efficient_fails)
-    assert main(["bench", "--model", "tiny-random", "--images", "2", "--fast", "--attention", "math", "efficient",
-                 "--tune-convolutions", "--compile-mode", "default", "--profile"]) == 0
+    assert main(["bench", "--model", "tiny-random", "--images", str(IMAGES), "--fast", "--attention", "math",
+                 "efficient", "--tune-convolutions", "--compile-mode", "default", "--profile"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert {"sweep + channels_last + fused QKV", "batch of 2 + … + math attention",
+    assert {"sweep + channels_last + fused QKV", f"batch of {IMAGES} + … + math attention",
             "sweep + … + cuDNN-timed convolutions", "sweep + … + compiled",
-            "batch of 2 + … + compiled"} <= set(_rows(lines))
+            f"batch of {IMAGES} + … + compiled"} <= set(_rows(lines))
     assert not torch.backends.cudnn.benchmark  # the process-wide setting is put back
     assert "  (efficient attention failed: RuntimeError: no valid execution plan for this shape)" in lines
     assert not any("efficient attention" in name for name in _rows(lines))  # the bench went on without it
-    start = lines.index(next(line for line in lines if line.startswith("where one batch of 2 spends")))
+    start = lines.index(next(line for line in lines if line.startswith(f"where one batch of {IMAGES} spends")))
     table = {line.split()[0]: line.split()[1:] for line in lines[start + 2:start + 7]}
     assert list(table) == ["convolution", "attention", "matmul", "norm", "other"]
     time_shares = [int(t.rstrip("%")) for _, t, _, _ in table.values()]
@@ -105,8 +108,9 @@ def test_bench_fast_times_attention_kernels_and_compiling_and_profiles_a_batch(c
     assert all(float(table[kind][0]) > 0 for kind in ("convolution", "attention", "matmul", "norm"))
     assert float(table["attention"][3]) > 0 and table["norm"][3] == "-"  # a rate where FLOPs are counted
     assert lines[start + 7] == "  the 6 ops that took longest:" and "aten::" in lines[start + 8]
-    compiled = lines.index(next(line for line in lines if line.startswith("where the compiled batch of 2 spends")))
-    assert compiled > lines.index(next(line for line in lines if line.startswith("batch of 2 + … + compiled")))
+    compiled = lines.index(next(line for line in lines
+                                if line.startswith(f"where the compiled batch of {IMAGES} spends")))
+    assert compiled > lines.index(next(line for line in lines if line.startswith(f"batch of {IMAGES} + … + compiled")))
     table = {line.split()[0]: line.split()[1:] for line in lines[compiled + 2:compiled + 7]}
     assert list(table) == ["convolution", "attention", "matmul", "norm", "other"] and \
         float(table["convolution"][0]) > 0
@@ -123,7 +127,7 @@ def test_bench_goes_on_when_cudnn_timed_convolutions_fail(monkeypatch):
         return plain_sweep(*args, **kwargs)
 
     monkeypatch.setattr(sdlab.bench, "guidance_sweep", fails_when_timing)
-    lines = list(sdlab.bench.run("tiny-random", images=2, fast=True, tune_convolutions=True))
+    lines = list(sdlab.bench.run("tiny-random", images=IMAGES, fast=True, tune_convolutions=True))
     assert "  (cuDNN-timed convolutions failed: RuntimeError: CUDNN_STATUS_ALLOC_FAILED)" in lines
     assert "sweep + … + compiled" in _rows(lines) and not torch.backends.cudnn.benchmark  # set back, then compiled
     assert lines[-1].startswith("batch speedup: ")

@@ -298,7 +298,7 @@ def test_the_kernels_temporary_files_go_with_its_folder(tmp_path, monkeypatch):
     assert Path(scratch).parent.parent.parent == parent and Path(scratch).parent.name == "tmp"
     # the kernel's folder went with the submission's folder; the judges' server (kept for the next
     # grading) holds its own, removed when it ends
-    assert [p.name[:13] for p in parent.iterdir()] == ["sdlab-judges-"]
+    assert all(p.name.startswith("sdlab-judges-") for p in parent.iterdir())
     judge_server.close_servers()
     assert list(parent.iterdir()) == []
 
@@ -346,26 +346,24 @@ def test_a_vandal_touches_only_its_own_copy(arithmetic_class):
 
 def test_real_notebook_perfect_and_blank(tmp_path):
     subs = tmp_path / "subs"
-    _submit(subs, "alice", ROOT / "solutions" / "00_setup.ipynb")
-    _submit(subs, "bob", ROOT / "notebooks" / "00_setup.ipynb")
-    solution = ROOT / "solutions" / "00_setup.ipynb"
+    solution, blank = ROOT / "solutions" / "00_setup.ipynb", ROOT / "notebooks" / "00_setup.ipynb"
     answers = _answers(solution)
-    _submit(subs, "carl", solution, {"count_parameters": answers["count_parameters"] + "\nundefined_debug_name"})
-    _submit(subs, "erin", ROOT / "notebooks" / "00_setup.ipynb", {"precision_rule": answers["precision_rule"]})
-    _submit(subs, "dana", ROOT / "notebooks" / "00_setup.ipynb",
-            cells=[(0, _code("pass", grade="bonus", points=100))])
+    _submit(subs, "alice", solution)
+    # the blank, with a grading cell of the student's own that claims 100 points: ignored
+    _submit(subs, "bob", blank, cells=[(0, _code("pass", grade="bonus", points=100))])
+    # one exercise answered, one answered and followed by an error in its cell (the tests decide), one left
+    _submit(subs, "erin", blank, {"precision_rule": answers["precision_rule"],
+                                  "count_parameters": answers["count_parameters"] + "\nundefined_debug_name"})
     report = grading.grade([subs], ROOT / "solutions", tmp_path / "report", timeout=300,
                            parameters={"model": "tiny-random"}, progress=False)
     exercises = {"precision_rule", "token_from_environment", "count_parameters"}
     rows = {(r.student, r.exercise): r for r in report.rows}
-    assert len(report.rows) == 15 and {r.exercise for r in report.rows} == exercises
+    assert len(report.rows) == 9 and {r.exercise for r in report.rows} == exercises
     for exercise in exercises:
         assert (rows["alice", exercise].points, rows["alice", exercise].status) == (1, "passed")
         assert (rows["bob", exercise].points, rows["bob", exercise].status) == (0, "unfinished")
-        assert (rows["carl", exercise].points, rows["carl", exercise].status) == (1, "passed")
-        assert (rows["dana", exercise].points, rows["dana", exercise].status) == (0, "unfinished")
         assert f"Exercise '{exercise}'" in rows["bob", exercise].message
-        half_done = (1, "passed") if exercise == "precision_rule" else (0, "unfinished")
+        half_done = (0, "unfinished") if exercise == "token_from_environment" else (1, "passed")
         assert (rows["erin", exercise].points, rows["erin", exercise].status) == half_done
     assert "alice · 00_setup: 3/3 points" in (tmp_path / "report" / "alice" / "00_setup.html").read_text()
 

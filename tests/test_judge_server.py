@@ -22,6 +22,14 @@ def _env(**extra) -> dict:
     return {**os.environ, "SDLAB_PROGRESS": "0", "HF_HUB_OFFLINE": "1", **extra}
 
 
+def _forked(folder: Path, env: dict, log) -> Judge:
+    """A judge forked by the server for `env` (started if none runs)."""
+    assert judge_server.server_for(env, ENTRY) is not None
+    judge = Judge(folder, env, log)
+    assert isinstance(judge.process, judge_server.ForkedJudge)
+    return judge
+
+
 def _no_asks(code):
     raise AssertionError(f"this test asks nothing, got {code!r}")
 
@@ -51,7 +59,7 @@ def test_a_forked_judge_runs_where_and_as_a_fresh_one_would(tmp_path, monkeypatc
     env = _env(SDLAB_JUDGE_TEST="seen")
     log = open(tmp_path / "log", "w")
     judges = {"forked": Judge(tmp_path, env, log)}
-    assert isinstance(judges["forked"].process, judge_server.ForkedJudge)
+    assert isinstance(judges["forked"].process, judge_server.ForkedJudge)  # the server above, for this env too
     monkeypatch.setattr("sdlab.grading.judge.server_for", lambda *_: None)  # as where no server can run
     judges["fresh"] = Judge(tmp_path, env, log)
     assert isinstance(judges["fresh"].process, subprocess.Popen)
@@ -79,12 +87,12 @@ def test_a_forked_judge_runs_where_and_as_a_fresh_one_would(tmp_path, monkeypatc
 def test_nothing_one_judge_does_reaches_the_next(tmp_path):
     """A test that patches numpy, the checks or a builtin in its judge leaves the next judge untouched."""
     env, log = _env(), open(tmp_path / "log", "w")
-    first = Judge(tmp_path, env, log)
+    first = _forked(tmp_path, env, log)
     first.setup("", {}, None, 60)
     patch = "import builtins, numpy, sdlab.checks\nnumpy.array_equal = lambda *a: True\nbuiltins.PATCHED = 1\n" \
             "sdlab.checks.PATCHED = 1"
     assert first.run(patch, "patch", _no_asks, 60) == {"status": "ok"}
-    second = Judge(tmp_path, env, log)
+    second = _forked(tmp_path, env, log)
     second.setup("", {}, None, 60)
     untouched = "import builtins, numpy, sdlab.checks\nassert not numpy.array_equal([1], [2])\n" \
                 "assert not hasattr(builtins, 'PATCHED') and not hasattr(sdlab.checks, 'PATCHED')"
@@ -94,7 +102,7 @@ def test_nothing_one_judge_does_reaches_the_next(tmp_path):
 
 
 def test_a_judge_past_its_time_is_killed_and_gone(tmp_path):
-    judge = Judge(tmp_path, _env(), open(tmp_path / "log", "w"))
+    judge = _forked(tmp_path, _env(), open(tmp_path / "log", "w"))
     judge.setup("", {}, None, 60)
     reply = judge.run("import os\nprint('PID', os.getpid(), flush=True)\nwhile True: pass", "spins", _no_asks, 2)
     assert reply["ename"] == "TimeoutError"

@@ -22,12 +22,12 @@ from test_grading import _answers, _submit  # noqa: E402  a submission made from
 
 ROOT = Path(__file__).resolve().parent.parent
 SOLUTIONS = sorted((ROOT / "solutions").glob("[0-9][0-9]_*.ipynb"))
-# smaller settings so the whole course runs in a few minutes on 2 CPU cores
-SMALL = {"03_steps": {"max_steps": 21, "compare_steps": 8}, "05_guidance": {"adherence_prompts": 12}}
-# smaller still where a grading checks scores, not pictures or stored outputs
-QUICK = {"02_seeds_and_latents": {"num_inference_steps": 8}, "03_steps": {"max_steps": 11, "compare_steps": 4},
-         "04_prompts": {"num_inference_steps": 8}, "05_guidance": {"adherence_prompts": 6, "num_inference_steps": 8},
-         "06_face_repair": {}, "07_web_app": {"num_inference_steps": 8, "image_count": 2},
+# smaller settings, so that the whole course runs in minutes on 2 CPU cores: every cell still runs and every
+# hidden test still passes; the outputs compared with the stored ones (NBVAL_CHECK_OUTPUT) do not depend on them
+SMALL = {"02_seeds_and_latents": {"num_inference_steps": 8}, "03_steps": {"max_steps": 11, "compare_steps": 4},
+         "04_prompts": {"num_inference_steps": 8, "weight_prompts": 8},
+         "05_guidance": {"adherence_prompts": 6, "num_inference_steps": 8},
+         "07_web_app": {"num_inference_steps": 8, "image_count": 2},
          "08_feedback": {"num_inference_steps": 8, "image_count": 24, "test_count": 8, "finetune_steps": 20}}
 
 
@@ -131,7 +131,7 @@ def test_blank_and_half_done_submissions_score_what_they_answered(path, tmp_path
     shutil.copy(ROOT / "notebooks" / path.name, tmp_path / "subs" / "blank" / path.name)
     answered = _half_done(ROOT / "notebooks" / path.name, path, tmp_path / "subs")
     report = grading.grade([tmp_path / "subs"], ROOT / "solutions", tmp_path / "report", progress=False, jobs=2,
-                           parameters={"model": default_model()} | QUICK[path.stem], sandbox="require")
+                           parameters={"model": default_model()} | SMALL.get(path.stem, {}), sandbox="require")
     rows = {(r.student, r.exercise): r for r in report.rows}
     assert {exercise for _, exercise in rows} == set(answered)
     for exercise, done in answered.items():

@@ -42,6 +42,9 @@ class Report:
                 f"report: {self.folder / 'index.html'}")
 
 
+_batches = 0  # gradings this process has run
+
+
 def _kernel_env(jobs: int) -> dict:
     env = dict(os.environ)
     for key, value in {"HF_HUB_OFFLINE": "1", "SDLAB_PROGRESS": "0", "TRANSFORMERS_VERBOSITY": "error",
@@ -91,13 +94,17 @@ def grade(submissions, against: str | Path = "solutions", out: str | Path = "rep
               protected) for s in subs]
     if progress is None:
         progress = os.environ.get("SDLAB_PROGRESS", "1") not in ("0", "false", "no")
+    global _batches
+    _batches += 1
+    # one server forks every judge, where that pays for its preload: two submissions or more, or a
+    # process that grades again (a notebook, a test run); one submission alone gets a fresh judge
+    server = server_for(judge_env(env), ENTRY) if len(tasks) > 1 or _batches > 1 else None
     with tqdm(total=len(tasks), desc="grading", unit="notebook", disable=not progress) as bar:
         if jobs == 1:
             for task in tasks:
                 _grade_and_save(*task)
                 bar.update()
         else:  # spawn: a fresh interpreter per worker, nothing inherited from this one's event loops
-            server = server_for(judge_env(env), ENTRY)  # one server forks every worker's judges
             shared = {} if server is None else {"initializer": attach,
                                                 "initargs": (judge_env(env), ENTRY, server.address)}
             with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), **shared) as pool:

@@ -127,7 +127,7 @@ class Judge:
         # in the solutions' folder (so course_file finds the course's own images, not the student's
         # copy of them): forked by the server for `env`, which has imported what tests use, or else
         # a fresh interpreter (-m)
-        server, self.process = server_for(env, ENTRY), None
+        server, self.process = server_for(env, ENTRY, start=False), None  # started by the batch, if it pays
         if server is not None:
             with contextlib.suppress(OSError):
                 self.process = server.fork(cwd, env, log)

@@ -12,6 +12,8 @@ The server ends when the process that started it ends (its stdin is a pipe that 
 after `IDLE` seconds without a request. `server_for(env, entry)` gives the server for an
 environment, started on first use and kept for the next gradings of this process; where a server
 cannot run (no fork, pidfd or SCM_RIGHTS), it gives None and judges start as fresh interpreters.
+Its preload costs more than one judge, so a grading starts it only where it pays
+(`sdlab.grading.batch`): for two submissions or more, or for a process's second grading.
 """
 from __future__ import annotations
 
@@ -228,9 +230,9 @@ def _key(env: dict, entry: str) -> tuple:
     return (entry, *sorted((k, v) for k, v in env.items() if k not in VOLATILE))
 
 
-def server_for(env: dict, entry: str) -> JudgeServer | None:
-    """The server whose judges get `env` and run `entry` ("module:function"), started on first use;
-    None where none can run."""
+def server_for(env: dict, entry: str, start: bool = True) -> JudgeServer | None:
+    """The server whose judges get `env` and run `entry` ("module:function"), started on first use
+    (with `start`, else only one already running); None where none can run."""
     if not all(hasattr(m, n) for m, n in ((os, "fork"), (os, "pidfd_open"), (socket, "send_fds"),
                                           (socket, "AF_UNIX"))):
         return None
@@ -240,6 +242,8 @@ def server_for(env: dict, entry: str) -> JudgeServer | None:
         if server is not False and (server is None or server.running()):
             _servers[key] = server  # the most recently used last
             return server
+        if not start:
+            return None
         while len(_servers) >= MOST:
             oldest = _servers.pop(next(iter(_servers)))
             if oldest is not None:
