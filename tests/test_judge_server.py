@@ -60,7 +60,7 @@ def test_a_forked_judge_runs_where_and_as_a_fresh_one_would(tmp_path, monkeypatc
     log = open(tmp_path / "log", "w")
     judges = {"forked": Judge(tmp_path, env, log)}
     assert isinstance(judges["forked"].process, judge_server.ForkedJudge)  # the server above, for this env too
-    monkeypatch.setattr("sdlab.grading.judge.server_for", lambda *_: None)  # as where no server can run
+    monkeypatch.setattr("sdlab.grading.judge.server_for", lambda *_, **__: None)  # as where no server can run
     judges["fresh"] = Judge(tmp_path, env, log)
     assert isinstance(judges["fresh"].process, subprocess.Popen)
     probe = textwrap.dedent("""
