@@ -34,8 +34,10 @@ lab: install
 		--ServerApp.root_dir=$(CURDIR) --LabApp.default_url=/lab/tree/notebooks/00_setup.ipynb
 
 # two workers, one thread each (two torch processes with two threads each on two cores would
-# fight over them); an idle worker takes tests from the other's queue (--dist worksteal)
-PYTEST := SDLAB_PROGRESS=0 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist worksteal
+# fight over them); each takes the next test when it is done with one, and the tests of an xdist group
+# (those sharing a module's fixture, or inductor's compiled kernels) go to one worker (--dist loadgroup;
+# tests/conftest.py orders them, the slow first)
+PYTEST := SDLAB_PROGRESS=0 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadgroup
 
 test: install lint
 	$(PYTEST) --durations=15

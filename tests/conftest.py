@@ -68,7 +68,20 @@ SLOW_TESTS = {"test_on_sdlab_tiny_the_shape_word_acts_on_the_object_and_backgrou
               "test_cli_finetunes_sdlab_tiny_on_your_pictures_and_the_version_is_served_by_name"}
 
 
+def _uses_a_module_fixture(item) -> bool:
+    return any(defs[-1].scope == "module" for defs in item._fixtureinfo.name2fixturedefs.values() if defs)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
+    """Marks the slow tests, and orders the run for two workers (`make test`: `--dist loadgroup`, each worker
+    taking the next test as it finishes one): the tests that share a module's fixture go to one worker
+    together (an xdist group), as it would build the fixture again for each module it switches to; and the
+    slow tests come first, so that the last ones, which one worker may run while the other is idle, are short."""
     for item in items:
-        if item.module.__name__.rpartition(".")[2] in SLOW_MODULES or item.originalname in SLOW_TESTS:
+        module = item.module.__name__.rpartition(".")[2]
+        if module in SLOW_MODULES or item.originalname in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
+        if _uses_a_module_fixture(item) and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(module))
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order within each

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from sdlab.bench import GUIDANCE_VALUES
 from sdlab.bench.profiling import count_flops
 from sdlab.cli import main
 from sdlab.errors import SdlabInputError
@@ -13,8 +14,10 @@ from sdlab.sweeps import guidance_sweep
 from sdlab.testing import build_sd15_random_pipeline
 
 # a batch of 7 images has the shape of the guidance sweep's 7 values: torch.compile compiles the UNet
-# once for both (a second shape would cost a minute of this machine's CPU)
-IMAGES = 7
+# once for both (a second shape would cost a minute of this machine's CPU), and test_speed_ups_keep_the_images
+# and the test of a failed cuDNN timing compile that shape too: the first of them builds inductor's kernels, the
+# others find them in its cache (they share it, and an xdist group that runs them one after the other)
+IMAGES = len(GUIDANCE_VALUES)
 ROW = re.compile(r"(\S.*?)\s+(\d+\.\d+)\s+(\d+\.\d+)\s+(\d+\.\d+)\s+(\d+\.\d+)\s+(\d+)")
 
 
@@ -62,9 +65,10 @@ def test_sd15_random_has_stable_diffusion_1_5s_architecture():
     assert pipe.vae_scale_factor == 8 and pipe.unet.config.sample_size == 64  # 512×512 images
 
 
+@pytest.mark.xdist_group("inductor")
 def test_speed_ups_keep_the_images(tiny_pipe):
     pipe = load_pipeline("tiny-random")
-    before = guidance_sweep(pipe, "a red circle", [1, 7.5], seed=3).images
+    before = guidance_sweep(pipe, "a red circle", GUIDANCE_VALUES, seed=3).images
     with pytest.raises(SdlabInputError, match="not a torch.compile mode"):
         speed_up(pipe, compile="fastest")
     speed_up(pipe, channels_last=True, fuse_qkv=True, compile="reduce-overhead")  # CUDA graphs need a GPU
@@ -74,11 +78,12 @@ def test_speed_ups_keep_the_images(tiny_pipe):
     speed_up(pipe, channels_last=False, compile="reduce-overhead", compile_vae=True)
     assert pipe.vae.decoder._compiled_call_impl is not None  # in place: the same weight names
     assert set(pipe.vae.state_dict()) == set(load_pipeline("tiny-random").vae.state_dict())
-    after = guidance_sweep(pipe, "a red circle", [1, 7.5], seed=3).images
+    after = guidance_sweep(pipe, "a red circle", GUIDANCE_VALUES, seed=3).images
     for a, b in zip(before, after, strict=True):
         assert np.abs(np.asarray(a, int) - np.asarray(b, int)).max() <= 2
 
 
+@pytest.mark.xdist_group("inductor")
 def test_bench_fast_times_attention_kernels_and_compiling_and_profiles_a_batch(capsys, monkeypatch):
     from sdlab.speed import PreferredKernelAttnProcessor
 
@@ -116,6 +121,7 @@ def test_bench_fast_times_attention_kernels_and_compiling_and_profiles_a_batch(c
         float(table["convolution"][0]) > 0
 
 
+@pytest.mark.xdist_group("inductor")
 def test_bench_goes_on_when_cudnn_timed_convolutions_fail(monkeypatch):
     import sdlab.bench
 
@@ -196,7 +202,7 @@ def _unet_attention_ops(pipe) -> set[str]:
 
 def test_speed_up_chooses_the_attention_kernel_and_keeps_it_through_fusing():
     pipe = load_pipeline("tiny-random")
-    before = guidance_sweep(pipe, "a red circle", [1, 7.5], seed=3).images
+    before = guidance_sweep(pipe, "a red circle", GUIDANCE_VALUES, seed=3).images
     assert _unet_attention_ops(pipe) == {"aten::_scaled_dot_product_flash_attention_for_cpu"}  # torch's choice
     with pytest.raises(SdlabInputError, match="not one of torch's attention kernels"):
         speed_up(pipe, attention="fastest")
@@ -204,7 +210,7 @@ def test_speed_up_chooses_the_attention_kernel_and_keeps_it_through_fusing():
     assert _unet_attention_ops(pipe) == {"aten::_scaled_dot_product_attention_math"}
     speed_up(pipe, channels_last=False, fuse_qkv=True)  # fusing replaces the processors; the choice stays
     assert _unet_attention_ops(pipe) == {"aten::_scaled_dot_product_attention_math"}
-    after = guidance_sweep(pipe, "a red circle", [1, 7.5], seed=3).images
+    after = guidance_sweep(pipe, "a red circle", GUIDANCE_VALUES, seed=3).images
     for a, b in zip(before, after, strict=True):
         assert np.abs(np.asarray(a, int) - np.asarray(b, int)).max() <= 2
     speed_up(pipe, channels_last=False, attention="default")

@@ -291,6 +291,7 @@ def test_the_kernels_temporary_files_go_with_its_folder(tmp_path, monkeypatch):
     parent.mkdir()
     monkeypatch.setenv("TMPDIR", str(parent))  # where the kernel's files would go, left to itself
     monkeypatch.setattr(tempfile, "tempdir", str(parent))  # and the grader's own folders
+    monkeypatch.setattr(judge_server, "_servers", {})  # this grading's server only: the others are kept
     report = grading.grade([tmp_path / "subs"], solutions, tmp_path / "report", timeout=60, progress=False)
     assert [(r.points, r.status) for r in report.rows] == [(1, "passed")]
     executed = nbformat.read(tmp_path / "report" / "tess" / "00_tmp.ipynb", as_version=4)
