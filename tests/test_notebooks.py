@@ -31,10 +31,11 @@ SMALL = {"02_seeds_and_latents": {"num_inference_steps": 8}, "03_steps": {"max_s
          # 08 keeps its 20 steps: at 8 its rater likes no image, and the fine-tuning has nothing to learn from
          # (at 20, 7 of the first 32 images are blue)
          "08_feedback": {"image_count": 32, "test_count": 8, "finetune_steps": 30}}
-# where a grading checks scores only (the blank and half-done ones), 08 at 8 steps too: its rater then likes no
-# image, so its fine-tuning cell stops with an error, but that cell comes after the last exercise
-SCORES_ONLY = {**SMALL, "08_feedback": {"num_inference_steps": 8, "image_count": 24, "test_count": 8,
-                                        "finetune_steps": 20}}
+# where a grading checks scores only (the blank and half-done ones), 04 measures its weights on fewer prompts, and
+# 08 runs at 8 steps: its rater then likes no image, so its fine-tuning cell stops with an error, but that cell
+# comes after the last exercise
+SCORES_ONLY = {**SMALL, "04_prompts": {**SMALL["04_prompts"], "weight_prompts": 4},
+               "08_feedback": {"num_inference_steps": 8, "image_count": 24, "test_count": 8, "finetune_steps": 20}}
 
 
 def test_all_course_notebooks_exist():
@@ -103,6 +104,9 @@ def test_solution_notebook_runs_and_scores_full_points(path, tmp_path):
                            parameters={"model": default_model()} | SMALL.get(path.stem, {}), sandbox="require")
     assert len(report.rows) >= 3 and [(r.exercise, r.status, r.message) for r in report.rows
                                       if r.points != r.max] == [], "a hidden test of the solution fails"
+    total = sum(r.max for r in report.rows)
+    assert f"perfect · {path.stem}: {total}/{total} points" in (tmp_path / "report" / "perfect" / f"{path.stem}.html"
+                                                                ).read_text()
     nb = nbformat.read(tmp_path / "report" / "perfect" / path.name, as_version=4)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
