@@ -69,6 +69,7 @@ SLOW_TESTS = {"test_on_sdlab_tiny_the_shape_word_acts_on_the_object_and_backgrou
 
 
 def _uses_a_module_fixture(item) -> bool:
+    """Whether a test uses a fixture kept for its module (pytest's resolved fixtures of the test)."""
     return any(defs[-1].scope == "module" for defs in item._fixtureinfo.name2fixturedefs.values() if defs)
 
 
