@@ -104,9 +104,8 @@ def test_solution_notebook_runs_and_scores_full_points(path, tmp_path):
                            parameters={"model": default_model()} | SMALL.get(path.stem, {}), sandbox="require")
     assert len(report.rows) >= 3 and [(r.exercise, r.status, r.message) for r in report.rows
                                       if r.points != r.max] == [], "a hidden test of the solution fails"
-    total = sum(r.max for r in report.rows)
-    assert f"perfect · {path.stem}: {total}/{total} points" in (tmp_path / "report" / "perfect" / f"{path.stem}.html"
-                                                                ).read_text()
+    total, page = sum(r.max for r in report.rows), tmp_path / "report" / "perfect" / f"{path.stem}.html"
+    assert f"perfect · {path.stem}: {total}/{total} points" in page.read_text()
     nb = nbformat.read(tmp_path / "report" / "perfect" / path.name, as_version=4)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
