@@ -207,10 +207,23 @@ def execute(nb: nbformat.NotebookNode, workdir: Path, timeout: float, env: dict,
         on_cell_executed=lambda cell_index, execute_reply, **_: replies.update(
             {cell_index: clip_error(execute_reply["content"])}))
 
-    def run(index: int, store_history: bool = True) -> None:
-        client.execute_cell(nb.cells[index], index, store_history=store_history)
+    def run(index: int) -> None:
+        client.execute_cell(nb.cells[index], index)
         if _timed_out(replies.get(index)):
             nb.cells[index].outputs.append(nbformat.v4.new_output("error", **client.error_on_timeout))
+
+    def stopped() -> bool:
+        """After an interrupt: does the kernel answer `pass` (within ASK_TIMEOUT at most, not another
+        whole --timeout), or is it still running the cell?"""
+        probe, limits = len(nb.cells), (client.timeout, client.iopub_timeout)
+        nb.cells.append(nbformat.v4.new_code_cell("pass"))
+        client.timeout, client.iopub_timeout = min(client.timeout, ASK_TIMEOUT), 1  # `pass` prints nothing to wait for
+        try:
+            client.execute_cell(nb.cells[probe], probe, store_history=False)
+        finally:
+            client.timeout, client.iopub_timeout = limits
+            nb.cells.pop()
+        return not _timed_out(replies.pop(probe, None))
 
     def relay(code: str) -> tuple[str | None, str | None]:
         """Ask the kernel for the value of `code` (a judge's `ask`): (its text, None) or (None, why
@@ -260,12 +273,8 @@ def execute(nb: nbformat.NotebookNode, workdir: Path, timeout: float, env: dict,
                     continue
                 run(index)
                 count = cell.execution_count or count
-                if _timed_out(replies.get(index)):  # did the interrupt stop it? ask the kernel to `pass`
-                    nb.cells.append(nbformat.v4.new_code_cell("pass"))
-                    run(len(nb.cells) - 1, store_history=False)
-                    nb.cells.pop()
-                    if _timed_out(replies.pop(len(nb.cells), None)):
-                        return replies, f"In [{count}] ran past {timeout:g} s and would not stop"
+                if _timed_out(replies.get(index)) and not stopped():  # did the interrupt stop it?
+                    return replies, f"In [{count}] ran past {timeout:g} s and would not stop"
             except DeadKernelError:
                 return replies, f"the kernel died in In [{count + 1}] (did it exit, or run out of memory?)"
     return replies, ""
