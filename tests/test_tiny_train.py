@@ -20,13 +20,15 @@ def _log(folder):
 
 def test_unet_phase_on_the_shipped_vae_checkpoints_resumes_and_exports(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["train-tiny", "--out", str(out), "--vae-from", str(MODEL), "--batch-size", "2", "--data-workers", "1"]
+    args = ["train-tiny", "--out", str(out), "--vae-from", str(MODEL), "--batch-size", "2", "--data-workers", "1",
+            "--vae-eval-count", "16"]  # the gate on 16 held-out renders, not 256: seconds less
     main(args + ["--unet-steps", "2"])
     state = torch.load(out / "checkpoint.pt", weights_only=False)
     assert (state["vae_step"], state["unet_step"]) == (TrainConfig.vae_steps, 2)
     shipped = AutoencoderKL.from_pretrained(MODEL, subfolder="vae").state_dict()
     assert all(torch.equal(state["vae"][k], v) for k, v in shipped.items())  # the VAE was kept, not retrained
     assert [e["phase"] for e in _log(out)][0] == "vae_eval"  # the gate is measured before the UNet trains
+    assert state["config"]["vae_eval_count"] == 16
     main(args + ["--unet-steps", "3", "--export", str(tmp_path / "model")])  # resumes: one more step
     assert torch.load(out / "checkpoint.pt", weights_only=False)["unet_step"] == 3
     assert main(args + ["--unet-steps", "4", "--conv-in-kernel", "3"]) != 0  # not this checkpoint's sizes
@@ -38,9 +40,9 @@ def test_unet_phase_on_the_shipped_vae_checkpoints_resumes_and_exports(tmp_path,
 
 
 def test_auto_steps_fit_the_schedule_to_the_time(tmp_path):
-    config = TrainConfig(out_dir=str(tmp_path), batch_size=1, unet_steps=10**9, vae_from=str(MODEL))
+    config = TrainConfig(out_dir=str(tmp_path), batch_size=1, unet_steps=10**9, vae_from=str(MODEL), vae_eval_count=16)
     trainer = Trainer(config)
-    trainer.run(minutes=0.25, fit_to_deadline=True)
+    trainer.run(minutes=0.1, fit_to_deadline=True)
     schedule = [e for e in _log(tmp_path) if e["phase"] == "schedule"]
     assert len(schedule) == 1 and schedule[0]["unet_steps"] < 10**9
     assert trainer.unet_step <= config.unet_steps  # stopped by the fitted count or the deadline
@@ -67,6 +69,8 @@ def test_bad_training_options_say_what_to_change(tmp_path, capsys):
     assert "high_noise_from in [0, 1)" in capsys.readouterr().err
     for option, value, message in (("--batch-size", "0", "batch_size must be a whole number, 1 or more, got 0"),
                                    ("--vae-steps", "-1", "vae_steps must be a whole number, 0 or more, got -1"),
+                                   ("--vae-eval-count", "0",
+                                    "vae_eval_count must be a whole number, 1 or more, got 0"),
                                    ("--minutes", "-5", "--minutes must be above 0, got -5")):
         assert main(["train-tiny", "--out", str(tmp_path / "refused"), option, value]) == 2
         assert capsys.readouterr().err.startswith(f"sdlab train-tiny: error: {message}")
@@ -115,7 +119,7 @@ def test_init_from_starts_every_model_from_the_folder_and_a_resume_keeps_its_own
     shipped = StableDiffusionPipeline.from_pretrained(MODEL)
     kernel = shipped.unet.config.conv_in_kernel
     config = TrainConfig(out_dir=str(tmp_path), init_from=str(MODEL), batch_size=2, unet_steps=1,
-                         model=TinyConfig(unet_conv_in_kernel=kernel))
+                         vae_eval_count=16, model=TinyConfig(unet_conv_in_kernel=kernel))
     trainer = Trainer(config)
     for ours, theirs in ((trainer.unet, shipped.unet), (trainer.unet_ema.module, shipped.unet),
                          (trainer.text_encoder, shipped.text_encoder), (trainer.vae, shipped.vae)):
@@ -149,7 +153,7 @@ def test_compiled_training_trains_the_plain_modules_and_resumes_without_compilin
     # aot_eager traces the forward and backward passes as inductor does, without generating code (inductor's
     # kernels are checked by sdlab bench --fast's test); what is tested here is training through the wrappers
     config = TrainConfig(out_dir=str(tmp_path), batch_size=2, vae_steps=0, unet_steps=2, compile=True,
-                         compile_backend="aot_eager", model=small)
+                         compile_backend="aot_eager", vae_eval_count=16, model=small)
     trainer = Trainer(config)
     before = {k: v.clone() for k, v in trainer.unet.state_dict().items()}
     graphs = counters["stats"]["unique_graphs"]
@@ -168,7 +172,7 @@ def test_vae_finetune_trains_the_given_vae_on_this_world_first_and_resumes_with_
     shipped = AutoencoderKL.from_pretrained(MODEL, subfolder="vae").state_dict()
     kernel = StableDiffusionPipeline.from_pretrained(MODEL).unet.config.conv_in_kernel
     config = TrainConfig(out_dir=str(tmp_path), init_from=str(MODEL), vae_finetune_steps=2, batch_size=2,
-                         unet_steps=1, model=TinyConfig(unet_conv_in_kernel=kernel))
+                         unet_steps=1, vae_eval_count=16, model=TinyConfig(unet_conv_in_kernel=kernel))
     trainer = Trainer(config)
     assert (trainer.vae_step, config.vae_steps) == (0, 2)  # phase 1 is the fine-tune, from the folder's VAE
     trainer.run()
@@ -190,7 +194,7 @@ def test_v4_trains_on_web_captions_and_looks_and_the_plain_world_stays_available
 
 def test_plain_world_option_reaches_the_trainer(tmp_path):
     main(["train-tiny", "--out", str(tmp_path), "--vae-from", str(MODEL), "--batch-size", "1", "--unet-steps", "1",
-          "--plain-world"])
+          "--plain-world", "--vae-eval-count", "16"])
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["config"]["web_world"] is False
 
 
@@ -208,7 +212,7 @@ def test_summary_dropout_gives_the_chosen_captions_the_empty_prompts_end_and_pad
 
 def test_summary_dropout_option_reaches_the_trainer_and_is_checked(tmp_path, capsys):
     main(["train-tiny", "--out", str(tmp_path), "--vae-from", str(MODEL), "--batch-size", "2", "--unet-steps", "1",
-          "--summary-dropout", "0.5"])
+          "--summary-dropout", "0.5", "--vae-eval-count", "16"])
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["config"]["summary_dropout"] == 0.5
     assert main(["train-tiny", "--out", str(tmp_path / "b"), "--summary-dropout", "2"]) != 0
     assert "summary_dropout must be in [0, 1]" in capsys.readouterr().err

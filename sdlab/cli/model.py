@@ -48,6 +48,9 @@ def _train_tiny_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --compile: inductor generates fused kernels; aot_eager only traces the passes "
                              "(a quick check that a model compiles)")
     parser.add_argument("--eval-every", type=int, default=None, help="log held-out adherence every N UNet steps")
+    parser.add_argument("--vae-eval-count", type=int, default=TrainConfig.vae_eval_count,
+                        help="held-out renders the VAE is measured on before the UNet trains "
+                             f"(default {TrainConfig.vae_eval_count})")
     parser.add_argument("--mixed-precision", default="bf16", choices=["no", "bf16"])
     parser.add_argument("--minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
     parser.add_argument("--export", default=None, help="save the EMA pipeline to this folder when done")
@@ -70,7 +73,7 @@ def _train_tiny(args) -> None:
                       high_noise_share=args.high_noise_share, high_noise_from=args.high_noise_from,
                       compile=args.compile, compile_backend=args.compile_backend,
                       vae_finetune_steps=args.vae_finetune_steps, summary_dropout=args.summary_dropout,
-                      web_world=not args.plain_world)
+                      web_world=not args.plain_world, vae_eval_count=args.vae_eval_count)
     if args.unet_lr is not None:  # 0 too: the check says what is wrong with it
         cfg.unet_lr = args.unet_lr
     if args.vae_lr is not None:

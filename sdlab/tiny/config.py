@@ -63,6 +63,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     checkpoint_every: int = 500
     eval_every: int = 2000  # measure held-out adherence with the EMA weights this often
+    vae_eval_count: int = 256  # held-out renders the VAE is measured on before the UNet trains (the gate)
     data_workers: int = 0  # processes rendering batches ahead (0: render in the training process)
     compile: bool = False  # torch.compile the UNet and text encoder's training passes (fewer, fused kernels)
     #: torch.compile's backend: "inductor" generates fused kernels; "aot_eager" traces the forward and
@@ -85,7 +86,7 @@ class TrainConfig:
         for name in ("vae_steps", "unet_steps", "warmup_steps", "data_workers", "vae_finetune_steps"):
             value = getattr(self, name)
             check(isinstance(value, int) and value >= 0, f"{name} must be a whole number, 0 or more, got {value!r}")
-        for name in ("batch_size", "checkpoint_every", "eval_every"):
+        for name in ("batch_size", "checkpoint_every", "eval_every", "vae_eval_count"):
             value = getattr(self, name)
             check(isinstance(value, int) and value >= 1, f"{name} must be a whole number, 1 or more, got {value!r}")
         for name in ("vae_lr", "unet_lr"):

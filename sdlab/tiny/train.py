@@ -383,8 +383,8 @@ class Trainer:
         deadline = time.time() + (minutes * 60 if minutes else float("inf"))
         self.train_vae(deadline)
         if self.vae_step >= self.cfg.vae_steps and self.unet_step == 0:
-            self.log(phase="vae_eval", step=self.vae_step, **reconstruction_accuracy(self.acc.unwrap_model(self.vae),
-                                                                              web=self.cfg.web_world))
+            self.log(phase="vae_eval", step=self.vae_step, **reconstruction_accuracy(
+                self.acc.unwrap_model(self.vae), count=self.cfg.vae_eval_count, web=self.cfg.web_world))
         if self.vae_step >= self.cfg.vae_steps:
             self.train_unet(deadline, fit_to_deadline)
         self.save_checkpoint()
