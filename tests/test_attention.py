@@ -53,9 +53,9 @@ def test_on_sdlab_tiny_the_shape_word_acts_on_the_object_and_background_off_it(t
     # Measured on the shipped model, 24 held-out prompts, 20 steps (see the issue's notes): the shape
     # word's map lies on the object about twice as much as the object's share of the image; the colour
     # and background words' maps are spread as evenly as the pixels (the model reads them from the
-    # positions after the words, which summarise the prompt)
+    # positions after the words, which summarise the prompt). Checked here on the first 18, every position and size
     ratios, colour, off = [], [], []
-    for i, scene in enumerate(held_out_scenes(24, seed=0)):
+    for i, scene in enumerate(held_out_scenes(18, seed=0)):
         prompt, _ = plain_prompt(scene, with_position=False)
         maps = word_heatmaps(tiny_model, prompt, seed=i, num_inference_steps=20)
         mask = object_pixels(maps.image)
@@ -64,7 +64,7 @@ def test_on_sdlab_tiny_the_shape_word_acts_on_the_object_and_background_off_it(t
         ratios.append(mass_inside(maps[scene.shape], mask) / mask.mean())
         colour.append(mass_inside(maps[scene.colour], mask) / mask.mean())
         off.append(1 - mass_inside(maps["background"], mask))
-    assert len(ratios) >= 20
+    assert len(ratios) >= 15
     assert np.median(ratios) > 1.5 and np.mean(np.array(ratios) > 1) >= 0.8
     assert np.mean(off) > 0.85
     assert 0.5 < np.median(colour) < 1.5  # no more on the object than chance: what the notebook says

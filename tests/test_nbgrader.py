@@ -202,11 +202,13 @@ def test_nbgrader_and_sdlab_grade_one_class_alike(tmp_path, monkeypatch):
     released = nbformat.read(release / "01_quiz.ipynb", as_version=4)
     assert [c.source for c in released.cells if c.metadata.get("nbgrader", {}).get("grade")] == [nbg.ASK_IMPORT] * 3
     subs = tmp_path / "subs"
+    # the real 00_setup half done: its first exercise passes in both graders, and the others are nbgrader's own
+    # blanks; the quiz also perfect and blank
     for name in ("00_setup.ipynb", "01_quiz.ipynb"):
         first = next(iter(_answers(solutions / name)))
-        _submit("perfect", solutions / name, {}, folder, subs)
         _submit("half", release / name, {first: _answers(solutions / name)[first]}, folder, subs)
-    _submit("blank", release / "01_quiz.ipynb", {}, folder, subs)  # the half-done 00_setup's blanks are real ones
+    _submit("perfect", solutions / "01_quiz.ipynb", {}, folder, subs)
+    _submit("blank", release / "01_quiz.ipynb", {}, folder, subs)
     # what nbgrader released, with nbgrader's metadata only: sdlab finds the exercise cells by it
     _submit("bare", release / "01_quiz.ipynb", {"double": _answers(solutions / "01_quiz.ipynb")["double"]},
             folder, subs, keep_sdlab_metadata=False)
@@ -219,8 +221,8 @@ def test_nbgrader_and_sdlab_grade_one_class_alike(tmp_path, monkeypatch):
     assert nbgrader_points == sdlab_points
     totals = {(s, n): sum(p for (s2, n2, _), (p, _) in sdlab_points.items() if (s2, n2) == (s, n))
               for s, n, _ in sdlab_points}
-    assert totals == {("perfect", "00_setup"): 3, ("perfect", "01_quiz"): 4, ("blank", "01_quiz"): 0,
-                      ("half", "00_setup"): 1, ("half", "01_quiz"): 1, ("bare", "01_quiz"): 1}
+    assert totals == {("perfect", "01_quiz"): 4, ("blank", "01_quiz"): 0, ("half", "00_setup"): 1,
+                      ("half", "01_quiz"): 1, ("bare", "01_quiz"): 1}
     statuses = {(r.student, r.notebook, r.exercise): r.status for r in report.rows}
     assert [statuses["bare", "01_quiz", e] for e in ("double", "squares")] == ["passed", "failed"]
     assert [statuses["half", "01_quiz", e] for e in ("double", "squares")] == ["passed", "failed"]

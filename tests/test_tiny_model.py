@@ -106,6 +106,6 @@ def test_behaviour_measures_the_curves_the_course_shows(tiny_model, monkeypatch,
     monkeypatch.setattr(evaluate.measure_behaviour, "__kwdefaults__",
                         evaluate.measure_behaviour.__kwdefaults__ | {"guidance_scales": (1, 7.5, 20),
                                                                       "step_counts": (1, 20)})
-    assert main(["eval-tiny", "--behaviour", "-n", "2"]) == 0
+    assert main(["eval-tiny", "--behaviour", "-n", "1"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1].startswith("summary: all attributes") and "steps" in lines[-1]
