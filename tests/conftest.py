@@ -60,7 +60,7 @@ SLOW_MODULES = {"test_notebooks", "test_grading", "test_grading_hostile", "test_
                 "test_tiny_train", "test_a1111", "test_packaging", "test_faces"}
 SLOW_TESTS = {"test_on_sdlab_tiny_the_shape_word_acts_on_the_object_and_background_off_it",
               "test_the_schedulers_offered_for_a_model_run_it_at_every_step_count",
-              "test_behaviour_measures_the_curves_the_course_shows", "test_preset_resolves_from_an_installed_wheel",
+              "test_behaviour_measures_the_curves_the_course_shows",
               "test_cli_feedback_demo_rates_finetunes_and_measures",
               "test_adherence_on_held_out_prompts_and_guidance_matters", "test_plain_diffusers_loads_it_offline",
               "test_cli_bad_arguments_exit_nonzero_without_traceback",

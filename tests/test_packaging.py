@@ -28,8 +28,10 @@ def test_the_wheel_holds_the_model_and_the_course_images_where_notebooks_find_th
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(tmp_path / "site"),
                     str(wheel)], check=True, capture_output=True)
     (tmp_path / "elsewhere").mkdir()
-    found = subprocess.run([sys.executable, "-c", "from sdlab.checks import course_file; "
-                            "print(course_file('images/02_reference.png'))"], cwd=tmp_path / "elsewhere",
+    code = ("from sdlab.checks import course_file; from sdlab.presets import tiny_model_dir; "
+            "print(course_file('images/02_reference.png')); print(tiny_model_dir())")
+    found = subprocess.run([sys.executable, "-c", code], cwd=tmp_path / "elsewhere",
                            env={"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin"},
-                           capture_output=True, text=True, check=True).stdout.strip()
-    assert found == str((tmp_path / "site" / "sdlab" / "images" / "02_reference.png").resolve())
+                           capture_output=True, text=True, check=True).stdout.split()
+    site = (tmp_path / "site" / "sdlab").resolve()
+    assert found == [str(site / "images" / "02_reference.png"), str(site / "models" / "sdlab-tiny")]  # the preset too
